@@ -1,0 +1,428 @@
+"""The layer functions: each is the generic scheme with its own axes.
+
+Every function below chooses *statistics axes* (what the mean and variance are taken over) and
+*feature axes* (what the learned ``scale``/``bias`` vary along), then calls :func:`_apply`,
+which is :func:`jnorm._stats.shifted_moments` followed by :func:`jnorm.normalize`. No layer
+computes statistics or the affine map itself.
+
+Shape legend used in the docstrings: ``N`` batch, ``H, W`` spatial (any number of spatial axes
+works), ``C`` channels, ``G`` groups, ``F`` the feature shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnorm._axes import Axes, canonicalize_axes, check_mask, complement_axes, feature_param
+from jnorm._normalize import normalize
+from jnorm._state import BatchStats, update_batch_stats
+from jnorm._stats import shifted_moments
+
+__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
+
+
+def _apply(
+    x: jax.Array,
+    stat_axes: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    *,
+    epsilon: float,
+    mask: jax.Array | None,
+    center: bool = True,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+) -> tuple[jax.Array, Any]:
+    """Statistics over `stat_axes`, then the generic scheme with params on `feature_axes`."""
+    scale = feature_param(scale, x.shape, feature_axes, name="scale")
+    bias = feature_param(bias, x.shape, feature_axes, name="bias")
+    m = shifted_moments(
+        x, stat_axes, mask=mask, center=center, axis_name=axis_name,
+        axis_index_groups=axis_index_groups,
+    )
+    y = normalize(
+        x, m.mean_shifted, m.var, scale, bias, epsilon=epsilon,
+        shift=m.shift if center else None, dtype=dtype,
+    )
+    return y, m
+
+
+def _as_input(x: Any, name: str = "x") -> jax.Array:
+    x = jnp.asarray(x)
+    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+        raise TypeError(f"`{name}` must be a numeric array, got dtype {x.dtype}.")
+    if x.ndim == 0:
+        raise ValueError(f"`{name}` must have at least one dimension, got a scalar.")
+    return x
+
+
+def layer_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    axis: Axes = -1,
+    feature_axes: Axes | None = None,
+    epsilon: float = 1e-6,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+) -> jax.Array:
+    r"""Layer normalization (Ba et al. 2016): each example normalized over its own features.
+
+    .. math::  y = \frac{a}{\sqrt{\mathrm{Var}_A[x] + \epsilon}} (x - E_A[x]) + b
+
+    with ``A = axis``. For an image batch ``(N, H, W, C)`` the notes' "everything of a single
+    data point" is ``axis=(1, 2, 3)``; the transformer default is ``axis=-1``.
+
+    Shapes: ``x: [..., F]``; ``scale``, ``bias``: the shape of ``x`` on ``feature_axes``
+    (default: ``axis``), e.g. ``(C,)``. Returns ``x``'s shape.
+
+    Args:
+      x: input.
+      scale, bias: optional learned gain and offset.
+      axis: axes the statistics are taken over.
+      feature_axes: axes the parameters vary along (default ``axis``), as flax's LayerNorm.
+      epsilon: added to the variance.
+      mask: optional boolean array broadcastable to ``x``: only ``True`` elements count in the
+        statistics (all elements are normalized).
+      axis_name, axis_index_groups: also reduce over a mapped axis (see :func:`jnorm.moments`).
+      dtype: output dtype (default ``x``'s; float32 for integers).
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> y = jnorm.layer_norm(jnp.array([[1.0, 2.0, 3.0]]), epsilon=0.0)
+      >>> [round(v, 4) for v in y[0].tolist()]
+      [-1.2247, 0.0, 1.2247]
+    """
+    x = _as_input(x)
+    stat_axes = canonicalize_axes(axis, x.ndim, name="axis")
+    feat = stat_axes if feature_axes is None else canonicalize_axes(
+        feature_axes, x.ndim, name="feature_axes"
+    )
+    return _apply(
+        x, stat_axes, feat, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, dtype=dtype,
+    )[0]
+
+
+def rms_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    *,
+    axis: Axes = -1,
+    feature_axes: Axes | None = None,
+    epsilon: float = 1e-6,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+) -> jax.Array:
+    r"""RMS normalization (Zhang & Sennrich 2019): layer norm without mean subtraction.
+
+    .. math::  y = \frac{a}{\sqrt{E_A[x^2] + \epsilon}} \, x
+
+    The generic scheme with ``mu = 0`` and ``sigma^2 = E[x^2]``.
+
+    Shapes: ``x: [..., F]``; ``scale``: the shape of ``x`` on ``feature_axes`` (default
+    ``axis``). Returns ``x``'s shape. Arguments as in :func:`jnorm.layer_norm`.
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> jnorm.rms_norm(jnp.array([[3.0, 4.0]]) , epsilon=0.0).tolist()  # rms = sqrt(12.5)
+      [[0.8485280871391296, 1.1313707828521729]]
+    """
+    x = _as_input(x)
+    stat_axes = canonicalize_axes(axis, x.ndim, name="axis")
+    feat = stat_axes if feature_axes is None else canonicalize_axes(
+        feature_axes, x.ndim, name="feature_axes"
+    )
+    return _apply(
+        x, stat_axes, feat, scale, None, epsilon=epsilon, mask=mask, center=False,
+        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+    )[0]
+
+
+def _spatial_axes(x: jax.Array, channel_axes: tuple[int, ...], layer: str) -> tuple[int, ...]:
+    if 0 in channel_axes:
+        raise ValueError(
+            f"{layer}: `channel_axis` includes axis 0, which is the batch axis. Put the channels "
+            "on another axis (e.g. -1 for NHWC, 1 for NCHW)."
+        )
+    spatial = tuple(i for i in range(1, x.ndim) if i not in channel_axes)
+    if not spatial:
+        raise ValueError(
+            f"{layer}: an input of shape {x.shape} has no spatial axis (it is (N, C)), so each "
+            "statistic would cover a single value. Give the input spatial axes, e.g. (N, H, W, "
+            "C), or use layer_norm for (N, C) features."
+        )
+    return spatial
+
+
+def instance_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    channel_axis: Axes = -1,
+    epsilon: float = 1e-6,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+) -> jax.Array:
+    r"""Instance normalization (Ulyanov et al. 2016): one channel of one example at a time.
+
+    .. math::  y_{nc} = \frac{a_c}{\sqrt{\mathrm{Var}_{HW}[x_{nc}] + \epsilon}}
+               (x_{nc} - E_{HW}[x_{nc}]) + b_c
+
+    Statistics over every axis except the batch axis 0 and ``channel_axis``.
+
+    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels where ``channel_axis``
+    says); ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> x = jnp.arange(8.0).reshape(1, 2, 2, 2)
+      >>> jnorm.instance_norm(x, epsilon=0.0)[0, :, :, 0].ravel().tolist()
+      [-1.3416407108306885, -0.4472135901451111, 0.4472135901451111, 1.3416407108306885]
+    """
+    x = _as_input(x)
+    channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    spatial = _spatial_axes(x, channels, "instance_norm")
+    return _apply(
+        x, spatial, channels, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, dtype=dtype,
+    )[0]
+
+
+def resolve_groups(channels: int, num_groups: int | None, group_size: int | None) -> int:
+    """The number of groups from exactly one of `num_groups` / `group_size`, checked."""
+    if (num_groups is None) == (group_size is None):
+        raise ValueError(
+            "group_norm: give exactly one of `num_groups` and `group_size` (to use "
+            "`group_size`, also pass `num_groups=None`, since num_groups defaults to 32)."
+        )
+    if group_size is not None:
+        if group_size <= 0 or channels % group_size:
+            raise ValueError(
+                f"group_norm: `group_size`={group_size} does not divide the {channels} "
+                f"channels. Pick a divisor of {channels}."
+            )
+        return channels // group_size
+    assert num_groups is not None
+    if num_groups <= 0 or channels % num_groups:
+        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
+        raise ValueError(
+            f"group_norm: `num_groups`={num_groups} does not divide the {channels} channels. "
+            f"Pick one of {divisors}, or pass `group_size`."
+        )
+    return num_groups
+
+
+def group_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    num_groups: int | None = 32,
+    group_size: int | None = None,
+    channel_axis: int = -1,
+    reduction_axes: Axes | None = None,
+    epsilon: float = 1e-6,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+) -> jax.Array:
+    r"""Group normalization (Wu & He 2018): the channels of one group of one example.
+
+    The ``C`` channels are split into ``G`` contiguous groups of ``C / G``;
+
+    .. math::  y_{ngk} = \frac{a_{gk}}{\sqrt{\mathrm{Var}_{HW,k}[x_{ng}] + \epsilon}}
+               (x_{ngk} - E_{HW,k}[x_{ng}]) + b_{gk}
+
+    ``G = 1`` is layer norm over ``(H, W, C)``; ``G = C`` is instance norm.
+
+    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels at ``channel_axis``);
+    ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
+
+    Args:
+      x: input.
+      scale, bias: optional per-channel gain and offset.
+      num_groups: ``G``; pass ``None`` to use ``group_size`` instead.
+      group_size: channels per group, ``C / G``.
+      channel_axis: the channel axis.
+      reduction_axes: the non-channel axes the statistics cover (default: all but 0).
+      epsilon, mask, axis_name, axis_index_groups, dtype: as in :func:`jnorm.layer_norm`.
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> x = jnp.arange(16.0).reshape(1, 2, 2, 4)
+      >>> y = jnorm.group_norm(x, num_groups=2, epsilon=0.0)
+      >>> round(float(y[..., :2].mean()), 6), round(float(y[..., :2].std()), 6)
+      (0.0, 1.0)
+    """
+    x = _as_input(x)
+    (ch,) = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    if reduction_axes is None:
+        others = _spatial_axes(x, (ch,), "group_norm")
+    else:
+        others = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes")
+        if ch in others:
+            raise ValueError(
+                "group_norm: `reduction_axes` must not include the channel axis; the channels "
+                "of a group are always reduced over."
+            )
+    channels = x.shape[ch]
+    groups = resolve_groups(channels, num_groups, group_size)
+    mask = check_mask(mask, x.shape)
+    # Split C into (G, C/G): the statistics cover `others` and the within-group axis ch + 1.
+    split = x.shape[:ch] + (groups, channels // groups) + x.shape[ch + 1:]
+    moved = tuple(a + 1 if a > ch else a for a in others)
+    xs = x.reshape(split)
+    y, _ = _apply(
+        xs, moved + (ch + 1,), (ch, ch + 1),
+        None if scale is None else _grouped(scale, channels, groups, "scale"),
+        None if bias is None else _grouped(bias, channels, groups, "bias"),
+        epsilon=epsilon, mask=None if mask is None else mask.reshape(split),
+        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+    )
+    return y.reshape(x.shape)
+
+
+def _grouped(param: jax.Array, channels: int, groups: int, name: str) -> jax.Array:
+    param = jnp.asarray(param)
+    if param.shape != (channels,):
+        raise ValueError(
+            f"`{name}` has shape {param.shape}, expected ({channels},): one value per channel."
+        )
+    return param.reshape(groups, channels // groups)
+
+
+def batch_norm(
+    x: jax.Array,
+    state: BatchStats,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    training: bool,
+    axis: Axes = -1,
+    momentum: float | None = 0.99,
+    epsilon: float = 1e-5,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    unbiased_running_var: bool = False,
+    skip_nonfinite: bool = False,
+    dtype: Any = None,
+) -> tuple[jax.Array, BatchStats]:
+    r"""Batch normalization (Ioffe & Szegedy 2015) with explicit running statistics.
+
+    Training normalizes with the statistics of the batch, over every axis except the feature
+    ``axis`` (for ``(N, H, W, C)``: ``N, H, W``), and updates the running statistics; eval
+    normalizes with the running statistics and returns ``state`` unchanged:
+
+    .. math::  y = \frac{a}{\sqrt{\sigma^2 + \epsilon}} (x - \mu) + b, \qquad
+               (\mu, \sigma^2) = \begin{cases} (E_B[x], \mathrm{Var}_B[x]) & \text{training}\\
+               (\hat\mu, \hat\sigma^2) & \text{eval} \end{cases}
+
+    Running statistics follow :func:`jnorm.update_batch_stats`: ``momentum`` is the weight of
+    the old value (flax's meaning; PyTorch's ``momentum=0.1`` is ``momentum=0.9`` here, see
+    :func:`jnorm.momentum_from_torch`), ``momentum=None`` averages cumulatively, and
+    ``unbiased_running_var=True`` stores ``n/(n-1)`` times the batch variance as PyTorch does.
+
+    Shapes: ``x: [N, H, W, C]`` (any rank); ``state`` fields and ``scale``, ``bias``: the
+    feature shape ``F = x.shape[axis]``. Returns ``(y, new_state)`` with ``y`` shaped like ``x``.
+
+    Args:
+      x: input.
+      state: running statistics, e.g. ``BatchStats.init(C)``.
+      scale, bias: optional per-feature gain and offset.
+      training: Python bool: batch statistics (True) or running statistics (False).
+      axis: feature axis or axes.
+      momentum: weight of the old running value, in ``[0, 1]``, or None (cumulative).
+      epsilon: added to the variance.
+      mask: optional boolean array broadcastable to ``x``; only ``True`` elements count in the
+        batch statistics. A feature with none keeps its running statistics.
+      axis_name, axis_index_groups: synchronise statistics across a mapped axis (exactly
+        count-weighted; see :func:`jnorm.moments`). Running statistics stay equal on all devices.
+      unbiased_running_var: store the unbiased variance (PyTorch's convention).
+      skip_nonfinite: keep the running statistics where the batch's are NaN or infinite.
+      dtype: output dtype (default ``x``'s).
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
+      >>> state = jnorm.BatchStats.init(2)
+      >>> y, state = jnorm.batch_norm(x, state, training=True, epsilon=0.0)
+      >>> y.tolist(), [round(m, 4) for m in state.mean.tolist()]
+      ([[-1.0, -1.0], [1.0, 1.0]], [0.01, 0.2])
+      >>> y, _ = jnorm.batch_norm(x, state, training=False)
+    """
+    x = _as_input(x)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(
+            f"`training` must be a Python bool, got {type(training).__name__}. It selects the "
+            "computation at trace time; to switch inside jit, mark it static "
+            "(static_argnames) or use lax.cond with two calls."
+        )
+    if not isinstance(state, BatchStats):
+        raise TypeError(
+            f"`state` must be a jnorm.BatchStats, got {type(state).__name__}; create one with "
+            "jnorm.BatchStats.init(num_features)."
+        )
+    features = canonicalize_axes(axis, x.ndim, name="axis")
+    feature_shape = tuple(x.shape[a] for a in features)
+    for name, field in (("state.mean", state.mean), ("state.var", state.var)):
+        if jnp.shape(field) != feature_shape:
+            raise ValueError(
+                f"`{name}` has shape {jnp.shape(field)}, but the input of shape {x.shape} has "
+                f"feature shape {feature_shape} on `axis`={axis!r}. Create the state with "
+                f"BatchStats.init({feature_shape if len(feature_shape) > 1 else feature_shape[0]})"
+                " or pass the matching `axis`."
+            )
+    if momentum is not None and isinstance(momentum, (int, float)) and not 0 <= momentum <= 1:
+        raise ValueError(
+            f"`momentum` must lie in [0, 1] (the weight of the old value), got {momentum}. "
+            "PyTorch's momentum m is jnorm's 1 - m."
+        )
+    stat_axes = complement_axes(features, x.ndim)
+    if not training:
+        shape = [1] * x.ndim
+        for a in features:
+            shape[a] = x.shape[a]
+        y = normalize(
+            x, state.mean.reshape(shape), state.var.reshape(shape),
+            feature_param(scale, x.shape, features, name="scale"),
+            feature_param(bias, x.shape, features, name="bias"),
+            epsilon=epsilon, dtype=dtype,
+        )
+        return y, state
+    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
+        raise ValueError(
+            f"batch_norm in training needs more than one value per channel, but the input of "
+            f"shape {x.shape} has one per feature (statistics over axes {stat_axes}). Use a "
+            "larger batch, training=False, or a per-example norm (layer_norm, group_norm)."
+        )
+    y, m = _apply(
+        x, stat_axes, features, scale, bias, epsilon=epsilon, mask=mask,
+        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+    )
+    new_state = update_batch_stats(
+        state,
+        jnp.squeeze(m.mean, stat_axes),
+        jnp.squeeze(m.var, stat_axes),
+        jnp.squeeze(m.count, stat_axes),
+        momentum=momentum,
+        unbiased_running_var=unbiased_running_var,
+        skip_nonfinite=skip_nonfinite,
+    )
+    return y, new_state

@@ -1,0 +1,241 @@
+"""Statistics kernel: mean and variance over any axes, stable, masked and cross-device.
+
+This module holds the one place where jnorm reduces data to statistics. Layers never compute a
+mean or a variance themselves; they call :func:`shifted_moments` (or its public face
+:func:`moments`) with the axes that define them.
+
+Algorithm (one pass, shifted)
+-----------------------------
+For every output position a *pivot* ``p`` is taken from the data itself: the first element of
+the reduced block (the first masked-in element when a mask is given), under
+``lax.stop_gradient``. With ``d = x - p`` in the accumulation dtype,
+
+.. math::  \\bar d = \\frac{1}{n}\\sum d, \\qquad
+           \\mathrm{Var}[x] = \\frac{1}{n}\\sum |d|^2 - |\\bar d|^2, \\qquad
+           E[x] = p + \\bar d.
+
+Because ``p`` is a data element, ``d`` has the scale of the spread of the data and not of its
+offset, so the subtraction that ruins ``E[x^2] - E[x]^2`` on data like ``1e6 + N(0, 1)`` is
+harmless here. Mean and variance are exactly invariant to the choice of ``p``, so treating it
+as a constant leaves every derivative (of any order) exact.
+
+Layers keep the pair ``(p, \\bar d)`` instead of rounding ``p + \\bar d`` to the input precision:
+:func:`jnorm.normalize` then computes ``(x - p) - \\bar d``, which is exact where ``x - mean``
+in float32 is not (at ``|mean| = 1e6`` one float32 ulp is 0.06).
+
+Across devices (``axis_name``) every device contributes ``(n, p, \\bar d, M_2)`` with
+``M_2 = \\sum |d - \\bar d|^2``; one ``all_gather`` brings all of them to every device, which
+combines them with Chan et al.'s parallel formula around a common pivot. The combination is
+exact for any per-device counts (including zero) and identical on every device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jnorm._axes import Axes, canonicalize_axes, check_mask
+
+__all__ = ["Moments", "accumulation_dtype", "moments", "shifted_moments"]
+
+
+class Moments(NamedTuple):
+    """Statistics in shifted form, with the reduced axes kept (size 1).
+
+    The mean is ``shift + mean_shifted``; keeping the two apart keeps ``x - mean`` exact.
+    """
+
+    shift: jax.Array  # shape=x.shape with reduced axes 1, dtype=accumulation dtype
+    mean_shifted: jax.Array  # same shape and dtype: E[x] - shift
+    var: jax.Array  # same shape, real accumulation dtype: biased variance (or E|x|^2 if uncentred)
+    count: jax.Array  # same shape, real accumulation dtype: number of masked-in elements
+
+    @property
+    def mean(self) -> jax.Array:
+        """``shift + mean_shifted`` rounded to the accumulation dtype."""
+        return self.shift + self.mean_shifted
+
+
+def accumulation_dtype(dtype: Any) -> jnp.dtype:
+    """The dtype statistics are accumulated in: at least float32 (float64/complex kept).
+
+    >>> accumulation_dtype(jnp.bfloat16)
+    dtype('float32')
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _abs_sq(d: jax.Array) -> jax.Array:
+    if jnp.iscomplexobj(d):
+        return lax.square(lax.real(d)) + lax.square(lax.imag(d))
+    return lax.square(d)
+
+
+def _real_dtype(dtype: Any) -> jnp.dtype:
+    return jnp.finfo(dtype).dtype
+
+
+def _pivot(x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None) -> jax.Array:
+    """One data element per reduced block (the first masked-in one), with the axes kept."""
+    if mask is None:
+        index = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
+        return x[index]
+    kept = tuple(i for i in range(x.ndim) if i not in axes)
+    order = kept + axes
+    flat_shape = tuple(x.shape[i] for i in kept) + (-1,)
+    xf = jnp.transpose(x, order).reshape(flat_shape)
+    mf = jnp.transpose(mask, order).reshape(flat_shape)
+    first = jnp.argmax(mf, axis=-1)[..., None]
+    pivot = jnp.take_along_axis(xf, first, axis=-1)
+    pivot = jnp.where(jnp.any(mf, axis=-1, keepdims=True), pivot, jnp.zeros_like(pivot))
+    keep_shape = tuple(1 if i in axes else x.shape[i] for i in range(x.ndim))
+    return pivot.reshape(keep_shape)
+
+
+def _combine_across_devices(
+    local: Moments, axis_name: Any, axis_index_groups: Any
+) -> Moments:
+    """Exact count-weighted combination of per-device moments, in one collective."""
+    acc = local.shift.dtype
+    real = _real_dtype(acc)
+    m2 = local.var * local.count  # centred sum of squares on this device
+    packed = jnp.stack(
+        [local.count.astype(acc), local.shift, local.mean_shifted, m2.astype(acc)], axis=0
+    )
+    gathered = lax.all_gather(packed, axis_name, axis_index_groups=axis_index_groups)
+    counts = lax.real(gathered[:, 0]) if jnp.iscomplexobj(gathered) else gathered[:, 0]
+    shifts, means, m2s = gathered[:, 1], gathered[:, 2], gathered[:, 3]
+    m2s = lax.real(m2s) if jnp.iscomplexobj(m2s) else m2s
+    has = counts > 0
+    # A common pivot: the shift of the first device that has data (the same on every device).
+    first = jnp.argmax(has, axis=0)[None]
+    common = jnp.take_along_axis(shifts, first, axis=0)[0]
+    offsets = jnp.where(has, (shifts - common[None]) + means, jnp.zeros_like(means))
+    total = jnp.sum(counts, axis=0)
+    safe = jnp.maximum(total, jnp.ones_like(total))
+    counts_acc = counts.astype(acc)
+    mean = jnp.sum(counts_acc * offsets, axis=0) / safe.astype(acc)
+    spread = jnp.sum(counts * _abs_sq(offsets - mean[None]), axis=0)
+    var = (jnp.sum(m2s, axis=0) + spread) / safe
+    return Moments(common, mean, var.astype(real), total.astype(real))
+
+
+def shifted_moments(
+    x: jax.Array,
+    axes: Axes,
+    *,
+    mask: jax.Array | None = None,
+    center: bool = True,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+) -> Moments:
+    """Mean and biased variance of `x` over `axes` in shifted form (reduced axes kept).
+
+    This is the kernel every layer uses; see the module docstring for the algorithm. With
+    ``center=False`` the shift and mean are zero and ``var`` is the mean square ``E[|x|^2]``
+    (what RMS norm divides by). Masked-out elements are ignored, even when they are NaN; a
+    block with no masked-in element gets mean 0, variance 0 and count 0.
+    """
+    x = jnp.asarray(x)
+    axes = canonicalize_axes(axes, x.ndim, name="axes")
+    mask = check_mask(mask, x.shape)
+    acc = accumulation_dtype(x.dtype)
+    real = _real_dtype(acc)
+    xa = x.astype(acc)
+
+    if center:
+        shift = lax.stop_gradient(_pivot(xa, axes, mask))
+        d = xa - shift
+    else:
+        shift = jnp.zeros(tuple(1 if i in axes else s for i, s in enumerate(x.shape)), acc)
+        d = xa
+    if mask is not None:
+        d = jnp.where(mask, d, jnp.zeros_like(d))
+        count = jnp.sum(mask, axis=axes, keepdims=True, dtype=real)
+    else:
+        size = 1
+        for a in axes:
+            size *= x.shape[a]
+        count = jnp.full(shift.shape, size, dtype=real)
+    safe = jnp.maximum(count, jnp.ones_like(count))
+    sq = jnp.sum(_abs_sq(d), axis=axes, keepdims=True) / safe
+    if center:
+        mean = jnp.sum(d, axis=axes, keepdims=True) / safe.astype(acc)
+        var = jnp.maximum(sq - _abs_sq(mean), jnp.zeros_like(sq))
+    else:
+        mean = jnp.zeros_like(shift)
+        var = sq
+    local = Moments(shift, mean, var, count)
+    if axis_name is None:
+        if axis_index_groups is not None:
+            raise ValueError(
+                "`axis_index_groups` was given without `axis_name`; name the mapped axis the "
+                "groups index into, or drop `axis_index_groups`."
+            )
+        return local
+    if not center:
+        packed = lax.psum(
+            jnp.stack([var * count, count]), axis_name, axis_index_groups=axis_index_groups
+        )
+        n = packed[1]
+        return Moments(shift, mean, packed[0] / jnp.maximum(n, jnp.ones_like(n)), n)
+    return _combine_across_devices(local, axis_name, axis_index_groups)
+
+
+def moments(
+    x: jax.Array,
+    axes: Axes,
+    *,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    center: bool = True,
+    keepdims: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    r"""Mean and biased variance of `x` over `axes`, accurate for data far from zero.
+
+    .. math::  \mu = \frac{1}{n}\sum_{i \in S} x_i, \qquad
+               \sigma^2 = \frac{1}{n}\sum_{i \in S} |x_i - \mu|^2
+
+    where ``S`` are the masked-in elements of each reduced block and ``n = |S|``. Computed in
+    one pass around a pivot taken from the data (see :mod:`jnorm._stats`), so inputs such as
+    ``1e6 + N(0, 1)`` in float32 keep full accuracy, unlike ``E[x^2] - E[x]^2``.
+
+    Shapes: ``x`` is any array; the results have ``x``'s shape without ``axes`` (or with size 1
+    there if ``keepdims``). They are in the accumulation dtype: float32 for half-precision and
+    integer inputs, float64 / complex kept (the variance is real).
+
+    Args:
+      x: input array.
+      axes: axis or axes to reduce over, each in ``[-x.ndim, x.ndim)``.
+      mask: optional boolean array broadcastable to ``x``; only ``True`` elements count.
+        A block with no ``True`` element gives mean 0 and variance 0.
+      axis_name: name of a mapped axis (``shard_map``, ``pmap``, ``vmap``) to also reduce over.
+        Devices may hold different numbers of masked-in elements: the combination is exact
+        (count-weighted), in a single ``all_gather``.
+      axis_index_groups: optional groups of indices of ``axis_name`` reduced separately.
+      center: if False, return mean 0 and the mean square ``E[|x|^2]`` instead of the variance.
+      keepdims: keep the reduced axes with size 1.
+
+    Returns:
+      ``(mean, var)``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> x = jnp.array([[1e6 + 1.0, 1e6 + 3.0], [2.0, 4.0]], jnp.float32)
+      >>> mean, var = jnorm.moments(x, axes=1)
+      >>> mean.tolist(), var.tolist()
+      ([1000002.0, 3.0], [1.0, 1.0])
+    """
+    m = shifted_moments(
+        x, axes, mask=mask, center=center, axis_name=axis_name,
+        axis_index_groups=axis_index_groups,
+    )
+    mean, var = m.mean, m.var
+    if not keepdims:
+        red = canonicalize_axes(axes, jnp.ndim(x), name="axes")
+        mean, var = jnp.squeeze(mean, red), jnp.squeeze(var, red)
+    return mean, var
