@@ -65,7 +65,13 @@ def accumulation_dtype(dtype: Any) -> jnp.dtype:
     >>> accumulation_dtype(jnp.bfloat16)
     dtype('float32')
     """
-    return jnp.promote_types(dtype, jnp.float32)
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jnp.dtype(jnp.complex128 if dtype == jnp.complex128 else jnp.complex64)
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.dtype(jnp.float64 if dtype == jnp.float64 else jnp.float32)
+    # Integers and booleans: the default float (float64 only under jax_enable_x64).
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 
 def _abs_sq(d: jax.Array) -> jax.Array:
@@ -105,7 +111,17 @@ def _combine_across_devices(
     packed = jnp.stack(
         [local.count.astype(acc), local.shift, local.mean_shifted, m2.astype(acc)], axis=0
     )
-    gathered = lax.all_gather(packed, axis_name, axis_index_groups=axis_index_groups)
+    if axis_index_groups is None:
+        # One all-reduce of per-device slots rather than an all_gather: the result is the same
+        # (each slot is one device's statistics plus exact zeros), but under shard_map it is
+        # typed as replicated, so the running statistics can leave with out_specs=P() as flax's
+        # do; all_gather's result is typed as varying. Gradients are right under shard_map
+        # (with or without check_vma), pmap and vmap.
+        slots = jnp.zeros((lax.axis_size(axis_name), *packed.shape), packed.dtype)
+        slots = lax.dynamic_update_index_in_dim(slots, packed, lax.axis_index(axis_name), 0)
+        gathered = lax.psum(slots, axis_name)
+    else:
+        gathered = lax.all_gather(packed, axis_name, axis_index_groups=axis_index_groups)
     counts = lax.real(gathered[:, 0]) if jnp.iscomplexobj(gathered) else gathered[:, 0]
     shifts, means, m2s = gathered[:, 1], gathered[:, 2], gathered[:, 3]
     m2s = lax.real(m2s) if jnp.iscomplexobj(m2s) else m2s
@@ -177,9 +193,13 @@ def shifted_moments(
             )
         return local
     if not center:
-        packed = lax.psum(
-            jnp.stack([var * count, count]), axis_name, axis_index_groups=axis_index_groups
-        )
+        stacked = jnp.stack([var * count, count])
+        if axis_index_groups is None:
+            packed = lax.psum(stacked, axis_name)
+        else:  # shard_map implements all_gather with groups, but not psum with groups
+            packed = jnp.sum(
+                lax.all_gather(stacked, axis_name, axis_index_groups=axis_index_groups), axis=0
+            )
         n = packed[1]
         return Moments(shift, mean, packed[0] / jnp.maximum(n, jnp.ones_like(n)), n)
     return _combine_across_devices(local, axis_name, axis_index_groups)

@@ -1,0 +1,119 @@
+"""The statistics kernel `jnorm.moments` against float64 NumPy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnorm
+from tests.helpers import data
+
+
+@pytest.mark.parametrize("axes", [0, 1, -1, (0, 2), (0, 1, 2), (1, 2, 3)])
+def test_matches_float64(axes):
+    x = data((4, 5, 6, 3), offset=3.0, spread=2.0)
+    mean, var = jnorm.moments(jnp.asarray(x), axes)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axes), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(var, x64.var(axes), rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_offset_data_is_exact_enough(offset):
+    x = data((16, 2048), offset=offset)
+    mean, var = jnorm.moments(jnp.asarray(x), -1)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(var, x64.var(-1), rtol=1e-5)
+    # The mean is rounded to float32 once: within half an ulp of the exact value.
+    ulp = np.spacing(np.float32(offset))
+    assert np.max(np.abs(np.asarray(mean, np.float64) - x64.mean(-1))) <= ulp
+
+
+def test_naive_formula_would_fail_here():
+    """Guard that the accuracy test above is meaningful: E[x^2] - E[x]^2 breaks on this data."""
+    x = jnp.asarray(data((16, 2048), offset=1e4))
+    naive = jnp.mean(x * x, -1) - jnp.mean(x, -1) ** 2
+    exact = np.asarray(x, np.float64).var(-1)
+    assert np.max(np.abs(np.asarray(naive) - exact)) > 1.0
+
+
+def test_keepdims_and_center_false():
+    x = data((3, 4, 5))
+    mean, ms = jnorm.moments(jnp.asarray(x), (1, 2), center=False, keepdims=True)
+    assert mean.shape == ms.shape == (3, 1, 1)
+    np.testing.assert_array_equal(mean, 0.0)
+    np.testing.assert_allclose(ms, (x.astype(np.float64) ** 2).mean((1, 2), keepdims=True),
+                               rtol=1e-6)
+
+
+def test_mask_counts_only_masked_in_and_ignores_nan():
+    x = data((6, 10), offset=100.0)
+    mask = np.random.default_rng(1).random((6, 10)) > 0.4
+    mask[:, 0] = False  # the pivot must come from a masked-in element
+    x_bad = np.where(mask, x, np.nan).astype(np.float32)
+    mean, var = jnorm.moments(jnp.asarray(x_bad), 1, mask=jnp.asarray(mask))
+    for i in range(6):
+        sel = x[i][mask[i]].astype(np.float64)
+        np.testing.assert_allclose(mean[i], sel.mean(), rtol=1e-6)
+        np.testing.assert_allclose(var[i], sel.var(), rtol=1e-4, atol=1e-6)
+
+
+def test_fully_masked_is_finite_zero():
+    x = jnp.asarray(np.full((2, 3), np.nan, np.float32))
+    mask = jnp.zeros((2, 3), bool)
+    mean, var = jnorm.moments(x, 1, mask=mask)
+    np.testing.assert_array_equal(mean, 0.0)
+    np.testing.assert_array_equal(var, 0.0)
+    g = jax.grad(lambda x: jnorm.moments(x, 1, mask=mask)[1].sum())(x)
+    assert np.all(np.isfinite(g))
+
+
+def test_mask_broadcasts():
+    x = data((4, 3, 2))
+    mask = np.array([True, False, True, True]).reshape(4, 1, 1)
+    mean, var = jnorm.moments(jnp.asarray(x), (0, 1), mask=jnp.asarray(mask))
+    sel = x[mask[:, 0, 0]].astype(np.float64)
+    np.testing.assert_allclose(mean, sel.mean((0, 1)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(var, sel.var((0, 1)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.int32, jnp.uint8, jnp.bool_])
+def test_accumulates_in_float32(dtype):
+    x = jnp.asarray(data((8, 300), offset=3.0, spread=2.0)).astype(dtype)
+    mean, var = jnorm.moments(x, -1)
+    assert mean.dtype == var.dtype == jnp.float32
+    x64 = np.asarray(x.astype(jnp.float32), np.float64)
+    np.testing.assert_allclose(mean, x64.mean(-1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(var, x64.var(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_float64_stays_float64():
+    with jax.enable_x64(True):
+        x = jnp.asarray(data((5, 7)).astype(np.float64))
+        mean, var = jnorm.moments(x, 1)
+        assert mean.dtype == var.dtype == jnp.float64
+        np.testing.assert_allclose(var, np.asarray(x).var(1), rtol=1e-13)
+
+
+def test_complex():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 50)) + 1j * rng.standard_normal((3, 50)) + 5).astype(
+        np.complex64)
+    mean, var = jnorm.moments(jnp.asarray(x), 1)
+    assert mean.dtype == jnp.complex64 and var.dtype == jnp.float32
+    x128 = x.astype(np.complex128)
+    np.testing.assert_allclose(mean, x128.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(var, np.mean(np.abs(x128 - x128.mean(1, keepdims=True)) ** 2, 1),
+                               rtol=1e-5)
+
+
+def test_gradients_match_float64_formula():
+    x = data((4, 64), offset=1e4)
+    gm = jax.grad(lambda x: jnp.sum(jnorm.moments(x, 1)[0] * jnp.arange(4.0)))(jnp.asarray(x))
+    gv = jax.grad(lambda x: jnp.sum(jnorm.moments(x, 1)[1]))(jnp.asarray(x))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(gm, np.broadcast_to(np.arange(4.0)[:, None] / 64, x.shape),
+                               rtol=1e-6)
+    np.testing.assert_allclose(gv, 2 * (x64 - x64.mean(1, keepdims=True)) / 64, atol=1e-6)
