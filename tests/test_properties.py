@@ -1,0 +1,109 @@
+"""Property tests (hypothesis): invariances of the scheme, and the notes' claims about it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import jnorm
+from tests.helpers import CASES, CENTERED
+
+SHAPE = (4, 3, 2, 4)
+finite = st.floats(-10.0, 10.0, allow_nan=False, width=64)
+inputs = hnp.arrays(np.float64, SHAPE, elements=finite).filter(
+    lambda x: all(np.ptp(x[..., c]) > 1e-2 for c in range(4)))
+
+
+def _spread_enough(case, x):
+    """Every block a layer normalizes has a non-negligible spread (else eps dominates)."""
+    xv, axes = case.view(x)
+    return bool(np.all(xv.std(axes) > 0.5 if case.center else np.sqrt((xv**2).mean(axes)) > 0.5))
+
+
+@pytest.mark.parametrize("case", CENTERED, ids=repr)
+@given(x=inputs, c=st.floats(-1e3, 1e3, allow_nan=False))
+def test_shift_invariance(case, x, c):
+    with jax.enable_x64(True):
+        y0 = case.call(jnp.asarray(x), None, None)
+        y1 = case.call(jnp.asarray(x + c), None, None)
+        np.testing.assert_allclose(y1, y0, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@given(x=inputs, k=st.floats(0.5, 20.0))
+def test_scale_invariance(case, x, k):
+    if not _spread_enough(case, x):
+        return
+    y0 = case.call(jnp.asarray(x, jnp.float32), None, None)
+    y1 = case.call(jnp.asarray(k * x, jnp.float32), None, None)
+    np.testing.assert_allclose(y1, y0, atol=5e-4)
+
+
+@given(
+    x=hnp.arrays(np.float64, (12, 3), elements=finite),
+    mask=hnp.arrays(np.bool_, (12, 1)).filter(lambda m: m.sum() >= 1),
+)
+def test_masked_moments_equal_moments_of_the_filtered_rows(x, mask):
+    """Metamorphic: masking rows is the same as deleting them."""
+    with jax.enable_x64(True):
+        mean, var = jnorm.moments(jnp.asarray(x), 0, mask=jnp.asarray(mask))
+        kept = jnp.asarray(x[mask[:, 0]])
+        fmean, fvar = jnorm.moments(kept, 0)
+        np.testing.assert_allclose(mean, fmean, atol=1e-12)
+        np.testing.assert_allclose(var, fvar, atol=1e-10)
+
+
+@given(perm=st.permutations(range(SHAPE[0])), x=inputs)
+def test_batch_norm_is_permutation_equivariant(perm, x):
+    state = jnorm.BatchStats.init(4)
+    y, s1 = jnorm.batch_norm(jnp.asarray(x, jnp.float32), state, training=True)
+    yp, s2 = jnorm.batch_norm(jnp.asarray(x[list(perm)], jnp.float32), state, training=True)
+    np.testing.assert_allclose(yp, np.asarray(y)[list(perm)], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s1.var, s2.var, rtol=1e-5)
+
+
+@given(
+    u=hnp.arrays(np.float64, (16, 5), elements=finite).filter(lambda u: np.linalg.matrix_rank(
+        u - u.mean(0)) == 5),
+    a=st.floats(0.01, 100.0),
+)
+def test_notes_weight_scale_identities(u, a):
+    """The notes' claim: with z = u W, d BN((aW)u)/du = d BN(Wu)/du and
+    d BN((aW)u)/d(aW) = (1/a) d BN(Wu)/dW (epsilon = 0; float64)."""
+    with jax.enable_x64(True):
+        w = jnp.asarray(np.random.default_rng(0).standard_normal((5, 3)))
+        c = jnp.asarray(np.random.default_rng(1).standard_normal((16, 3)))
+        state = jnorm.BatchStats.init(3, jnp.float64)
+
+        def loss(u, w):
+            return jnp.sum(c * jnorm.batch_norm(u @ w, state, training=True, epsilon=0.0)[0])
+
+        gu, gw = jax.grad(loss, argnums=(0, 1))(jnp.asarray(u), w)
+        gu_a, gw_a = jax.grad(loss, argnums=(0, 1))(jnp.asarray(u), a * w)
+        np.testing.assert_allclose(gu_a, gu, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(gw_a, gw / a, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@given(x=inputs)
+def test_output_statistics_are_standard(case, x):
+    """Without scale/bias each normalized block has mean 0 and (up to eps) variance 1."""
+    if not _spread_enough(case, x):
+        return
+    with jax.enable_x64(True):
+        y = np.asarray(case.call(jnp.asarray(x), None, None))
+    yv, axes = case.view(y)
+    if case.center:
+        np.testing.assert_allclose(yv.mean(axes), 0.0, atol=1e-9)
+        xv = case.view(x)[0]
+        expected = xv.var(axes) / (xv.var(axes) + case.epsilon)
+        np.testing.assert_allclose(yv.var(axes), expected, rtol=1e-9)
+    else:
+        xv = case.view(x)[0]
+        ms = (xv**2).mean(axes)
+        np.testing.assert_allclose((yv**2).mean(axes), ms / (ms + case.epsilon), rtol=1e-9)

@@ -1,0 +1,129 @@
+"""jit, vmap, grad, jvp, hessian, scan and numerical derivative checks on every layer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+import jnorm
+from tests.helpers import CASES, data, params
+
+SHAPE = (4, 3, 2, 4)
+
+
+def _fn(case, s=None, b=None):
+    return lambda x: case.call(x, s, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_jit_equals_eager(case):
+    x = jnp.asarray(data(SHAPE, offset=3.0))
+    s, b = map(jnp.asarray, params(4))
+    np.testing.assert_allclose(jax.jit(_fn(case, s, b))(x), case.call(x, s, b), atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_vmap_equals_loop(case):
+    xs = jnp.asarray(data((3,) + SHAPE, offset=-2.0))
+    s, b = map(jnp.asarray, params(4))
+    batched = jax.vmap(_fn(case, s, b))(xs)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], case.call(xs[i], s, b), atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_grad_wrt_params(case):
+    x = data(SHAPE, offset=1.0)
+    s, b = params(4)
+    ct = data(SHAPE, seed=9)
+
+    def loss(s, b):
+        return jnp.sum(case.call(jnp.asarray(x), s, b if case.has_bias else None) * ct)
+
+    gs, gb = jax.grad(loss, argnums=(0, 1))(jnp.asarray(s), jnp.asarray(b))
+    xhat = case.ref(x)
+    np.testing.assert_allclose(gs, (xhat * ct).reshape(-1, 4).sum(0), rtol=1e-5, atol=1e-5)
+    if case.has_bias:
+        np.testing.assert_allclose(gb, ct.astype(np.float64).reshape(-1, 4).sum(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_jvp_matches_vjp(case):
+    """Forward and reverse mode agree: <J t, c> == <t, J^T c>."""
+    x = jnp.asarray(data(SHAPE, offset=5.0))
+    t = jnp.asarray(data(SHAPE, seed=1))
+    c = jnp.asarray(data(SHAPE, seed=2))
+    f = _fn(case)
+    _, jt = jax.jvp(f, (x,), (t,))
+    _, vjp = jax.vjp(f, x)
+    (jc,) = vjp(c)
+    np.testing.assert_allclose(jnp.vdot(jt, c), jnp.vdot(t, jc), rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_check_grads_float64_order2(case):
+    with jax.enable_x64(True):
+        x = jnp.asarray(data((3, 2, 2, 4), offset=1.0).astype(np.float64))
+        s, b = (jnp.asarray(p.astype(np.float64)) for p in params(4))
+        check_grads(lambda x, s, b: case.call(x, s, b if case.has_bias else None),
+                    (x, s, b), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_hessian(case):
+    x = jnp.asarray(data((2, 2, 1, 4), offset=2.0))
+    w = jnp.asarray(data((2, 2, 1, 4), seed=3))
+    h = jax.hessian(lambda x: jnp.sum(jnp.tanh(case.call(x, None, None)) * w))(x)
+    assert h.shape == x.shape * 2 and bool(jnp.all(jnp.isfinite(h)))
+    flat = h.reshape(x.size, x.size)
+    np.testing.assert_allclose(flat, flat.T, atol=1e-4)
+
+
+def test_batch_norm_in_scan_keeps_state_structure():
+    xs = jnp.asarray(data((5,) + SHAPE, offset=1.0))
+    state0 = jnorm.BatchStats.init(4)
+
+    def step(state, x):
+        y, state = jnorm.batch_norm(x, state, training=True, momentum=0.5)
+        return state, y.mean()
+
+    state, _ = lax.scan(step, state0, xs)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), state0)
+    assert int(state.count) == 5
+    ref = jnorm.BatchStats.init(4)
+    for x in xs:
+        _, ref = jnorm.batch_norm(x, ref, training=True, momentum=0.5)
+    np.testing.assert_allclose(state.mean, ref.mean, rtol=1e-6)
+
+
+def test_batch_norm_state_under_cond_and_jit():
+    state0 = jnorm.BatchStats.init(4)
+    x = jnp.asarray(data(SHAPE))
+
+    @jax.jit
+    def f(flag, state):
+        def train(state):
+            return jnorm.batch_norm(x, state, training=True)
+
+        def evaluate(state):
+            return jnorm.batch_norm(x, state, training=False)
+
+        return lax.cond(flag, train, evaluate, state)
+
+    _, s_train = f(True, state0)
+    _, s_eval = f(False, state0)
+    assert int(s_train.count) == 1 and int(s_eval.count) == 0
+
+
+def test_grad_through_training_and_state():
+    """Differentiating through the returned state works (e.g. meta-learning)."""
+    x = jnp.asarray(data(SHAPE, offset=1.0))
+    g = jax.grad(lambda x: jnorm.batch_norm(x, jnorm.BatchStats.init(4), training=True)[1]
+                 .mean.sum())(x)
+    np.testing.assert_allclose(g, np.full(SHAPE, 0.01 / (SHAPE[0] * SHAPE[1] * SHAPE[2])),
+                               rtol=1e-5)
