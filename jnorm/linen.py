@@ -63,8 +63,15 @@ def _affine_params(
 
 
 def _out_dtype(mdl: Module, x: jax.Array, *params: jax.Array | None) -> jnp.dtype:
-    """flax's rule: ``dtype`` if set, else the promoted dtype of the input and the params."""
-    return dtypes.canonicalize_dtype(x, *[p for p in params if p is not None], dtype=mdl.dtype)
+    """flax's rule: ``dtype`` if set, else the promoted dtype of the input and the params.
+
+    Only a dtype is computed here, so it uses JAX's standard promotion lattice even when the
+    user runs with ``jax_numpy_dtype_promotion="strict"`` (the arrays are cast explicitly).
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return dtypes.canonicalize_dtype(
+            x, *[p for p in params if p is not None], dtype=mdl.dtype
+        )
 
 
 class BatchNorm(Module):
@@ -75,7 +82,8 @@ class BatchNorm(Module):
     ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``,
     ``axis_name``, ``axis_index_groups``, ``use_fast_variance`` (no effect),
     ``force_float32_reductions``; plus jnorm's ``unbiased_running_var`` (PyTorch's convention)
-    and ``skip_nonfinite`` (keep running statistics when a batch's are NaN/inf).
+    and ``skip_nonfinite`` (keep running statistics when a batch's are NaN/inf), and
+    ``virtual_batch_size`` (ghost batch norm; see :func:`jnorm.batch_norm`).
 
     As in flax, the running statistics are not updated while the module is initialised.
     """
@@ -96,6 +104,7 @@ class BatchNorm(Module):
     force_float32_reductions: bool = True
     unbiased_running_var: bool = False
     skip_nonfinite: bool = False
+    virtual_batch_size: int | None = None
 
     @compact
     def __call__(
@@ -133,6 +142,7 @@ class BatchNorm(Module):
             unbiased_running_var=self.unbiased_running_var,
             skip_nonfinite=self.skip_nonfinite,
             dtype=_out_dtype(self, x, scale, bias),
+            virtual_batch_size=self.virtual_batch_size,
         )
         if not use_running_average and not self.is_initializing():
             ra_mean.value = new_state.mean

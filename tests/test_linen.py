@@ -1,0 +1,191 @@
+"""jnorm.linen against flax.linen: same variables, same outputs, checkpoints swap both ways."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jnorm
+import jnorm.linen as jnn
+from tests.helpers import data
+
+X = data((8, 4, 4, 8), offset=1.5, spread=2.0)
+
+PAIRS = [
+    ("BatchNorm", {"use_running_average": False}),
+    ("BatchNorm", {"use_running_average": False, "axis": 1, "momentum": 0.9}),
+    ("BatchNorm", {"use_running_average": True}),
+    ("LayerNorm", {}),
+    ("LayerNorm", {"reduction_axes": (1, 2, 3), "feature_axes": -1}),
+    ("LayerNorm", {"use_bias": False, "epsilon": 1e-3}),
+    ("RMSNorm", {}),
+    ("RMSNorm", {"reduction_axes": (2, 3)}),
+    ("GroupNorm", {"num_groups": 4}),
+    ("GroupNorm", {"num_groups": None, "group_size": 2}),
+    ("GroupNorm", {"num_groups": 2, "reduction_axes": (2, 3)}),
+    ("InstanceNorm", {}),
+    ("InstanceNorm", {"use_scale": False}),
+]
+
+
+def _init_both(name, kw, x):
+    ours, theirs = getattr(jnn, name)(**kw), getattr(nn, name)(**kw)
+    key = jax.random.key(0)
+    with jax.numpy_dtype_promotion("standard"):  # flax itself mixes dtypes implicitly
+        v_theirs = theirs.init(key, x)
+    return ours, _Standard(theirs), ours.init(key, x), v_theirs
+
+
+class _Standard:
+    """Runs a flax module under standard dtype promotion (the suite is strict)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def apply(self, *args, **kwargs):
+        with jax.numpy_dtype_promotion("standard"):
+            return self.module.apply(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "kw"), PAIRS, ids=[f"{n}-{i}" for i, (n, _) in
+                                                      enumerate(PAIRS)])
+def test_same_variables_and_outputs_as_flax(name, kw):
+    x = jnp.asarray(X)
+    ours, theirs, v_ours, v_theirs = _init_both(name, kw, x)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ours) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), v_theirs)
+    # perturb params/stats so the comparison is not at the trivial init values
+    rng = np.random.default_rng(0)
+    v = jax.tree.map(lambda a: a + jnp.asarray(rng.random(a.shape), a.dtype) * 0.5, v_theirs)
+    y_ours, up_ours = ours.apply(v, x, mutable=["batch_stats"])
+    y_theirs, up_theirs = theirs.apply(v, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(y_ours, y_theirs, atol=5e-6)
+    for a, b in zip(jax.tree.leaves(up_ours), jax.tree.leaves(up_theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_module_and_function_are_bitwise_equal():
+    x = jnp.asarray(X)
+    s = jnp.asarray(np.random.default_rng(1).random(8), jnp.float32)
+    b = jnp.asarray(np.random.default_rng(2).random(8), jnp.float32)
+    p = {"params": {"scale": s, "bias": b}}
+    checks = [
+        (jnn.LayerNorm(), p, jnorm.layer_norm(x, s, b)),
+        (jnn.RMSNorm(), {"params": {"scale": s}}, jnorm.rms_norm(x, s)),
+        (jnn.GroupNorm(num_groups=4), p, jnorm.group_norm(x, s, b, num_groups=4)),
+        (jnn.InstanceNorm(), p, jnorm.instance_norm(x, s, b)),
+    ]
+    for module, variables, expected in checks:
+        np.testing.assert_array_equal(module.apply(variables, x), expected)
+    state = jnorm.BatchStats.init(8)
+    y_fn, new = jnorm.batch_norm(x, state, s, b, training=True)
+    y_mod, up = jnn.BatchNorm(use_running_average=False).apply(
+        {**p, "batch_stats": {"mean": state.mean, "var": state.var}}, x, mutable=["batch_stats"])
+    np.testing.assert_array_equal(y_mod, y_fn)
+    np.testing.assert_array_equal(up["batch_stats"]["mean"], new.mean)
+    np.testing.assert_array_equal(up["batch_stats"]["var"], new.var)
+
+
+def test_init_does_not_update_running_statistics():
+    v = jnn.BatchNorm(use_running_average=False).init(jax.random.key(0), jnp.asarray(X) + 5)
+    np.testing.assert_array_equal(v["batch_stats"]["mean"], 0.0)
+    np.testing.assert_array_equal(v["batch_stats"]["var"], 1.0)
+
+
+def test_momentum_none_tracks_count():
+    m = jnn.BatchNorm(use_running_average=False, momentum=None)
+    v = m.init(jax.random.key(0), jnp.asarray(X))
+    assert int(v["batch_stats"]["count"]) == 0
+    for i in range(3):
+        _, up = m.apply(v, jnp.asarray(X) + i, mutable=["batch_stats"])
+        v = {**v, **up}
+    assert int(v["batch_stats"]["count"]) == 3
+    np.testing.assert_allclose(v["batch_stats"]["mean"],
+                               X.astype(np.float64).reshape(-1, 8).mean(0) + 1.0, rtol=1e-5)
+
+
+def test_mask_matches_flax():
+    x = jnp.asarray(X)
+    mask = jnp.asarray(np.random.default_rng(3).random(X.shape) > 0.3)
+    for name, kw in [("BatchNorm", {"use_running_average": False}), ("LayerNorm", {}),
+                     ("GroupNorm", {"num_groups": 4}), ("InstanceNorm", {})]:
+        ours, theirs, v, _ = _init_both(name, kw, x)
+        a = ours.apply(v, x, mask=mask, mutable=["batch_stats"])[0]
+        b = theirs.apply(v, x, mask=mask, mutable=["batch_stats"])[0]
+        np.testing.assert_allclose(a, b, atol=5e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_dtype_rules_match_flax(dtype):
+    x = jnp.asarray(X).astype(dtype)
+    for name, kw in [("LayerNorm", {}), ("LayerNorm", {"dtype": dtype}),
+                     ("BatchNorm", {"use_running_average": False, "param_dtype": dtype})]:
+        ours, theirs, v, _ = _init_both(name, kw, x)
+        a = ours.apply(v, x, mutable=["batch_stats"])[0]
+        b = theirs.apply(v, x, mutable=["batch_stats"])[0]
+        assert a.dtype == b.dtype, (name, kw)
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                   atol=2e-2)
+
+
+def test_complex_input_matches_flax():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray((rng.standard_normal((4, 6)) + 1j * rng.standard_normal((4, 6)) + 2)
+                    .astype(np.complex64))
+    for name in ["LayerNorm", "RMSNorm"]:
+        ours, theirs, v, _ = _init_both(name, {}, x)
+        np.testing.assert_allclose(ours.apply(v, x), theirs.apply(v, x), atol=2e-6)
+
+
+class _CNN(nn.Module):
+    norms: object  # the module namespace: flax.linen or jnorm.linen
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(8, (3, 3))(x)
+        x = self.norms.BatchNorm(use_running_average=not train)(x)
+        x = nn.relu(x)
+        x = nn.Conv(8, (3, 3))(x)
+        x = self.norms.GroupNorm(num_groups=4)(x)
+        x = nn.relu(x).mean((1, 2))
+        x = self.norms.LayerNorm()(x)
+        return nn.Dense(3)(x)
+
+
+def test_checkpoints_swap_between_flax_and_jnorm():
+    x = jnp.asarray(X)
+    flax_model, jnorm_model = _CNN(nn), _CNN(jnn)
+    v = flax_model.init(jax.random.key(0), x, train=False)
+    _, up = flax_model.apply(v, x, train=True, mutable=["batch_stats"])
+    v = {**v, **up}  # a flax checkpoint with non-trivial running statistics
+    np.testing.assert_allclose(jnorm_model.apply(v, x, train=False),
+                               flax_model.apply(v, x, train=False), atol=1e-5)
+    v2 = jnorm_model.init(jax.random.key(0), x, train=False)
+    assert jax.tree.structure(v2) == jax.tree.structure(v)
+    _, up2 = jnorm_model.apply(v2, x, train=True, mutable=["batch_stats"])
+    v2 = {**v2, **up2}  # and a jnorm checkpoint evaluated by flax
+    np.testing.assert_allclose(flax_model.apply(v2, x, train=False),
+                               jnorm_model.apply(v2, x, train=False), atol=1e-5)
+
+
+def test_jnorm_import_does_not_import_flax():
+    code = "import sys, jnorm; print('flax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_flax_is_inaccurate_where_jnorm_is_not():
+    """The reason jnorm exists: flax's default on offset data versus jnorm's."""
+    x = jnp.asarray(data((16, 512), offset=1e4))
+    x64 = np.asarray(x, np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
+    v = nn.LayerNorm().init(jax.random.key(0), x)
+    err_flax = np.max(np.abs(np.asarray(nn.LayerNorm().apply(v, x)) - ref))
+    err_ours = np.max(np.abs(np.asarray(jnn.LayerNorm().apply(v, x)) - ref))
+    assert err_ours <= 1e-5 < 1e-2 < err_flax
