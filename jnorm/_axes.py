@@ -31,8 +31,10 @@ def canonicalize_axes(axes: Axes, ndim: int, *, name: str = "axis") -> tuple[int
         seq: tuple[int, ...] = (int(axes),)
     else:
         try:
+            if isinstance(axes, (str, bytes)):
+                raise TypeError
             seq = tuple(int(a) for a in axes)
-        except TypeError:
+        except (TypeError, ValueError):
             raise TypeError(
                 f"`{name}` must be an int or a sequence of ints, got {axes!r}."
             ) from None

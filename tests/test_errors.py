@@ -1,0 +1,87 @@
+"""Bad input fails at trace time with a message that names the argument and the fix."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jnorm
+import jnorm.linen as jnn
+
+X = jnp.ones((2, 3, 3, 4))
+
+
+def _trace(f):
+    """Errors must come at trace time: eval_shape runs no computation."""
+    return jax.eval_shape(f)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: jnorm.layer_norm(X, axis=4), r"`axis`=4 is out of range .* \[-4, 3\]"),
+        (lambda: jnorm.layer_norm(X, axis=-5), r"`axis`=-5 is out of range"),
+        (lambda: jnorm.layer_norm(X, axis=(1, -3)), r"names the same axis twice"),
+        (lambda: jnorm.moments(X, axes=7), r"`axes`=7 is out of range"),
+        (lambda: jnorm.layer_norm(X, axis="a"), r"must be an int or a sequence of ints"),
+        (lambda: jnorm.instance_norm(X, channel_axis=-9), r"`channel_axis`=-9 is out of range"),
+        (lambda: jnorm.group_norm(X, num_groups=3), r"`num_groups`=3 does not divide the 4 "
+                                                    r"channels. Pick one of \[1, 2, 4\]"),
+        (lambda: jnorm.group_norm(X, num_groups=None, group_size=3), r"`group_size`=3 does not "
+                                                                     r"divide"),
+        (lambda: jnorm.group_norm(X, num_groups=2, group_size=2), r"exactly one of `num_groups`"),
+        (lambda: jnorm.group_norm(X, num_groups=2, reduction_axes=(1, 3)),
+         r"must not include the channel axis"),
+        (lambda: jnorm.layer_norm(X, jnp.ones(3)), r"`scale` has shape \(3,\).*feature shape "
+                                                   r"\(4,\)"),
+        (lambda: jnorm.layer_norm(X, None, jnp.ones((4, 1))), r"`bias` has shape \(4, 1\)"),
+        (lambda: jnorm.group_norm(X, jnp.ones(2), num_groups=2), r"`scale` has shape \(2,\), "
+                                                                 r"expected \(4,\)"),
+        (lambda: jnorm.layer_norm(X, mask=jnp.ones((3, 3), bool)), r"`mask` has shape \(3, 3\), "
+                                                                    r"which does not broadcast"),
+        (lambda: jnorm.layer_norm(X, mask=jnp.ones((5, 2, 3, 3, 4), bool)), r"would enlarge"),
+        (lambda: jnorm.batch_norm(X, jnorm.BatchStats.init(3), training=True),
+         r"`state.mean` has shape \(3,\).*BatchStats.init\(4\)"),
+        (lambda: jnorm.batch_norm(jnp.ones((1, 4)), jnorm.BatchStats.init(4), training=True),
+         r"more than one value per channel"),
+        (lambda: jnorm.batch_norm(X, jnorm.BatchStats.init(4), training=True, momentum=1.5),
+         r"`momentum` must lie in \[0, 1\].*PyTorch"),
+        (lambda: jnorm.batch_norm(X, (jnp.zeros(4), jnp.ones(4)), training=True),
+         r"`state` must be a jnorm.BatchStats"),
+        (lambda: jnorm.instance_norm(jnp.ones((2, 4))), r"no spatial axis.*use layer_norm"),
+        (lambda: jnorm.instance_norm(X, channel_axis=0), r"includes axis 0, which is the batch"),
+        (lambda: jnorm.normalize(X, jnp.ones(3), 1.0, epsilon=1e-5),
+         r"`mean` of shape \(1, 1, 1, 3\) does not broadcast"),
+        (lambda: jnorm.normalize(X, 0.0, 1.0, epsilon=-1.0), r"`epsilon` must be >= 0"),
+        (lambda: jnorm.moments(X, 1, axis_index_groups=[[0]]), r"without `axis_name`"),
+        (lambda: jnorm.layer_norm(jnp.float32(1.0)), r"at least one dimension"),
+        (lambda: jnorm.BatchStats.init(0), r"`num_features` must be positive"),
+    ],
+)
+def test_error_names_argument_and_fix(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _trace(call)
+
+
+def test_training_must_be_static():
+    state = jnorm.BatchStats.init(4)
+    f = jax.jit(lambda x, t: jnorm.batch_norm(x, state, training=t))
+    with pytest.raises(TypeError, match=r"`training` must be a Python bool.*static"):
+        f(X, True)
+
+
+def test_linen_errors():
+    with pytest.raises(ValueError, match=r"must include the last axis"):
+        jnn.GroupNorm(num_groups=2, reduction_axes=(1, 2)).init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match=r"`num_groups`=3 does not divide"):
+        jnn.GroupNorm(num_groups=3).init(jax.random.key(0), X)
+    with pytest.raises(ValueError, match=r"`axis`=5 is out of range"):
+        jnn.BatchNorm(axis=5, use_running_average=False).init(jax.random.key(0), X)
+
+
+def test_torch_conversion_errors():
+    with pytest.raises(ValueError, match=r"must be vectors of the same length"):
+        jnorm.from_torch_batch_norm([0.0, 0.0], [1.0])
+    with pytest.raises(ValueError, match=r"torch `weight` has shape"):
+        jnorm.from_torch_batch_norm([0.0, 0.0], [1.0, 1.0], weight=[1.0])
