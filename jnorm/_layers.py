@@ -324,6 +324,7 @@ def batch_norm(
     unbiased_running_var: bool = False,
     skip_nonfinite: bool = False,
     dtype: Any = None,
+    virtual_batch_size: int | None = None,
 ) -> tuple[jax.Array, BatchStats]:
     r"""Batch normalization (Ioffe & Szegedy 2015) with explicit running statistics.
 
@@ -358,6 +359,19 @@ def batch_norm(
       unbiased_running_var: store the unbiased variance (PyTorch's convention).
       skip_nonfinite: keep the running statistics where the batch's are NaN or infinite.
       dtype: output dtype (default ``x``'s).
+      virtual_batch_size: ghost batch norm (Hoffer et al. 2017). Axis 0 is split into
+        consecutive sub-batches of this many examples (it must divide ``x.shape[0]``), each
+        normalized with its own statistics. The running statistics get *one* update per call,
+        with the count-weighted average of the sub-batch means and (biased) variances; without a
+        mask that is their plain mean, as Keras does. The mean then equals the full batch's, and
+        the variance is the within-sub-batch variance, the one training actually normalized
+        with, so eval matches training in expectation (with ``unbiased_running_var`` it is the
+        pooled ``sum M2_k / sum (n_k - 1)``). One update of the average instead of one
+        momentum step per sub-batch keeps the result independent of the sub-batch order. With
+        ``axis_name``, sub-batch ``k`` of every device is one virtual batch (so it holds
+        ``virtual_batch_size`` times the axis size examples) and the running statistics stay
+        equal on all devices; for device-sized virtual batches use ``axis_index_groups``.
+        Ignored when ``training=False``.
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
@@ -367,8 +381,24 @@ def batch_norm(
       >>> y.tolist(), [round(m, 4) for m in state.mean.tolist()]
       ([[-1.0, -1.0], [1.0, 1.0]], [0.01, 0.2])
       >>> y, _ = jnorm.batch_norm(x, state, training=False)
+
+      Ghost batch norm, two virtual batches of two examples:
+
+      >>> x = jnp.array([[0.0], [2.0], [10.0], [14.0]])
+      >>> y, s = jnorm.batch_norm(x, jnorm.BatchStats.init(1), training=True, epsilon=0.0,
+      ...                         momentum=0.0, virtual_batch_size=2)
+      >>> y[:, 0].tolist(), s.mean.tolist(), s.var.tolist()  # var: mean of 1 and 4
+      ([-1.0, 1.0, -1.0, 1.0], [6.5], [2.5])
     """
     x = _as_input(x)
+    if virtual_batch_size is not None and (
+        not isinstance(virtual_batch_size, (int, np.integer))
+        or isinstance(virtual_batch_size, bool) or virtual_batch_size < 1
+    ):
+        raise ValueError(
+            f"`virtual_batch_size` must be a positive int (examples per ghost batch) or None, "
+            f"got {virtual_batch_size!r}."
+        )
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(
             f"`training` must be a Python bool, got {type(training).__name__}. It selects the "
@@ -407,6 +437,13 @@ def batch_norm(
             epsilon=epsilon, dtype=dtype,
         )
         return y, state
+    if virtual_batch_size is not None:
+        return _ghost_batch_norm(
+            x, state, scale, bias, features, stat_axes, int(virtual_batch_size),
+            momentum=momentum, epsilon=epsilon, mask=mask, axis_name=axis_name,
+            axis_index_groups=axis_index_groups, unbiased_running_var=unbiased_running_var,
+            skip_nonfinite=skip_nonfinite, dtype=dtype,
+        )
     if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
         raise ValueError(
             f"batch_norm in training needs more than one value per channel, but the input of "
@@ -427,3 +464,66 @@ def batch_norm(
         skip_nonfinite=skip_nonfinite,
     )
     return y, new_state
+
+
+def _ghost_batch_norm(
+    x: jax.Array,
+    state: BatchStats,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    features: tuple[int, ...],
+    stat_axes: tuple[int, ...],
+    size: int,
+    **kw: Any,
+) -> tuple[jax.Array, BatchStats]:
+    """batch_norm in training with ``virtual_batch_size``: see its docstring for the rules."""
+    if 0 in features:
+        raise ValueError(
+            f"`virtual_batch_size` splits axis 0 (the batch) into sub-batches, but `axis` makes "
+            f"axis 0 a feature axis (features {features} of an input of shape {x.shape}). Put "
+            "the batch on axis 0, or drop `virtual_batch_size`."
+        )
+    n = x.shape[0]
+    if n % size:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise ValueError(
+            f"`virtual_batch_size`={size} does not divide the batch of {n} examples (axis 0 of "
+            f"the input of shape {x.shape}). Pick one of {divisors}, or pad the batch and mask "
+            "the padding out with `mask`."
+        )
+    xs = x.reshape((n // size, size, *x.shape[1:]))
+    mask = check_mask(kw["mask"], x.shape)
+    sub_stat = tuple(a + 1 for a in stat_axes)  # within one sub-batch; axis 0 counts them
+    sub_feat = tuple(a + 1 for a in features)
+    if kw["axis_name"] is None and int(np.prod([xs.shape[a] for a in sub_stat])) <= 1:
+        raise ValueError(
+            f"`virtual_batch_size`={size} leaves one value per channel in each sub-batch of the "
+            f"input of shape {x.shape}, so every output would be 0. Use a larger "
+            "`virtual_batch_size`."
+        )
+    y, m = _apply(
+        xs, sub_stat, sub_feat, scale, bias, epsilon=kw["epsilon"],
+        mask=None if mask is None else mask.reshape(xs.shape), axis_name=kw["axis_name"],
+        axis_index_groups=kw["axis_index_groups"], dtype=kw["dtype"],
+    )
+    # One running-statistics update with the count-weighted average over the sub-batches.
+    counts = m.count
+    total = jnp.sum(counts, axis=0)
+    safe = jnp.maximum(total, jnp.ones_like(total))
+    mean = jnp.sum(counts.astype(m.mean.dtype) * m.mean, axis=0) / safe.astype(m.mean.dtype)
+    m2 = jnp.sum(counts * m.var, axis=0)
+    if kw["unbiased_running_var"]:
+        dof = jnp.sum(jnp.maximum(counts - 1, jnp.zeros_like(counts)), axis=0)
+        var = m2 / jnp.where(dof > 0, dof, safe)
+    else:
+        var = m2 / safe
+    new_state = update_batch_stats(
+        state,
+        jnp.squeeze(mean, stat_axes),
+        jnp.squeeze(var, stat_axes),
+        jnp.squeeze(total, stat_axes),
+        momentum=kw["momentum"],
+        unbiased_running_var=False,
+        skip_nonfinite=kw["skip_nonfinite"],
+    )
+    return y.reshape(x.shape), new_state
