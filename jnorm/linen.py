@@ -309,3 +309,418 @@ class InstanceNorm(Module):
         )
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# Beyond the anchors: whitening, batch renorm, FRN/EvoNorm, weight transforms (plumbing only;
+# the math is in jnorm._whitening, jnorm._renorm, jnorm._frn and jnorm._weight).
+
+from flax.linen import transforms as _transforms  # noqa: E402
+
+import jnorm._frn as _frn  # noqa: E402
+import jnorm._renorm as _renorm  # noqa: E402
+import jnorm._weight as _weight  # noqa: E402
+import jnorm._whitening as _whitening  # noqa: E402
+
+__all__ += [
+    "BatchRenorm",
+    "DecorrelatedBatchNorm",
+    "EvoNormB0",
+    "EvoNormS0",
+    "FilterResponseNorm",
+    "IterNorm",
+    "WeightNorm",
+    "WeightStandardization",
+]
+
+
+class DecorrelatedBatchNorm(Module):
+    """ZCA-whitening batch norm on :func:`jnorm.decorrelated_batch_norm` (Huang et al. 2018).
+
+    Attributes: ``use_running_average``, ``group_size`` (features whitened together; None: all),
+    ``axis`` (-1), ``momentum`` (0.99, weight of the old value; None: cumulative), ``epsilon``
+    (1e-5, added to the covariance's diagonal), ``dtype``, ``param_dtype``, ``use_bias``,
+    ``use_scale``, ``bias_init``, ``scale_init``. Variables: ``params`` ``scale``/``bias``
+    ``[C]``; ``batch_stats`` ``mean`` ``[C]``, ``whitening`` ``[C/G, G, G]`` (+ ``count`` with
+    ``momentum=None``). Running statistics are not updated during ``init``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnorm.linen as jnn
+      >>> m = jnn.DecorrelatedBatchNorm(use_running_average=False, group_size=2)
+      >>> v = m.init(jax.random.key(0), jnp.ones((8, 4)))
+      >>> v["batch_stats"]["whitening"].shape
+      (2, 2, 2)
+    """
+
+    use_running_average: bool | None = None
+    group_size: int | None = None
+    axis: int = -1
+    momentum: float | None = 0.99
+    epsilon: float = 1e-5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = initializers.zeros
+    scale_init: Initializer = initializers.ones
+    force_float32_reductions: bool = True
+    iterations: int | None = None  # None: ZCA by eigendecomposition; int: IterNorm's T
+
+    @compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """Whitens ``x`` with batch (training) or running statistics."""
+        use_running_average = module.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        x = jnp.asarray(x)
+        (ch,) = canonicalize_axes(self.axis, x.ndim, name="axis")
+        c = x.shape[ch]
+        init = _whitening.WhiteningStats.init(c, group_size=self.group_size)
+        ra_mean = self.variable("batch_stats", "mean", lambda: init.mean)
+        ra_w = self.variable("batch_stats", "whitening", lambda: init.whitening)
+        ra_count = (
+            self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
+            if self.momentum is None else None
+        )
+        scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
+        state = _whitening.WhiteningStats(
+            ra_mean.value, ra_w.value,
+            ra_count.value if ra_count is not None else jnp.zeros((), jnp.int32),
+        )
+        kwargs = dict(
+            training=not use_running_average, group_size=self.group_size, axis=ch,
+            momentum=self.momentum, epsilon=self.epsilon, dtype=_out_dtype(self, x, scale, bias),
+        )
+        if self.iterations is None:
+            y, new = _whitening.decorrelated_batch_norm(x, state, scale, bias, **kwargs)
+        else:
+            y, new = _whitening.iter_norm(
+                x, state, scale, bias, iterations=self.iterations, **kwargs
+            )
+        if not use_running_average and not self.is_initializing():
+            ra_mean.value, ra_w.value = new.mean, new.whitening
+            if ra_count is not None:
+                ra_count.value = new.count
+        return y
+
+
+class IterNorm(DecorrelatedBatchNorm):
+    """IterNorm on :func:`jnorm.iter_norm` (Huang et al. 2019): Newton-Schulz whitening.
+
+    :class:`DecorrelatedBatchNorm` with ``iterations`` (``T``, default 5) set; same attributes
+    and variables.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnorm.linen as jnn
+      >>> m = jnn.IterNorm(use_running_average=False, iterations=5)
+      >>> v = m.init(jax.random.key(0), jnp.ones((8, 3)))
+      >>> y, upd = m.apply(v, jnp.arange(24.0).reshape(8, 3) % 5, mutable=["batch_stats"])
+      >>> sorted(upd["batch_stats"])
+      ['mean', 'whitening']
+    """
+
+    iterations: int | None = 5
+
+
+class BatchRenorm(Module):
+    """Batch Renormalization on :func:`jnorm.batch_renorm` (Ioffe 2017).
+
+    :class:`BatchNorm`'s attributes and variables (``mean``/``var`` in ``batch_stats``, so a
+    BatchNorm checkpoint loads) plus ``r_max`` (3.0) and ``d_max`` (5.0). Both can be overridden
+    per call, e.g. with :func:`jnorm.batch_renorm_schedule` of the step (traced values work).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnorm, jnorm.linen as jnn
+      >>> m = jnn.BatchRenorm(use_running_average=False)
+      >>> v = m.init(jax.random.key(0), jnp.ones((4, 3)))
+      >>> r_max, d_max = jnorm.batch_renorm_schedule(100)
+      >>> y, upd = m.apply(v, jnp.ones((4, 3)), r_max=r_max, d_max=d_max, mutable=["batch_stats"])
+      >>> sorted(upd["batch_stats"])
+      ['mean', 'var']
+    """
+
+    use_running_average: bool | None = None
+    axis: int = -1
+    momentum: float | None = 0.99
+    epsilon: float = 1e-5
+    r_max: float = 3.0
+    d_max: float = 5.0
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = initializers.zeros
+    scale_init: Initializer = initializers.ones
+    axis_name: str | None = None
+    axis_index_groups: Any = None
+    force_float32_reductions: bool = True
+
+    @compact
+    def __call__(
+        self, x: jax.Array, use_running_average: bool | None = None, *,
+        r_max: Any = None, d_max: Any = None, mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Renormalizes ``x`` (training) or applies the running statistics (eval)."""
+        use_running_average = module.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        x = jnp.asarray(x)
+        features = canonicalize_axes(self.axis, x.ndim, name="axis")
+        feature_shape = tuple(x.shape[a] for a in features)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
+        ra_count = (
+            self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
+            if self.momentum is None else None
+        )
+        scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
+        state = BatchStats(
+            ra_mean.value, ra_var.value,
+            ra_count.value if ra_count is not None else jnp.zeros((), jnp.int32),
+        )
+        y, new = _renorm.batch_renorm(
+            x, state, scale, bias, training=not use_running_average,
+            r_max=self.r_max if r_max is None else r_max,
+            d_max=self.d_max if d_max is None else d_max,
+            axis=features, momentum=self.momentum, epsilon=self.epsilon, mask=mask,
+            axis_name=None if self.is_initializing() else self.axis_name,
+            axis_index_groups=None if self.is_initializing() else self.axis_index_groups,
+            dtype=_out_dtype(self, x, scale, bias),
+        )
+        if not use_running_average and not self.is_initializing():
+            ra_mean.value, ra_var.value = new.mean, new.var
+            if ra_count is not None:
+                ra_count.value = new.count
+        return y
+
+
+class FilterResponseNorm(Module):
+    """FRN + TLU on :func:`jnorm.filter_response_norm` and :func:`jnorm.tlu` (Singh 2019).
+
+    Attributes: ``epsilon`` (1e-6), ``learned_epsilon`` (False; if True a scalar param ``eps``
+    is learned and ``epsilon + |eps|`` used, as the paper does for 1x1 inputs), ``use_tlu``
+    (True; param ``tau`` ``[C]`` initialised to 0), ``dtype``, ``param_dtype``, ``use_bias``,
+    ``use_scale``, ``bias_init``, ``scale_init``. Channels last.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnorm.linen as jnn
+      >>> v = jnn.FilterResponseNorm().init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))
+      >>> sorted(v["params"])
+      ['bias', 'scale', 'tau']
+    """
+
+    epsilon: float = 1e-6
+    learned_epsilon: bool = False
+    use_tlu: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = initializers.zeros
+    scale_init: Initializer = initializers.ones
+    force_float32_reductions: bool = True
+
+    @compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalizes each channel of each example by its mean square, then applies TLU."""
+        x = jnp.asarray(x)
+        c = x.shape[-1]
+        scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
+        eps: Any = self.epsilon
+        if self.learned_epsilon:
+            eps = eps + jnp.abs(self.param("eps", initializers.zeros, (), self.param_dtype))
+        y = _frn.filter_response_norm(
+            x, scale, bias, epsilon=eps, dtype=_out_dtype(self, x, scale, bias)
+        )
+        if self.use_tlu:
+            y = _frn.tlu(y, self.param("tau", initializers.zeros, (c,), self.param_dtype))
+        return y
+
+
+class EvoNormS0(Module):
+    """EvoNorm-S0 on :func:`jnorm.evonorm_s0` (Liu et al. 2020): batch-independent.
+
+    Attributes: ``num_groups`` (32) / ``group_size``, ``epsilon`` (1e-5), ``use_v`` (True:
+    param ``v`` ``[C]`` initialised to 1, the swish-like part), ``dtype``, ``param_dtype``,
+    ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``. Channels last.
+    """
+
+    num_groups: int | None = 32
+    group_size: int | None = None
+    epsilon: float = 1e-5
+    use_v: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = initializers.zeros
+    scale_init: Initializer = initializers.ones
+    force_float32_reductions: bool = True
+
+    @compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies EvoNorm-S0 to ``x`` (``[N, ..., C]``)."""
+        x = jnp.asarray(x)
+        c = x.shape[-1]
+        scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
+        v = self.param("v", initializers.ones, (c,), self.param_dtype) if self.use_v else None
+        return _frn.evonorm_s0(
+            x, scale, bias, v, num_groups=self.num_groups, group_size=self.group_size,
+            epsilon=self.epsilon, dtype=_out_dtype(self, x, scale, bias),
+        )
+
+
+class EvoNormB0(Module):
+    """EvoNorm-B0 on :func:`jnorm.evonorm_b0` (Liu et al. 2020): batch variance + instance std.
+
+    Attributes: ``use_running_average``, ``momentum`` (0.99), ``epsilon`` (1e-5), ``use_v``
+    (True), ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``,
+    ``scale_init``. Variables: ``batch_stats`` ``mean``/``var`` ``[C]`` (the mean is tracked
+    for inspection; B0 uses the variance). Channels last.
+    """
+
+    use_running_average: bool | None = None
+    momentum: float | None = 0.99
+    epsilon: float = 1e-5
+    use_v: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = initializers.zeros
+    scale_init: Initializer = initializers.ones
+    force_float32_reductions: bool = True
+
+    @compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        """Applies EvoNorm-B0 with batch (training) or running (eval) variance."""
+        use_running_average = module.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        x = jnp.asarray(x)
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        ra_count = (
+            self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
+            if self.momentum is None else None
+        )
+        scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
+        v = self.param("v", initializers.ones, (c,), self.param_dtype) if self.use_v else None
+        state = BatchStats(
+            ra_mean.value, ra_var.value,
+            ra_count.value if ra_count is not None else jnp.zeros((), jnp.int32),
+        )
+        y, new = _frn.evonorm_b0(
+            x, state, scale, bias, v, training=not use_running_average, momentum=self.momentum,
+            epsilon=self.epsilon, dtype=_out_dtype(self, x, scale, bias),
+        )
+        if not use_running_average and not self.is_initializing():
+            ra_mean.value, ra_var.value = new.mean, new.var
+            if ra_count is not None:
+                ra_count.value = new.count
+        return y
+
+
+def _kernel_filter(mdl: Module, path: tuple) -> tuple[bool, str]:
+    str_path = jax.tree_util.keystr(path[1:], simple=True, separator="/")  # drop "params"
+    return any(f in str_path for f in mdl.variable_filter), str_path
+
+
+class WeightStandardization(Module):
+    """Wraps a linen layer so it uses standardized kernels (Qiao et al. 2019; Brock et al. 2021).
+
+    ``WeightStandardization(nn.Conv(64, (3, 3)))`` calls the conv with
+    :func:`jnorm.standardize_weight` of its kernel; ``scaled=True`` uses
+    :func:`jnorm.scaled_standardize_weight` with a learned per-output ``gain`` (initialised to
+    1; param ``<path>/gain``) and ``nonlinearity_gain``. Attributes: ``layer_instance``,
+    ``scaled`` (False), ``epsilon`` (None: 1e-5, or 1e-4 when scaled), ``nonlinearity_gain``
+    (1.0), ``param_dtype``, ``variable_filter`` (``{"kernel"}``: which of the layer's params are
+    transformed). The layer's own params stay where they are (``layer_instance``'s name).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn, jnorm.linen as jnn
+      >>> m = jnn.WeightStandardization(nn.Dense(3))
+      >>> v = m.init(jax.random.key(0), jnp.ones((2, 4)))
+      >>> m.apply(v, jnp.ones((2, 4))).shape
+      (2, 3)
+    """
+
+    layer_instance: Module
+    scaled: bool = False
+    epsilon: float | None = None
+    nonlinearity_gain: float = 1.0
+    param_dtype: Dtype = jnp.float32
+    variable_filter: Any = ("kernel",)
+
+    @compact
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the wrapped layer with its kernel standardized."""
+
+        def transform(path: tuple, value: jax.Array) -> jax.Array:
+            use, str_path = _kernel_filter(self, path)
+            if not use or jnp.ndim(value) < 2:
+                return value
+            if not self.scaled:
+                eps = 1e-5 if self.epsilon is None else self.epsilon
+                return _weight.standardize_weight(value, epsilon=eps)
+            gain = self.param(
+                f"{self.layer_instance.name}/{str_path}/gain", initializers.ones,
+                (value.shape[-1],), self.param_dtype,
+            )
+            return _weight.scaled_standardize_weight(
+                value, gain, nonlinearity_gain=self.nonlinearity_gain,
+                epsilon=1e-4 if self.epsilon is None else self.epsilon,
+            )
+
+        return _transforms.map_variables(
+            lambda layer: layer(*args, **kwargs),
+            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(transform, vs),
+            init=self.is_initializing(),
+        )(self.layer_instance)
+
+
+class WeightNorm(Module):
+    """Wraps a linen layer with weight normalization, ``w = g v / ||v||`` (Salimans 2016).
+
+    Unlike ``flax.linen.WeightNorm`` (``g`` initialised to 1, which changes the layer's function
+    at init), ``g`` is initialised to ``||v||`` of the initial kernel, as PyTorch's
+    ``weight_norm`` does: the wrapped layer computes exactly what the bare layer would. Params:
+    the layer's own (its kernel is ``v``) plus ``<layer>/<path>/scale`` (``g``, ``[O]``).
+    Attributes: ``layer_instance``, ``epsilon`` (0.0), ``param_dtype``, ``variable_filter``
+    (``{"kernel"}``). Norms are over the fan-in (all kernel axes but the last), on
+    :func:`jnorm.weight_norm`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn, jnorm.linen as jnn
+      >>> x = jnp.ones((2, 4))
+      >>> v = jnn.WeightNorm(nn.Dense(3)).init(jax.random.key(0), x)
+      >>> plain = {"params": v["params"]["layer_instance"]}
+      >>> bool(jnp.allclose(jnn.WeightNorm(nn.Dense(3)).apply(v, x), nn.Dense(3).apply(plain, x)))
+      True
+    """
+
+    layer_instance: Module
+    epsilon: float = 0.0
+    param_dtype: Dtype = jnp.float32
+    variable_filter: Any = ("kernel",)
+
+    @compact
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the wrapped layer with its kernel weight-normalized."""
+
+        def transform(path: tuple, value: jax.Array) -> jax.Array:
+            use, str_path = _kernel_filter(self, path)
+            if not use or jnp.ndim(value) < 2:
+                return value
+            g = self.param(
+                f"{self.layer_instance.name}/{str_path}/scale",
+                lambda _key: _weight.kernel_norm(value).astype(self.param_dtype),
+            )
+            return _weight.weight_norm(value, g, epsilon=self.epsilon)
+
+        return _transforms.map_variables(
+            lambda layer: layer(*args, **kwargs),
+            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(transform, vs),
+            init=self.is_initializing(),
+        )(self.layer_instance)

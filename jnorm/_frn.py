@@ -1,0 +1,219 @@
+r"""Batch-independent normalization with a learned activation: FRN + TLU and EvoNorm.
+
+* **Filter Response Normalization** (Singh & Krishnan 2019, arXiv:1911.09737, Eq. 1-3) is the
+  generic scheme with ``mu = 0`` and ``sigma^2 = nu^2``, the mean square of each channel of each
+  example over its spatial axes: :func:`jnorm._stats.shifted_moments` with ``center=False``
+  followed by :func:`jnorm.normalize`, like :func:`jnorm.rms_norm` on other axes.
+* **TLU** (Eq. 4), the thresholded linear unit ``max(y, tau)`` that must follow FRN (without
+  mean centring, ReLU after FRN can leave units dead).
+* **EvoNorm-S0 / B0** (Liu et al. 2020, arXiv:2004.02967, Table 1): layers found by search that
+  fuse normalization and activation. S0 is the generic scheme with ``mu = 0`` applied to
+  ``x sigmoid(v x)`` with ``x``'s group variance; B0 divides by the larger of the batch standard
+  deviation and ``v x`` plus the instance standard deviation.
+
+Statistics always come from :func:`jnorm._stats.shifted_moments` (stable, float32 for half
+inputs); shapes follow the legend of :mod:`jnorm._layers` (``N, H, W, C``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jnorm._axes import canonicalize_axes, complement_axes, feature_param
+from jnorm._layers import _apply, _as_input, _grouped, _spatial_axes, resolve_groups
+from jnorm._normalize import normalize, output_dtype
+from jnorm._state import BatchStats, update_batch_stats
+from jnorm._stats import accumulation_dtype, shifted_moments
+
+__all__ = ["evonorm_b0", "evonorm_s0", "filter_response_norm", "tlu"]
+
+
+def filter_response_norm(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    channel_axis: int = -1,
+    epsilon: Any = 1e-6,
+    dtype: Any = None,
+) -> jax.Array:
+    r"""Filter Response Normalization (Singh & Krishnan 2019, arXiv:1911.09737, Eq. 1-3).
+
+    .. math::  \nu^2_{nc} = \frac{1}{HW}\sum_{hw} x_{nhwc}^2, \qquad
+               y_{nhwc} = \gamma_c \frac{x_{nhwc}}{\sqrt{\nu^2_{nc} + \epsilon}} + \beta_c
+
+    No mean is subtracted and no batch statistic is used. Follow it with :func:`tlu`. For
+    inputs with few spatial positions (1x1) the paper learns ``epsilon``: pass
+    ``epsilon = eps0 + jnp.abs(eps_learned)`` (a traced scalar is accepted).
+
+    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels at ``channel_axis``);
+    ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> x = jnp.array([[[[3.0]], [[4.0]]]])  # N=1, H=2, W=1, C=1: nu^2 = 12.5
+      >>> [round(v, 5) for v in jnorm.filter_response_norm(x, epsilon=0.0).ravel().tolist()]
+      [0.84853, 1.13137]
+    """
+    x = _as_input(x)
+    channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    spatial = _spatial_axes(x, channels, "filter_response_norm")
+    return _apply(
+        x, spatial, channels, scale, bias, epsilon=epsilon, mask=None, center=False, dtype=dtype
+    )[0]
+
+
+def tlu(x: jax.Array, tau: jax.Array, *, channel_axis: int = -1) -> jax.Array:
+    r"""Thresholded linear unit (Singh & Krishnan 2019, Eq. 4): ``z = max(y, tau)``.
+
+    Shapes: ``x: [N, ..., C]``; ``tau: [C]`` (learned, initialised to 0). Returns ``x``'s shape
+    and dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> jnorm.tlu(jnp.array([[-2.0, 0.5]]), jnp.array([-1.0, 1.0])).tolist()
+      [[-1.0, 1.0]]
+    """
+    x = _as_input(x)
+    channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    tau = feature_param(tau, x.shape, channels, name="tau")
+    assert tau is not None
+    return jnp.maximum(x, tau.astype(x.dtype))
+
+
+def evonorm_s0(
+    x: jax.Array,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    v: jax.Array | None = None,
+    *,
+    num_groups: int | None = 32,
+    group_size: int | None = None,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+) -> jax.Array:
+    r"""EvoNorm-S0 (Liu et al. 2020, arXiv:2004.02967, Table 1): batch-independent.
+
+    .. math::  y = \frac{x\, \mathrm{sigmoid}(v x)}{\sqrt{s^2_{w,h,c/g}(x) + \epsilon}}
+               \gamma + \beta
+
+    where ``s^2_{w,h,c/g}`` is the variance over the spatial axes and the channels of a group
+    (group norm's statistic, of ``x``, not of the numerator). It is the generic scheme with
+    ``mu = 0`` applied to ``x sigmoid(v x)``. ``v`` (``[C]``, initialised to 1) gives the
+    swish-like activation.
+
+    Shapes: ``x: [N, H, W, C]`` (channels last, any number of spatial axes); ``scale``,
+    ``bias``, ``v``: ``[C]``. Returns ``x``'s shape.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnorm
+      >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+      >>> jnorm.evonorm_s0(x, v=jnp.ones(8), num_groups=2).shape
+      (2, 4, 4, 8)
+    """
+    x = _as_input(x)
+    _spatial_axes(x, (x.ndim - 1,), "evonorm_s0")
+    c = x.shape[-1]
+    groups = resolve_groups(c, num_groups, group_size)
+    split = x.shape[:-1] + (groups, c // groups)
+    xs = x.reshape(split)
+    stat_axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+    m = shifted_moments(xs, stat_axes)
+    num = xs.astype(m.var.dtype)
+    if v is not None:
+        vg = _grouped(v, c, groups, "v").astype(num.dtype)
+        num = num * jax.nn.sigmoid(vg * num)
+    y = normalize(
+        num, jnp.zeros((), num.dtype), m.var,
+        None if scale is None else _grouped(scale, c, groups, "scale"),
+        None if bias is None else _grouped(bias, c, groups, "bias"),
+        epsilon=epsilon, dtype=output_dtype(x.dtype, dtype),
+    )
+    return y.reshape(x.shape)
+
+
+def evonorm_b0(
+    x: jax.Array,
+    state: BatchStats,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    v: jax.Array | None = None,
+    *,
+    training: bool,
+    momentum: float | None = 0.99,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+) -> tuple[jax.Array, BatchStats]:
+    r"""EvoNorm-B0 (Liu et al. 2020, arXiv:2004.02967, Table 1): batch-dependent.
+
+    .. math::  y = \frac{x}{\max\big(\sqrt{s^2_{b,w,h}(x) + \epsilon},\;
+               v x + \sqrt{s^2_{w,h}(x) + \epsilon}\big)} \gamma + \beta
+
+    with ``s^2_{b,w,h}`` the batch variance per channel (the running variance in eval, updated as
+    :func:`jnorm.batch_norm` updates it, so ``state`` is a :class:`jnorm.BatchStats`) and
+    ``s^2_{w,h}`` the variance of each channel of each example. No mean is subtracted in the
+    numerator.
+
+    Shapes: ``x: [N, H, W, C]`` (channels last); ``scale``, ``bias``, ``v`` and the state:
+    ``[C]``. Returns ``(y, new_state)``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnorm
+      >>> x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+      >>> y, s = jnorm.evonorm_b0(x, jnorm.BatchStats.init(3), v=jnp.ones(3), training=True)
+      >>> y.shape, int(s.count)
+      ((2, 4, 4, 3), 1)
+    """
+    x = _as_input(x)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"`training` must be a Python bool, got {type(training).__name__}.")
+    if not isinstance(state, BatchStats):
+        raise TypeError(
+            f"`state` must be a jnorm.BatchStats, got {type(state).__name__}; create one with "
+            "jnorm.BatchStats.init(num_channels)."
+        )
+    if isinstance(epsilon, (int, float)) and not epsilon >= 0:
+        raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
+    ch = x.ndim - 1
+    spatial = _spatial_axes(x, (ch,), "evonorm_b0")
+    c = x.shape[ch]
+    if state.var.shape != (c,):
+        raise ValueError(
+            f"`state.var` has shape {state.var.shape}; the input has {c} channels. Create the "
+            f"state with jnorm.BatchStats.init({c})."
+        )
+    acc = accumulation_dtype(x.dtype)
+    eps = jnp.asarray(epsilon, acc)
+    xa = x.astype(acc)
+    batch_axes = complement_axes((ch,), x.ndim)
+    if training:
+        mb = shifted_moments(x, batch_axes)
+        batch_var = mb.var
+        new_state = update_batch_stats(
+            state, jnp.squeeze(mb.mean, batch_axes), jnp.squeeze(mb.var, batch_axes),
+            jnp.squeeze(mb.count, batch_axes), momentum=momentum,
+        )
+    else:
+        batch_var = state.var.astype(acc).reshape((1,) * ch + (c,))
+        new_state = state
+    inst_var = shifted_moments(x, spatial).var
+    den = jnp.sqrt(batch_var + eps)
+    if v is not None:
+        vb = feature_param(v, x.shape, (ch,), name="v")
+        assert vb is not None
+        den = jnp.maximum(den, vb.astype(acc) * xa + jnp.sqrt(inst_var + eps))
+    y = xa / den
+    if scale is not None:
+        g = feature_param(scale, x.shape, (ch,), name="scale")
+        assert g is not None
+        y = y * g.astype(acc)
+    if bias is not None:
+        b = feature_param(bias, x.shape, (ch,), name="bias")
+        assert b is not None
+        y = y + b.astype(acc)
+    return y.astype(output_dtype(x.dtype, dtype)), new_state
+

@@ -1,0 +1,203 @@
+r"""Batch Renormalization (Ioffe 2017, arXiv:1702.03275): batch norm that trains like it infers.
+
+Batch norm trains with the batch's statistics and infers with the running ones; at small or
+non-i.i.d. batches the two differ. Batch renorm corrects the training output towards the
+running statistics with two per-feature constants treated as such by the gradient:
+
+.. math::  r = \mathrm{sg}\Big(\mathrm{clip}_{[1/r_{max},\, r_{max}]}
+               \frac{\sigma_B}{\sigma}\Big), \qquad
+           d = \mathrm{sg}\Big(\mathrm{clip}_{[-d_{max},\, d_{max}]}
+               \frac{\mu_B - \mu}{\sigma}\Big), \qquad
+           \hat x = \frac{x - \mu_B}{\sigma_B} r + d, \qquad y = \gamma \hat x + \beta
+
+(Algorithm 1 of the paper; ``sg`` is stop-gradient, ``sigma_B = sqrt(var_B + eps)``, and
+``mu``, ``sigma = sqrt(var + eps)`` are the running statistics). With ``r = 1, d = 0`` this is
+batch norm; unclipped it equals the inference output exactly. Since ``y`` is the generic scheme
+with gain ``gamma r`` and offset ``gamma d + beta``,
+
+.. math::  y = \frac{\gamma r}{\sigma_B}(x - \mu_B) + (\gamma d + \beta),
+
+the function computes the batch moments with :func:`jnorm._stats.shifted_moments`, applies
+them with :func:`jnorm.normalize` and updates the running statistics with
+:func:`jnorm.update_batch_stats`: no new copy of the batch norm math.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jnorm._axes import Axes, canonicalize_axes, complement_axes, feature_param
+from jnorm._layers import _as_input, batch_norm
+from jnorm._normalize import normalize
+from jnorm._state import BatchStats, update_batch_stats
+from jnorm._stats import shifted_moments
+
+__all__ = ["batch_renorm", "batch_renorm_schedule"]
+
+
+def batch_renorm_schedule(
+    step: Any,
+    *,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    warmup_steps: int = 5000,
+    r_max_steps: int = 40000,
+    d_max_steps: int = 25000,
+) -> tuple[jax.Array, jax.Array]:
+    """The paper's clipping schedule: plain batch norm first, then ``r_max``, ``d_max`` relaxed.
+
+    Sec. 4 of Ioffe 2017: "``r_max = 1, d_max = 0`` for the first 5000 steps, after which these
+    were gradually relaxed to reach ``r_max = 3`` at 40k steps, and ``d_max = 5`` at 25k steps".
+    The relaxation here is linear. Works with a traced ``step`` (inside ``jit``).
+
+    Returns:
+      ``(r_max, d_max)`` as float32 scalars for :func:`batch_renorm`.
+
+    Examples:
+      >>> import jnorm
+      >>> [round(float(v), 3) for v in jnorm.batch_renorm_schedule(0)]
+      [1.0, 0.0]
+      >>> [round(float(v), 3) for v in jnorm.batch_renorm_schedule(25000)]
+      [2.143, 5.0]
+    """
+    if not (warmup_steps >= 0 and r_max_steps > warmup_steps and d_max_steps > warmup_steps):
+        raise ValueError(
+            "batch_renorm_schedule needs 0 <= warmup_steps < r_max_steps and warmup_steps < "
+            f"d_max_steps, got {warmup_steps}, {r_max_steps}, {d_max_steps}."
+        )
+    if r_max < 1 or d_max < 0:
+        raise ValueError(f"`r_max` must be >= 1 and `d_max` >= 0, got {r_max}, {d_max}.")
+    step = jnp.asarray(step, jnp.float32)
+
+    def ramp(end: int) -> jax.Array:
+        frac = (step - warmup_steps) / float(end - warmup_steps)
+        return jnp.clip(frac, 0.0, 1.0)
+
+    return 1.0 + (r_max - 1.0) * ramp(r_max_steps), d_max * ramp(d_max_steps)
+
+
+def batch_renorm(
+    x: jax.Array,
+    state: BatchStats,
+    scale: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    training: bool,
+    r_max: Any = 3.0,
+    d_max: Any = 5.0,
+    axis: Axes = -1,
+    momentum: float | None = 0.99,
+    epsilon: float = 1e-5,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+) -> tuple[jax.Array, BatchStats]:
+    r"""Batch Renormalization (Ioffe 2017, arXiv:1702.03275, Algorithm 1).
+
+    Training: ``y = gamma ((x - mu_B) / sigma_B * r + d) + beta`` with ``r``, ``d`` as in the
+    module docstring (clipped to ``[1/r_max, r_max]`` and ``[-d_max, d_max]``, no gradient),
+    then the running statistics are updated as in :func:`jnorm.batch_norm`. Eval: identical to
+    :func:`jnorm.batch_norm` with ``training=False``.
+
+    The running *variance* is tracked (flax's and Keras' state layout, so a BatchNorm checkpoint
+    loads unchanged) and ``sigma = sqrt(var + epsilon)``; the paper's Algorithm 1 averages
+    ``sigma`` itself, which differs only in where the average is taken. Use
+    :func:`batch_renorm_schedule` for the paper's warm-up of ``r_max`` and ``d_max``.
+
+    Shapes: ``x: [N, ..., C]``; ``state`` fields, ``scale``, ``bias``: the feature shape
+    ``x.shape[axis]``. ``r_max``, ``d_max``: scalars (may be traced). Returns
+    ``(y, new_state)``.
+
+    Args:
+      x: input.
+      state: running statistics (``jnorm.BatchStats.init(C)``).
+      scale, bias: optional per-feature ``gamma``, ``beta``.
+      training: Python bool.
+      r_max: clip for ``r``, ``>= 1`` (1 with ``d_max = 0`` is batch norm).
+      d_max: clip for ``d``, ``>= 0``.
+      axis, momentum, epsilon, mask, axis_name, axis_index_groups, dtype: as in
+        :func:`jnorm.batch_norm`.
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm
+      >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
+      >>> state = jnorm.BatchStats(jnp.array([1.0, 20.0]), jnp.array([1.0, 100.0]), jnp.array(5))
+      >>> y, _ = jnorm.batch_renorm(x, state, training=True, epsilon=0.0)
+      >>> y_eval, _ = jnorm.batch_renorm(x, state, training=False, epsilon=0.0)
+      >>> bool(jnp.allclose(y, y_eval))  # r, d unclipped: training output = inference output
+      True
+    """
+    x = _as_input(x)
+    if not training:
+        return batch_norm(
+            x, state, scale, bias, training=False, axis=axis, epsilon=epsilon, dtype=dtype
+        )
+    if not isinstance(state, BatchStats):
+        raise TypeError(
+            f"`state` must be a jnorm.BatchStats, got {type(state).__name__}; create one with "
+            "jnorm.BatchStats.init(num_features)."
+        )
+    for name, val, lo in (("r_max", r_max, 1.0), ("d_max", d_max, 0.0)):
+        if isinstance(val, (int, float, np.floating)) and not val >= lo:
+            raise ValueError(
+                f"`{name}` must be >= {lo:g}, got {val!r} (r_max=1, d_max=0 is batch norm)."
+            )
+        if np.ndim(val) != 0:
+            raise ValueError(f"`{name}` must be a scalar, got shape {np.shape(val)}.")
+    if isinstance(epsilon, (int, float)) and not epsilon >= 0:
+        raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
+    if momentum is not None and isinstance(momentum, (int, float)) and not 0 <= momentum <= 1:
+        raise ValueError(
+            f"`momentum` must lie in [0, 1] (the weight of the old value), got {momentum}. "
+            "PyTorch's momentum m is jnorm's 1 - m."
+        )
+    features = canonicalize_axes(axis, x.ndim, name="axis")
+    feature_shape = tuple(x.shape[a] for a in features)
+    for name, field in (("state.mean", state.mean), ("state.var", state.var)):
+        if jnp.shape(field) != feature_shape:
+            raise ValueError(
+                f"`{name}` has shape {jnp.shape(field)}, but the input of shape {x.shape} has "
+                f"feature shape {feature_shape}; create the state with matching features."
+            )
+    stat_axes = complement_axes(features, x.ndim)
+    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
+        raise ValueError(
+            f"batch_renorm in training needs more than one value per feature, got shape "
+            f"{x.shape}. Use a larger batch or training=False."
+        )
+    m = shifted_moments(
+        x, stat_axes, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups
+    )
+    real = m.var.dtype
+    eps = jnp.asarray(epsilon, real)
+    bshape = tuple(1 if i in stat_axes else x.shape[i] for i in range(x.ndim))
+    run_mean = state.mean.reshape(bshape).astype(real)
+    run_inv_sigma = lax.rsqrt(state.var.reshape(bshape).astype(real) + eps)
+    sigma_b = jnp.sqrt(m.var + eps)
+    r_max_ = jnp.asarray(r_max, real)
+    d_max_ = jnp.asarray(d_max, real)
+    r = lax.stop_gradient(jnp.clip(sigma_b * run_inv_sigma, 1 / r_max_, r_max_))
+    d = lax.stop_gradient(jnp.clip((m.mean - run_mean) * run_inv_sigma, -d_max_, d_max_))
+    gamma = feature_param(scale, x.shape, features, name="scale")
+    beta = feature_param(bias, x.shape, features, name="bias")
+    gain = r if gamma is None else gamma.astype(real) * r
+    offset = d if gamma is None else gamma.astype(real) * d
+    if beta is not None:
+        offset = offset + beta.astype(real)
+    y = normalize(
+        x, m.mean_shifted, m.var, gain, offset, epsilon=epsilon, shift=m.shift, dtype=dtype
+    )
+    new_state = update_batch_stats(
+        state,
+        jnp.squeeze(m.mean, stat_axes),
+        jnp.squeeze(m.var, stat_axes),
+        jnp.squeeze(m.count, stat_axes),
+        momentum=momentum,
+    )
+    return y, new_state
