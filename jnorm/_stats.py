@@ -24,9 +24,12 @@ Layers keep the pair ``(p, \\bar d)`` instead of rounding ``p + \\bar d`` to the
 in float32 is not (at ``|mean| = 1e6`` one float32 ulp is 0.06).
 
 Across devices (``axis_name``) every device contributes ``(n, p, \\bar d, M_2)`` with
-``M_2 = \\sum |d - \\bar d|^2``; one ``all_gather`` brings all of them to every device, which
+``M_2 = \\sum |d - \\bar d|^2``; one collective brings all of them to every device, which
 combines them with Chan et al.'s parallel formula around a common pivot. The combination is
-exact for any per-device counts (including zero) and identical on every device.
+exact for any per-device counts (including zero) and identical on every device. The collective
+is an all-reduce of per-device slots (its result is typed as replicated under ``shard_map``, so
+running statistics can leave with ``out_specs=P()``), or an ``all_gather`` with
+``axis_index_groups`` (``shard_map`` has no grouped ``psum``). See ``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -235,8 +238,9 @@ def moments(
         A block with no ``True`` element gives mean 0 and variance 0.
       axis_name: name of a mapped axis (``shard_map``, ``pmap``, ``vmap``) to also reduce over.
         Devices may hold different numbers of masked-in elements: the combination is exact
-        (count-weighted), in a single ``all_gather``.
-      axis_index_groups: optional groups of indices of ``axis_name`` reduced separately.
+        (count-weighted), in a single collective.
+      axis_index_groups: optional groups of indices of ``axis_name`` reduced separately
+        (equal-sized; supported under ``pmap`` and ``shard_map``).
       center: if False, return mean 0 and the mean square ``E[|x|^2]`` instead of the variance.
       keepdims: keep the reduced axes with size 1.
 
