@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnorm._axes import canonicalize_axes, complement_axes, feature_param
-from jnorm._layers import _apply, _as_input, _grouped, _spatial_axes, resolve_groups
+from jnorm._layers import _as_input, _grouped, _spatial_axes, resolve_groups
 from jnorm._normalize import normalize, output_dtype
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import accumulation_dtype, shifted_moments
@@ -62,9 +62,13 @@ def filter_response_norm(
     x = _as_input(x)
     channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
     spatial = _spatial_axes(x, channels, "filter_response_norm")
-    return _apply(
-        x, spatial, channels, scale, bias, epsilon=epsilon, mask=None, center=False, dtype=dtype
-    )[0]
+    m = shifted_moments(x, spatial, center=False)  # var = nu^2, the mean square
+    return normalize(
+        x, jnp.zeros((), m.var.dtype), m.var,
+        feature_param(scale, x.shape, channels, name="scale"),
+        feature_param(bias, x.shape, channels, name="bias"),
+        epsilon=epsilon, dtype=dtype,
+    )
 
 
 def tlu(x: jax.Array, tau: jax.Array, *, channel_axis: int = -1) -> jax.Array:
@@ -126,6 +130,7 @@ def evonorm_s0(
     num = xs.astype(m.var.dtype)
     if v is not None:
         vg = _grouped(v, c, groups, "v").astype(num.dtype)
+        vg = vg.reshape((1,) * (x.ndim - 1) + vg.shape)
         num = num * jax.nn.sigmoid(vg * num)
     y = normalize(
         num, jnp.zeros((), num.dtype), m.var,

@@ -184,6 +184,10 @@ def _whitening_norm(
         raise ValueError(
             f"{name}: `momentum` must lie in [0, 1] (weight of the old value), got {momentum}."
         )
+    if method == "newton_schulz" and (
+        not isinstance(iterations, (int, np.integer)) or iterations < 1
+    ):
+        raise ValueError(f"{name}: `iterations` must be a positive int, got {iterations!r}.")
     (ch,) = canonicalize_axes(axis, x.ndim, name="axis")
     c = x.shape[ch]
     g = _group_size(c, group_size)
@@ -210,7 +214,7 @@ def _whitening_norm(
         xg = xc.reshape(-1, k, g)
         n = m.count[0, 0]
         cov = jnp.einsum("mki,mkj->kij", xg, xg, precision=_HIGHEST) / n
-        cov = cov + jnp.asarray(epsilon, acc) * jnp.eye(g, dtype=acc)
+        cov = cov + jnp.asarray(epsilon, acc) * jnp.eye(g, dtype=acc)[None]
         u = whitening_matrix(cov, method=method, iterations=iterations)
         batch_mean = m.mean[0]
         new = update_batch_stats(
@@ -224,7 +228,7 @@ def _whitening_norm(
         new_state = WhiteningStats(new.mean, new.var, new.count)
     else:
         acc = jnp.promote_types(x.dtype, jnp.float32)
-        xg = (x2.astype(acc) - state.mean.astype(acc)).reshape(-1, k, g)
+        xg = (x2.astype(acc) - state.mean.astype(acc)[None]).reshape(-1, k, g)
         u = state.whitening.astype(acc)
         new_state = state
     xw = jnp.einsum("mkj,kij->mki", xg, u, precision=_HIGHEST).reshape(moved_shape)
