@@ -18,9 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnorm._axes import Axes, canonicalize_axes, check_mask, complement_axes, feature_param
-from jnorm._normalize import normalize
+from jnorm._normalize import normalize, normalize_with_moments
 from jnorm._state import BatchStats, update_batch_stats
-from jnorm._stats import shifted_moments
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
 
@@ -42,15 +41,10 @@ def _apply(
     """Statistics over `stat_axes`, then the generic scheme with params on `feature_axes`."""
     scale = feature_param(scale, x.shape, feature_axes, name="scale")
     bias = feature_param(bias, x.shape, feature_axes, name="bias")
-    m = shifted_moments(
-        x, stat_axes, mask=mask, center=center, axis_name=axis_name,
-        axis_index_groups=axis_index_groups,
+    return normalize_with_moments(
+        x, stat_axes, scale, bias, epsilon=epsilon, center=center, mask=mask,
+        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
     )
-    y = normalize(
-        x, m.mean_shifted, m.var, scale, bias, epsilon=epsilon,
-        shift=m.shift if center else None, dtype=dtype,
-    )
-    return y, m
 
 
 def _as_input(x: Any, name: str = "x") -> jax.Array:
