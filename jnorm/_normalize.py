@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jnorm import _pallas
 from jnorm._stats import Moments, _sum, accumulation_dtype, shifted_moments
 
 __all__ = ["normalize", "normalize_with_moments", "output_dtype"]
@@ -186,9 +187,28 @@ def _fused(
     axes: tuple[int, ...], epsilon: float, center: bool, dtype: Any,
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
+    if _pallas.suits(x, axes, scale, bias):
+        return _fused_pallas(axes, epsilon, center, dtype, x, scale, bias)
     return _normalize_with_moments(
         x, scale, bias, axes=axes, epsilon=epsilon, center=center, dtype=dtype
     )
+
+
+def _fused_pallas(
+    axes: tuple[int, ...], epsilon: float, center: bool, dtype: Any,
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+) -> tuple[jax.Array, Moments]:
+    """The value of :func:`_fused` from the fused Pallas kernel (last axis, on GPU)."""
+    d = x.shape[-1]
+    y, shift, mean, var = _pallas.row_norm_forward(
+        x.reshape(-1, d), scale, bias, epsilon=epsilon, center=center,
+        out_dtype=output_dtype(x.dtype, dtype), interpret=jax.default_backend() != "gpu",
+    )
+    keep = x.shape[:-1] + (1,)
+    acc = accumulation_dtype(x.dtype)
+    m = Moments(shift.reshape(keep).astype(acc), mean.reshape(keep).astype(acc),
+                var.reshape(keep).astype(acc), jnp.full(keep, d, acc))
+    return y.reshape(x.shape), m
 
 
 @_fused.defjvp

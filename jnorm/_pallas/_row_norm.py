@@ -1,0 +1,148 @@
+"""Pallas kernels: layer norm / RMS norm forward and backward over the last axis of (R, D)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+__all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits"]
+
+#: Elements of one row block the kernels hold at once (registers/shared memory on GPU).
+_BLOCK_ELEMENTS = 8192
+_MIN_D, _MAX_D = 128, 16384
+#: Tests set this to use the kernels (in interpret mode) on CPU too.
+FORCE = False
+
+
+def block_rows(rows: int, d: int) -> int:
+    """Rows per block: the largest power of two with ``rows * d <= 8192`` dividing `rows`."""
+    br = max(1, _BLOCK_ELEMENTS // d)
+    while br > 1 and rows % br:
+        br //= 2
+    return br
+
+
+def suits(x: jax.Array, axes: tuple[int, ...], *params: Any, backend: str | None = None) -> bool:
+    """Whether the fused kernels handle this call: normalizing the last axis of a float array
+    whose size is a power of two in ``[128, 16384]``, with per-feature (or no) parameters, on
+    GPU (or the given `backend`)."""
+    if (backend or jax.default_backend()) != "gpu" and not FORCE:
+        return False
+    if x.ndim < 2 or axes != (x.ndim - 1,):
+        return False
+    if x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        return False
+    d = x.shape[-1]
+    if d < _MIN_D or d > _MAX_D or d & (d - 1):
+        return False
+    return all(p is None or p.shape == (1,) * (x.ndim - 1) + (d,) for p in params)
+
+
+def _fwd_kernel(x_ref: Any, s_ref: Any, b_ref: Any, y_ref: Any, p_ref: Any, m_ref: Any,
+                v_ref: Any, *, epsilon: float, center: bool) -> None:
+    x = x_ref[...].astype(jnp.float32)
+    d_size = x.shape[-1]
+    if center:
+        pivot = x_ref[:, 0].astype(jnp.float32)
+        dev = x - pivot[:, None]
+        mean = jnp.sum(dev, axis=1) / d_size
+        var = jnp.maximum(jnp.sum(dev * dev, axis=1) / d_size - mean * mean, 0.0)
+        centred = dev - mean[:, None]
+    else:
+        pivot = jnp.zeros((x.shape[0],), jnp.float32)
+        mean = pivot
+        var = jnp.sum(x * x, axis=1) / d_size
+        centred = x
+    r = lax.rsqrt(var + epsilon)
+    y = centred * r[:, None] * s_ref[...].astype(jnp.float32)[None, :]
+    y = y + b_ref[...].astype(jnp.float32)[None, :]
+    y_ref[...] = y.astype(y_ref.dtype)
+    p_ref[...] = pivot
+    m_ref[...] = mean
+    v_ref[...] = var
+
+
+def row_norm_forward(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, *, epsilon: float,
+    center: bool = True, out_dtype: Any = None, interpret: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Fused forward over the last axis of ``x: [R, D]``.
+
+    Returns ``(y, shift, mean_shifted, var)`` with the statistics of shape ``[R]`` in float32,
+    as :func:`jnorm._stats.shifted_moments` defines them (``shift`` the row's first element,
+    zero without centring). ``scale``/``bias``: ``[D]`` or None.
+    """
+    rows, d = x.shape
+    br = block_rows(rows, d)
+    out_dtype = jnp.dtype(out_dtype or x.dtype)
+    scale = jnp.ones((d,), jnp.float32) if scale is None else scale.reshape(d)
+    bias = jnp.zeros((d,), jnp.float32) if bias is None else bias.reshape(d)
+    stat = jax.ShapeDtypeStruct((rows,), jnp.float32)
+    row_block = pl.BlockSpec((br, d), lambda i: (i, 0))
+    vec = pl.BlockSpec((d,), lambda i: (0,))
+    stat_block = pl.BlockSpec((br,), lambda i: (i,))
+    return pl.pallas_call(
+        functools.partial(_fwd_kernel, epsilon=float(epsilon), center=center),
+        out_shape=(jax.ShapeDtypeStruct((rows, d), out_dtype), stat, stat, stat),
+        grid=(rows // br,),
+        in_specs=[row_block, vec, vec],
+        out_specs=(row_block, stat_block, stat_block, stat_block),
+        interpret=interpret,
+    )(x, scale, bias)
+
+
+def _bwd_kernel(x_ref: Any, g_ref: Any, s_ref: Any, p_ref: Any, m_ref: Any, v_ref: Any,
+                dx_ref: Any, ds_ref: Any, db_ref: Any, *, epsilon: float, center: bool) -> None:
+    x = x_ref[...].astype(jnp.float32)
+    g = g_ref[...].astype(jnp.float32)
+    d_size = x.shape[-1]
+    r = lax.rsqrt(v_ref[...] + epsilon)[:, None]
+    centred = (x - p_ref[...][:, None]) - m_ref[...][:, None] if center else x
+    xhat = centred * r
+    ag = g * s_ref[...].astype(jnp.float32)[None, :]
+    c2 = jnp.sum(ag * xhat, axis=1)[:, None] / d_size
+    inner = ag - xhat * c2
+    if center:
+        inner = inner - jnp.sum(ag, axis=1)[:, None] / d_size
+    dx_ref[...] = (r * inner).astype(dx_ref.dtype)
+    ds_ref[...] = jnp.sum(g * xhat, axis=0)[None, :]
+    db_ref[...] = jnp.sum(g, axis=0)[None, :]
+
+
+def row_norm_backward(
+    x: jax.Array, g: jax.Array, scale: jax.Array | None, shift: jax.Array,
+    mean_shifted: jax.Array, var: jax.Array, *, epsilon: float, center: bool = True,
+    interpret: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Fused backward of :func:`row_norm_forward` for the cotangent ``g: [R, D]``.
+
+    Returns ``(dx, dscale, dbias)``: ``dx = r (a g - E[a g] - x̂ E[a g x̂])`` in one pass over
+    ``x`` and ``g``, and the parameter gradients ``Σ g x̂`` and ``Σ g`` (float32, ``[D]``) as
+    sums of per-block partial column sums.
+    """
+    rows, d = x.shape
+    br = block_rows(rows, d)
+    nb = rows // br
+    scale = jnp.ones((d,), jnp.float32) if scale is None else scale.reshape(d)
+    row_block = pl.BlockSpec((br, d), lambda i: (i, 0))
+    vec = pl.BlockSpec((d,), lambda i: (0,))
+    stat_block = pl.BlockSpec((br,), lambda i: (i,))
+    part = pl.BlockSpec((1, d), lambda i: (i, 0))
+    dx, ds, db = pl.pallas_call(
+        functools.partial(_bwd_kernel, epsilon=float(epsilon), center=center),
+        out_shape=(
+            jax.ShapeDtypeStruct((rows, d), x.dtype),
+            jax.ShapeDtypeStruct((nb, d), jnp.float32),
+            jax.ShapeDtypeStruct((nb, d), jnp.float32),
+        ),
+        grid=(nb,),
+        in_specs=[row_block, row_block, vec, stat_block, stat_block, stat_block],
+        out_specs=(row_block, part, part),
+        interpret=interpret,
+    )(x, g, scale, shift, mean_shifted, var)
+    return dx, jnp.sum(ds, axis=0), jnp.sum(db, axis=0)
