@@ -1,0 +1,600 @@
+"""``python -m jnorm.bench``: jnorm against flax.linen, side by side, on whatever device JAX has.
+
+For every layer (layer, RMS, batch, group and instance norm) at a given shape, three
+implementations are compiled with :func:`jax.jit` and timed *interleaved round-robin in one
+process* (so that noise from other processes hits all of them alike):
+
+* ``jnorm``: :mod:`jnorm.linen`'s module, i.e. jnorm's accurate default;
+* ``flax``: :mod:`flax.linen`'s module with its default ``use_fast_variance=True``
+  (``E[x^2] - E[x]^2``: fast, and wrong on data far from zero);
+* ``flax_2pass``: :mod:`flax.linen` with ``use_fast_variance=False`` (accurate, two passes);
+
+together with a streaming ``copy`` ``x * 2 + 1`` of the same array, the memory-bandwidth yard
+stick. Two modes: ``fwd`` (the layer's output; batch norm also returns its updated running
+statistics) and ``fwd+bwd`` (gradients with respect to the input *and* the parameters of
+``sum(y * dy)`` for a fixed random cotangent ``dy``, as a training step needs them).
+
+Reported per layer, mode and implementation:
+
+* ``median_ms``: median wall time of one call over the rounds;
+* ``vs_flax``: that median divided by flax's default (< 1 is faster than flax);
+* ``x_copy``: that median in multiples of the copy's (the floor is about 1 forward, 1.5 for
+  forward+backward of row norms and 2.5 for batch norm, which reads its input twice);
+* ``temp_mib``: peak temporary memory of the compiled executable
+  (``compiled.memory_analysis().temp_size_in_bytes``), arguments and outputs not counted;
+* ``reads`` / ``writes``: how many times the compiled program reads or writes an array of the
+  input's size, counted from the optimized HLO of its entry computation (every top-level
+  instruction that moves data; ``bitcast`` and friends are free). A pass is one such read or
+  write; the copy has 1 read and 1 write.
+
+Only the public API is used, as a user would. On a CPU, run it with tcmalloc: glibc's malloc
+returns large blocks to the OS and page-faults every big temporary again on each call::
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python -m jnorm.bench
+
+Options: ``--quick`` (tiny shapes, a few rounds: seconds, for tests), ``--json`` (one JSON
+document on stdout instead of the table), ``--shapes layer_norm=4096x1024,...`` (override the
+shape of some layers), ``--layers a,b`` (a subset), ``--rounds``, ``--warmup``, ``--modes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["DEFAULT_SHAPES", "IMPLS", "LAYERS", "QUICK_SHAPES", "count_passes", "main", "run"]
+
+#: The shapes of the speed issue: float32, NHWC for the image layers.
+DEFAULT_SHAPES: dict[str, tuple[int, ...]] = {
+    "layer_norm": (8192, 1024),
+    "rms_norm": (8192, 1024),
+    "batch_norm": (256, 32, 32, 64),
+    "group_norm": (32, 32, 32, 256),
+    "instance_norm": (32, 64, 64, 64),
+}
+#: Tiny shapes for ``--quick`` (group norm keeps 32 groups, so it needs 64 channels).
+QUICK_SHAPES: dict[str, tuple[int, ...]] = {
+    "layer_norm": (64, 128),
+    "rms_norm": (64, 128),
+    "batch_norm": (8, 4, 4, 16),
+    "group_norm": (2, 4, 4, 64),
+    "instance_norm": (2, 8, 8, 16),
+}
+LAYERS: tuple[str, ...] = tuple(DEFAULT_SHAPES)
+IMPLS: tuple[str, ...] = ("jnorm", "flax", "flax_2pass")
+MODES: tuple[str, ...] = ("fwd", "fwd+bwd")
+
+_CLASS = {
+    "layer_norm": ("LayerNorm", {}),
+    "rms_norm": ("RMSNorm", {}),
+    "batch_norm": ("BatchNorm", {"use_running_average": False}),
+    "group_norm": ("GroupNorm", {"num_groups": 32}),
+    "instance_norm": ("InstanceNorm", {}),
+}
+
+
+def _module(layer: str, impl: str) -> Any:
+    """The linen module of `layer` for implementation `impl`."""
+    import flax.linen as fnn
+
+    import jnorm.linen as jnn
+
+    name, kwargs = _CLASS[layer]
+    if impl == "jnorm":
+        return getattr(jnn, name)(**kwargs)
+    fast = impl == "flax"
+    return getattr(fnn, name)(use_fast_variance=fast, **kwargs)
+
+
+def _programs(
+    layer: str, impl: str, x: jax.Array, dy: jax.Array
+) -> dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]:
+    """The forward and forward+backward functions of one implementation, with their args."""
+    model = _module(layer, impl)
+    variables = model.init(jax.random.key(0), x)
+    params = variables["params"]
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    stateful = layer == "batch_norm"
+
+    def forward(params: Any, x: jax.Array) -> Any:
+        if stateful:
+            return model.apply({"params": params, **rest}, x, mutable=["batch_stats"])
+        return model.apply({"params": params, **rest}, x)
+
+    def loss(params: Any, x: jax.Array, dy: jax.Array) -> tuple[jax.Array, Any]:
+        out = forward(params, x)
+        y, aux = out if stateful else (out, None)
+        return jnp.sum(y * dy), aux
+
+    grad = jax.grad(loss, argnums=(0, 1), has_aux=True)
+    return {"fwd": (forward, (params, x)), "fwd+bwd": (grad, (params, x, dy))}
+
+
+# ----------------------------------------------------------------------------- HLO passes
+
+_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_ARRAY = re.compile(r"\b(?:pred|[suf]\d+|bf16|c64|c128|f8\w*)\[([\d,]*)\]")
+_SLICE_OPS = ("slice", "dynamic-slice", "gather")
+_FREE_OPS = {
+    "parameter", "constant", "bitcast", "tuple", "get-tuple-element", "after-all",
+    "partition-id", "replica-id", "iota",
+}
+
+
+def _split_shape(rest: str) -> tuple[str, str]:
+    """Splits ``'SHAPE op(args), attrs'`` into ``(SHAPE, 'op(args), attrs')``."""
+    if rest.startswith("("):
+        depth = 0
+        for i, ch in enumerate(rest):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0:
+                return rest[: i + 1], rest[i + 1:].lstrip()
+    shape, _, tail = rest.partition(" ")
+    return shape, tail
+
+
+def _sizes(shape: str) -> list[int]:
+    return [int(np.prod([int(d) for d in m.split(",") if d] or [1])) for m in _ARRAY.findall(shape)]
+
+
+def _operands(call: str) -> list[str]:
+    """The operand names of ``'op(%a, %b), attrs'``."""
+    start = call.find("(")
+    if start < 0:
+        return []
+    depth = 0
+    for i in range(start, len(call)):
+        depth += call[i] == "("
+        depth -= call[i] == ")"
+        if depth == 0:
+            return re.findall(r"%([\w.\-]+)", call[start:i])
+    return []
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+    comps: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in hlo.splitlines():
+        head = re.match(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if head and not line.startswith(" "):
+            name = "ENTRY" if head.group(1) else head.group(2)
+            current = comps.setdefault(name, [])
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return comps
+
+
+def count_passes(hlo_text: str, size: int) -> dict[str, int]:
+    """How often the compiled program reads and writes an array of `size` elements.
+
+    Walks the entry computation of optimized HLO (``compiled.as_text()``), following ``call``
+    and ``while`` bodies, and counts, for every instruction that moves data (fusions, copies,
+    reductions, custom calls; not ``bitcast``, ``parameter``, ``tuple``...), its distinct
+    operands of `size` elements (reads) and the results of `size` elements it produces
+    (writes). Reshaped views (``(N, H, W, G, C/G)`` of ``(N, H, W, C)``) count alike.
+
+    Returns:
+      ``{"reads": r, "writes": w, "passes": r + w}``.
+    """
+    comps = _computations(hlo_text)
+    reads = writes = 0
+
+    def _is_slice(call: str) -> bool:
+        m = re.search(r"calls=%?([\w.\-]+)", call)
+        body = comps.get(m.group(1), []) if m else []
+        root = next((line for line in body if line.lstrip().startswith("ROOT")), "")
+        return any(f" {op}(" in root for op in _SLICE_OPS)
+
+    def walk(name: str, depth: int) -> None:
+        nonlocal reads, writes
+        if depth > 8 or name not in comps:
+            return
+        shapes: dict[str, list[int]] = {}
+        parsed = []
+        for line in comps[name]:
+            m = _DEF.match(line)
+            if not m:
+                continue
+            var, rest = m.groups()
+            shape, call = _split_shape(rest)
+            shapes[var] = _sizes(shape)
+            op = call.split("(", 1)[0].strip()
+            parsed.append((var, op, call))
+        for var, op, call in parsed:
+            if op in ("call", "while", "conditional", "async-start"):
+                pattern = r"(?:to_apply|body|calls|branch_computations)=\{?%?([\w.\-]+)"
+                for sub in re.findall(pattern, call):
+                    walk(sub, depth + 1)
+                continue
+            if op in _FREE_OPS or op in _SLICE_OPS or (op == "fusion" and _is_slice(call)):
+                continue  # slices read only what they write (a pivot column, say)
+            seen = set()
+            for operand in _operands(call):
+                if operand in seen:
+                    continue
+                seen.add(operand)
+                reads += sum(1 for s in shapes.get(operand, []) if s == size)
+            writes += sum(1 for s in shapes[var] if s == size)
+
+    walk("ENTRY", 0)
+    return {"reads": reads, "writes": writes, "passes": reads + writes}
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class _Entry:
+    impl: str
+    mode: str
+    compiled: Any
+    args: tuple[Any, ...]
+    temp_bytes: int | None
+    passes: dict[str, int] | None
+    times: list[float] = dataclasses.field(default_factory=list)
+
+
+def _compile(fn: Callable[..., Any], args: tuple[Any, ...], size: int) -> tuple[Any, Any, Any]:
+    compiled = jax.jit(fn).lower(*args).compile()
+    try:
+        mem = compiled.memory_analysis()
+        temp = int(mem.temp_size_in_bytes) if mem is not None else None
+    except Exception:  # memory analysis is optional on some backends
+        temp = None
+    try:
+        passes = count_passes(compiled.as_text(), size)
+    except Exception:
+        passes = None
+    return compiled, temp, passes
+
+
+def _time(entries: list[_Entry], rounds: int, warmup: int, inner: int) -> None:
+    """Times every entry `rounds` times, round-robin with a rotating order, `inner` calls each."""
+    for e in entries:  # warm up (first calls allocate, fault pages, spin up thread pools)
+        for _ in range(warmup):
+            jax.block_until_ready(e.compiled(*e.args))
+    for r in range(rounds):
+        k = r % len(entries)
+        for e in entries[k:] + entries[:k]:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                out = e.compiled(*e.args)
+            jax.block_until_ready(out)
+            e.times.append((time.perf_counter() - t0) / inner)
+            del out
+
+
+def _bench_layer(
+    layer: str, shape: tuple[int, ...], modes: Sequence[str], rounds: int, warmup: int,
+    inner: int = 1, seed: int = 0,
+) -> list[dict[str, Any]]:
+    kx, kd = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, shape, jnp.float32)
+    dy = jax.random.normal(kd, shape, jnp.float32)
+    size = int(np.prod(shape))
+    entries: list[_Entry] = []
+    for impl in IMPLS:
+        progs = _programs(layer, impl, x, dy)
+        for mode in modes:
+            fn, args = progs[mode]
+            compiled, temp, passes = _compile(fn, args, size)
+            entries.append(_Entry(impl, mode, compiled, args, temp, passes))
+    compiled, temp, passes = _compile(lambda x: x * 2 + 1, (x,), size)
+    entries.append(_Entry("copy", "copy", compiled, (x,), temp, passes))
+
+    _time(entries, rounds, warmup, inner)
+    med = {(e.impl, e.mode): statistics.median(e.times) for e in entries}
+    copy_t = med[("copy", "copy")]
+    rows = []
+    order = {(impl, mode): i for i, (mode, impl) in enumerate(
+        [(m, i) for m in (*modes, "copy") for i in (*IMPLS, "copy")])}
+    for e in sorted(entries, key=lambda e: order[(e.impl, e.mode)]):
+        m = med[(e.impl, e.mode)]
+        flax_t = med.get(("flax", e.mode))
+        rows.append({
+            "layer": layer,
+            "shape": list(shape),
+            "mode": e.mode,
+            "impl": e.impl,
+            "median_ms": m * 1e3,
+            "min_ms": min(e.times) * 1e3,
+            "vs_flax": m / flax_t if flax_t else None,
+            "x_copy": m / copy_t,
+            "temp_mib": None if e.temp_bytes is None else e.temp_bytes / 2**20,
+            "reads": None if e.passes is None else e.passes["reads"],
+            "writes": None if e.passes is None else e.passes["writes"],
+            "rounds": len(e.times),
+        })
+    return rows
+
+
+#: Published peak memory bandwidth (bytes/s) by device kind, for the kernels' percentages.
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
+
+
+def _peak_bandwidth() -> float | None:
+    kind = getattr(jax.devices()[0], "device_kind", "")
+    for name, peak in PEAK_BANDWIDTH.items():
+        if name in kind:
+            return peak
+    return None
+
+
+def _kernel_programs(
+    scale: jax.Array, bias: jax.Array | None, center: bool, interpret: bool
+) -> dict[str, Callable[..., Any]]:
+    """The Pallas kernels and jnorm's XLA path for one row norm, as functions to compile."""
+    from jnorm import _pallas
+    from jnorm._normalize import _normalize_with_moments
+
+    def xla_fwd(x: jax.Array) -> jax.Array:
+        return _normalize_with_moments(x, scale, bias, axes=(1,), epsilon=1e-6, center=center)[0]
+
+    def xla_fwd_bwd(x: jax.Array, g: jax.Array) -> Any:
+        return jax.vjp(xla_fwd, x)[1](g)
+
+    def pl_fwd(x: jax.Array) -> Any:
+        return _pallas.row_norm_forward(
+            x, scale, bias, epsilon=1e-6, center=center, interpret=interpret)
+
+    def pl_bwd(x: jax.Array, g: jax.Array, st: Any) -> Any:
+        return _pallas.row_norm_backward(
+            x, g, scale, st[1], st[2], st[3], epsilon=1e-6, center=center, interpret=interpret)
+
+    def pl_fwd_bwd(x: jax.Array, g: jax.Array) -> Any:
+        return pl_bwd(x, g, pl_fwd(x))[0]
+
+    return {"pallas fwd": pl_fwd, "pallas bwd": pl_bwd, "pallas fwd+bwd": pl_fwd_bwd,
+            "xla fwd": xla_fwd, "xla fwd+bwd": xla_fwd_bwd}
+
+
+def kernel_bandwidth(
+    shapes: Sequence[tuple[int, int]], *, rounds: int = 15, warmup: int = 2, inner: int = 20,
+) -> list[dict[str, Any]]:
+    """Achieved bandwidth of the fused Pallas row-norm kernels, and of XLA on the same work.
+
+    For each ``(R, D)`` float32 shape: the forward kernel (reads ``x``, writes ``y``: 2
+    passes), the backward kernel (reads ``x`` and ``dy``, writes ``dx``: 3 passes), and
+    jnorm's XLA path for the forward and for forward+backward (5 passes at best), plus the
+    copy. Bandwidth counts those minimal bytes over the median time; ``pct_peak`` compares it
+    with the device's published peak (:data:`PEAK_BANDWIDTH`) where known. This is a kernel
+    microbenchmark and, unlike the layer comparison, calls jnorm's private kernel API.
+    """
+    interpret = jax.default_backend() != "gpu"
+    peak = _peak_bandwidth()
+    rows_out: list[dict[str, Any]] = []
+    for shape in shapes:
+        r, d = shape
+        kx, kd = jax.random.split(jax.random.key(1))
+        x = jax.random.normal(kx, shape, jnp.float32)
+        g = jax.random.normal(kd, shape, jnp.float32)
+        scale = jnp.ones((d,), jnp.float32)
+        bias = jnp.zeros((d,), jnp.float32)
+        entries: list[_Entry] = []
+        passes: dict[str, int] = {}
+        for center, name in ((True, "layer_norm"), (False, "rms_norm")):
+            progs = _kernel_programs(scale, bias if center else None, center, interpret)
+            stats = jax.jit(progs["pallas fwd"])(x)
+            for label, args, npass in (
+                ("pallas fwd", (x,), 2),
+                ("pallas bwd", (x, g, stats), 3),
+                ("pallas fwd+bwd", (x, g), 5),
+                ("xla fwd", (x,), 2),
+                ("xla fwd+bwd", (x, g), 5),
+            ):
+                compiled, temp, _ = _compile(progs[label], args, r * d)
+                entries.append(_Entry(f"{name} {label}", "kernel", compiled, args, temp, None))
+                passes[f"{name} {label}"] = npass
+        compiled, temp, _ = _compile(lambda x: x * 2 + 1, (x,), r * d)
+        entries.append(_Entry("copy", "kernel", compiled, (x,), temp, None))
+        passes["copy"] = 2
+        _time(entries, rounds, warmup, inner)
+        for e in entries:
+            t = statistics.median(e.times)
+            bw = passes[e.impl] * r * d * 4 / t
+            rows_out.append({
+                "kernel": e.impl, "shape": [r, d], "median_us": t * 1e6,
+                "gbytes_per_s": bw / 1e9, "passes": passes[e.impl],
+                "pct_peak": None if peak is None else 100 * bw / peak,
+            })
+    return rows_out
+
+
+def _allocator() -> str:
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "tcmalloc" in preload:
+        return "tcmalloc"
+    if "jemalloc" in preload:
+        return "jemalloc"
+    return "default (glibc malloc on Linux)"
+
+
+def run(
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    *,
+    layers: Sequence[str] | None = None,
+    modes: Sequence[str] = MODES,
+    rounds: int = 15,
+    warmup: int = 2,
+    quick: bool = False,
+    inner: int | None = None,
+    pallas_shapes: Sequence[tuple[int, int]] = (),
+) -> dict[str, Any]:
+    """Runs the benchmark and returns a JSON-serialisable report.
+
+    Args:
+      shapes: per-layer shape overrides (others keep :data:`DEFAULT_SHAPES`, or
+        :data:`QUICK_SHAPES` if `quick`).
+      layers: a subset of :data:`LAYERS` (default: all).
+      modes: a subset of ``("fwd", "fwd+bwd")``.
+      rounds: timed calls of each program, interleaved round-robin.
+      warmup: untimed calls of each program first.
+      quick: tiny shapes (seconds); timings then mean little.
+      inner: calls per timed sample (default 1 on CPU, 20 on accelerators, where one call
+        takes microseconds and dispatch would dominate).
+      pallas_shapes: ``(R, D)`` shapes at which to measure the fused Pallas kernels'
+        achieved bandwidth (see :func:`kernel_bandwidth`); empty to skip.
+
+    Returns:
+      ``{"device", "backend", "jax", "flax", "jnorm", "allocator", "rounds", "inner",
+      "results", "kernels"}`` with one result row per layer, mode and implementation (see the
+      module docstring) and one per kernel measurement.
+    """
+    if inner is None:
+        inner = 1 if jax.default_backend() == "cpu" else 20
+    import flax
+
+    import jnorm
+
+    chosen = dict(QUICK_SHAPES if quick else DEFAULT_SHAPES)
+    chosen.update(shapes or {})
+    layers = list(layers or LAYERS)
+    for name in layers:
+        if name not in LAYERS:
+            raise ValueError(f"unknown layer {name!r}; choose from {', '.join(LAYERS)}.")
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}.")
+    results = []
+    for name in layers:
+        results += _bench_layer(name, tuple(chosen[name]), modes, rounds, warmup, inner)
+    dev = jax.devices()[0]
+    kernels = []
+    if pallas_shapes:
+        kernels = kernel_bandwidth(pallas_shapes, rounds=rounds, warmup=warmup, inner=inner)
+    return {
+        "device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}",
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "jnorm": jnorm.__version__,
+        "allocator": _allocator(),
+        "rounds": rounds,
+        "inner": inner,
+        "results": results,
+        "kernels": kernels,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a plain-text table, one block per layer."""
+    lines = [
+        f"device: {report['device']}   jax {report['jax']}   flax {report['flax']}   "
+        f"jnorm {report['jnorm']}   allocator: {report['allocator']}   "
+        f"rounds: {report['rounds']} (medians, interleaved)",
+        "vs_flax: time / flax default (lower is better); x_copy: time / streaming copy x*2+1; "
+        "temp: peak temporary memory; passes: reads+writes of a full-size array in the HLO",
+        "",
+    ]
+    header = (f"{'layer':<14}{'shape':<18}{'mode':<9}{'impl':<12}{'median ms':>10}"
+              f"{'vs_flax':>9}{'x_copy':>8}{'temp MiB':>10}{'passes (r+w)':>14}")
+    lines.append(header)
+    lines.append("-" * len(header))
+    last = None
+    for row in report["results"]:
+        if last is not None and row["layer"] != last:
+            lines.append("")
+        last = row["layer"]
+        vs = "" if row["vs_flax"] is None else f"{row['vs_flax']:.2f}"
+        temp = "" if row["temp_mib"] is None else f"{row['temp_mib']:.1f}"
+        passes = ("" if row["reads"] is None else
+                  f"{row['reads'] + row['writes']} ({row['reads']}+{row['writes']})")
+        shape = "x".join(str(s) for s in row["shape"])
+        lines.append(
+            f"{row['layer']:<14}{shape:<18}{row['mode']:<9}{row['impl']:<12}"
+            f"{row['median_ms']:>10.3f}{vs:>9}{row['x_copy']:>8.2f}{temp:>10}{passes:>14}"
+        )
+    if report.get("kernels"):
+        lines += ["", "Fused Pallas kernels vs XLA (float32; bandwidth = minimal bytes / median "
+                  "time; pct_peak of the published HBM peak)",
+                  f"{'kernel':<28}{'shape':<14}{'median us':>11}{'GB/s':>9}{'% peak':>8}"]
+        for k in report["kernels"]:
+            pct = "" if k["pct_peak"] is None else f"{k['pct_peak']:.0f}"
+            shape = "x".join(str(s) for s in k["shape"])
+            lines.append(f"{k['kernel']:<28}{shape:<14}{k['median_us']:>11.1f}"
+                         f"{k['gbytes_per_s']:>9.0f}{pct:>8}")
+    return "\n".join(lines)
+
+
+def _parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, dims = item.partition("=")
+        if not sep or name not in LAYERS:
+            raise argparse.ArgumentTypeError(
+                f"bad --shapes item {item!r}: expected LAYER=D1xD2x..., LAYER one of "
+                f"{', '.join(LAYERS)}"
+            )
+        try:
+            out[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad dimensions in --shapes item {item!r}") from None
+    return out
+
+
+def _pallas_shapes(text: str | None) -> list[tuple[int, int]]:
+    if text is None:
+        return [(8192, 1024)] if jax.default_backend() == "gpu" else []
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        r, _, d = item.lower().partition("x")
+        out.append((int(r), int(d)))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point of ``python -m jnorm.bench``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jnorm.bench",
+        description="jnorm vs flax.linen normalization layers: medians of interleaved runs.",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few rounds")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--shapes", type=_parse_shapes, default={},
+                        help="e.g. layer_norm=4096x1024,group_norm=8x32x32x256")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="comma-separated subset")
+    parser.add_argument("--modes", default=",".join(MODES), help="fwd, fwd+bwd or both")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 15)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
+    parser.add_argument("--inner", type=int, default=None,
+                        help="calls per timed sample (default 1 on CPU, 20 otherwise)")
+    parser.add_argument("--pallas", default=None,
+                        help="measure the Pallas kernels' bandwidth at these RxD shapes, "
+                             "e.g. 8192x1024,32768x4096 (default: on GPU only, 8192x1024)")
+    args = parser.parse_args(argv)
+    rounds = args.rounds if args.rounds is not None else (3 if args.quick else 15)
+    report = run(
+        args.shapes,
+        layers=[s for s in args.layers.split(",") if s],
+        modes=[s for s in args.modes.split(",") if s],
+        rounds=rounds,
+        warmup=1 if args.quick else args.warmup,
+        quick=args.quick,
+        inner=args.inner,
+        pallas_shapes=_pallas_shapes(args.pallas),
+    )
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""`python -m jnorm.bench --quick` runs and reports what it promises (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jnorm import bench
+
+
+@pytest.fixture(scope="module")
+def report():
+    out = subprocess.run(
+        [sys.executable, "-m", "jnorm.bench", "--quick", "--json", "--pallas", "64x128"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    return json.loads(out.stdout)
+
+
+def test_report_header(report):
+    for key in ("device", "backend", "jax", "flax", "jnorm", "allocator", "rounds", "inner"):
+        assert key in report
+    assert report["rounds"] >= 1
+
+
+def test_every_layer_mode_and_impl(report):
+    rows = report["results"]
+    seen = {(r["layer"], r["mode"], r["impl"]) for r in rows}
+    for layer in bench.LAYERS:
+        for mode in bench.MODES:
+            for impl in bench.IMPLS:
+                assert (layer, mode, impl) in seen
+        assert (layer, "copy", "copy") in seen
+    for r in rows:
+        assert r["median_ms"] > 0 and r["x_copy"] > 0
+        assert r["rounds"] == report["rounds"]
+        assert r["shape"] == list(bench.QUICK_SHAPES[r["layer"]])
+        if r["impl"] == "flax":
+            assert r["vs_flax"] == pytest.approx(1.0)
+        if r["impl"] == "copy":
+            assert (r["reads"], r["writes"]) == (1, 1)
+        else:
+            assert r["vs_flax"] > 0
+            assert r["reads"] >= 1 and r["writes"] >= 0
+        assert r["temp_mib"] is None or r["temp_mib"] >= 0
+
+
+def test_kernel_rows(report):
+    kernels = {k["kernel"] for k in report["kernels"]}
+    for name in ("layer_norm", "rms_norm"):
+        for part in ("pallas fwd", "pallas bwd", "pallas fwd+bwd", "xla fwd", "xla fwd+bwd"):
+            assert f"{name} {part}" in kernels
+    assert all(k["gbytes_per_s"] > 0 for k in report["kernels"])
+
+
+def test_table_and_options():
+    table = bench.format_table(bench.run(layers=["rms_norm"], modes=["fwd"], rounds=1, warmup=0,
+                                         quick=True, shapes={"rms_norm": (8, 128)}))
+    assert "rms_norm" in table and "8x128" in table and "fwd+bwd" not in table
+    with pytest.raises(ValueError, match="unknown layer"):
+        bench.run(layers=["nope"], quick=True)
+
+
+def test_count_passes_on_a_copy():
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((64, 32))
+    hlo = jax.jit(lambda x: x * 2 + 1).lower(x).compile().as_text()
+    assert bench.count_passes(hlo, x.size) == {"reads": 1, "writes": 1, "passes": 2}
