@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 __all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits"]
 
 #: Elements of one row block the kernels hold at once (registers/shared memory on GPU).
 _BLOCK_ELEMENTS = 8192
 _MIN_D, _MAX_D = 128, 16384
+#: Warps per program (4 is Triton's default; tuned for bandwidth on H100).
+_NUM_WARPS = 4
 #: Tests set this to use the kernels (in interpret mode) on CPU too.
 FORCE = False
+
+
+def _triton_params() -> Any:
+    """Triton on GPU (jax's default GPU Pallas backend, Mosaic GPU, limits block copies)."""
+    return pltriton.CompilerParams(num_warps=_NUM_WARPS)
 
 
 def block_rows(rows: int, d: int) -> int:
@@ -28,9 +37,14 @@ def block_rows(rows: int, d: int) -> int:
 
 
 def suits(x: jax.Array, axes: tuple[int, ...], *params: Any, backend: str | None = None) -> bool:
-    """Whether the fused kernels handle this call: normalizing the last axis of a float array
-    whose size is a power of two in ``[128, 16384]``, with per-feature (or no) parameters, on
-    GPU (or the given `backend`)."""
+    """Whether the fused kernels handle this call.
+
+    They do when normalizing the last axis of a float array whose size is a power of two in
+    ``[128, 16384]``, with per-feature (or no) parameters, on GPU (or the given `backend`).
+    The environment variable ``JNORM_PALLAS=0`` turns them off (XLA path everywhere).
+    """
+    if os.environ.get("JNORM_PALLAS", "1") == "0":
+        return False
     if (backend or jax.default_backend()) != "gpu" and not FORCE:
         return False
     if x.ndim < 2 or axes != (x.ndim - 1,):
@@ -48,7 +62,9 @@ def _fwd_kernel(x_ref: Any, s_ref: Any, b_ref: Any, y_ref: Any, p_ref: Any, m_re
     x = x_ref[...].astype(jnp.float32)
     d_size = x.shape[-1]
     if center:
-        pivot = x_ref[:, 0].astype(jnp.float32)
+        # The row's first element, picked by a masked sum (exact; lowers on every backend).
+        col = lax.broadcasted_iota(jnp.int32, x.shape, 1)
+        pivot = jnp.sum(jnp.where(col == 0, x, jnp.zeros_like(x)), axis=1)
         dev = x - pivot[:, None]
         mean = jnp.sum(dev, axis=1) / d_size
         var = jnp.maximum(jnp.sum(dev * dev, axis=1) / d_size - mean * mean, 0.0)
@@ -93,6 +109,7 @@ def row_norm_forward(
         in_specs=[row_block, vec, vec],
         out_specs=(row_block, stat_block, stat_block, stat_block),
         interpret=interpret,
+        compiler_params=_triton_params(),
     )(x, scale, bias)
 
 
@@ -144,5 +161,6 @@ def row_norm_backward(
         in_specs=[row_block, row_block, vec, stat_block, stat_block, stat_block],
         out_specs=(row_block, part, part),
         interpret=interpret,
+        compiler_params=_triton_params(),
     )(x, g, scale, shift, mean_shifted, var)
     return dx, jnp.sum(ds, axis=0), jnp.sum(db, axis=0)
