@@ -187,7 +187,7 @@ def _fused(
     axes: tuple[int, ...], epsilon: float, center: bool, dtype: Any,
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
-    if _pallas.suits(x, axes, scale, bias):
+    if _pallas.suits(x, axes, scale, bias, center=center):
         return _fused_pallas(axes, epsilon, center, dtype, x, scale, bias)
     return _normalize_with_moments(
         x, scale, bias, axes=axes, epsilon=epsilon, center=center, dtype=dtype

@@ -95,7 +95,7 @@ def forced(monkeypatch):
 @pytest.mark.parametrize("layer", ["layer_norm", "rms_norm"])
 def test_layers_use_kernels_and_keep_transforms(layer, forced):
     x, scale, bias, g = _data((4, 8, 128), 1e4 if layer == "layer_norm" else 0.0, seed=2)
-    assert _pallas.suits(x, (2,), scale.reshape(1, 1, -1))
+    assert _pallas.suits(x, (2,), scale.reshape(1, 1, -1), center=layer == "layer_norm")
 
     def f(x, scale):
         if layer == "layer_norm":
@@ -124,14 +124,18 @@ def test_constant_rows_give_the_bias(forced):
     np.testing.assert_array_equal(y, jnp.broadcast_to(bias, y.shape))
 
 
-def test_suits_only_kernel_shapes():
-    x = jnp.zeros((8, 128), jnp.float32)
+def test_suits_only_kernel_shapes(monkeypatch):
+    x = jnp.zeros((8, 4096), jnp.float32)
     assert _pallas.suits(x, (1,), backend="gpu")
-    assert not _pallas.suits(jnp.zeros((8, 100)), (1,), backend="gpu")  # not a power of two
+    assert not _pallas.suits(x, (1,), center=False, backend="gpu")  # RMS: XLA measured faster
+    assert not _pallas.suits(jnp.zeros((8, 1024)), (1,), backend="gpu")  # small rows: XLA
+    assert not _pallas.suits(jnp.zeros((8, 5000)), (1,), backend="gpu")  # not a power of two
     assert not _pallas.suits(x, (0,), backend="gpu")  # not the last axis
     assert not _pallas.suits(x.astype(jnp.int32), (1,), backend="gpu")
     if jax.default_backend() != "gpu":
         assert not _pallas.suits(x, (1,))  # CPU keeps the XLA path
+    monkeypatch.setenv("JNORM_PALLAS", "0")
+    assert not _pallas.suits(x, (1,), backend="gpu")
 
 
 def test_block_rows():

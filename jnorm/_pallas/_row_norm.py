@@ -19,6 +19,8 @@ _BLOCK_ELEMENTS = 8192
 _MIN_D, _MAX_D = 128, 16384
 #: Warps per program (4 is Triton's default; tuned for bandwidth on H100).
 _NUM_WARPS = 4
+#: Smallest feature size for which the forward kernel is used automatically (layer norm).
+AUTO_MIN_D = 4096
 #: Tests set this to use the kernels (in interpret mode) on CPU too.
 FORCE = False
 
@@ -36,16 +38,23 @@ def block_rows(rows: int, d: int) -> int:
     return br
 
 
-def suits(x: jax.Array, axes: tuple[int, ...], *params: Any, backend: str | None = None) -> bool:
-    """Whether the fused kernels handle this call.
+def suits(
+    x: jax.Array, axes: tuple[int, ...], *params: Any, center: bool = True,
+    backend: str | None = None,
+) -> bool:
+    """Whether the fused forward kernel is used for this call.
 
-    They do when normalizing the last axis of a float array whose size is a power of two in
-    ``[128, 16384]``, with per-feature (or no) parameters, on GPU (or the given `backend`).
-    The environment variable ``JNORM_PALLAS=0`` turns them off (XLA path everywhere).
+    The kernels handle the last axis of a float array whose size is a power of two in
+    ``[128, 16384]``, with per-feature (or no) parameters. They are used automatically on GPU
+    only where they measured faster than XLA's fusion (:data:`AUTO_MIN_D`: layer norm with
+    ``D >= 4096``; on an H200, 0.74x XLA's time at ``(32768, 4096)``, but 1.1x at
+    ``(8192, 1024)``, and RMS norm was slower at both). The environment variable
+    ``JNORM_PALLAS=0`` turns them off everywhere; tests set :data:`FORCE` to use them for
+    every shape they handle (in interpret mode on CPU).
     """
     if os.environ.get("JNORM_PALLAS", "1") == "0":
         return False
-    if (backend or jax.default_backend()) != "gpu" and not FORCE:
+    if not FORCE and (backend or jax.default_backend()) != "gpu":
         return False
     if x.ndim < 2 or axes != (x.ndim - 1,):
         return False
@@ -54,7 +63,9 @@ def suits(x: jax.Array, axes: tuple[int, ...], *params: Any, backend: str | None
     d = x.shape[-1]
     if d < _MIN_D or d > _MAX_D or d & (d - 1):
         return False
-    return all(p is None or p.shape == (1,) * (x.ndim - 1) + (d,) for p in params)
+    if not all(p is None or p.shape == (1,) * (x.ndim - 1) + (d,) for p in params):
+        return False
+    return FORCE or (center and d >= AUTO_MIN_D)
 
 
 def _fwd_kernel(x_ref: Any, s_ref: Any, b_ref: Any, y_ref: Any, p_ref: Any, m_ref: Any,
