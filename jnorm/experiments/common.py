@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import Dataset
 
-__all__ = ["SCALES", "Context", "Claim", "ExperimentResult", "mean_std", "fmt", "verdict"]
+__all__ = ["SCALES", "Claim", "Context", "ExperimentResult", "fmt", "mean_std", "verdict"]
 
 #: Run sizes: ``tiny`` (unit tests), ``quick`` (CI, < 2 min for the suite), ``full`` (default).
 SCALES = ("tiny", "quick", "full")

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Dataset", "load_digits_dataset", "load_npz", "load_dataset"]
+__all__ = ["Dataset", "load_dataset", "load_digits_dataset", "load_npz"]
 
 
 class Dataset(NamedTuple):
@@ -51,7 +51,7 @@ def _split_and_standardize(images: np.ndarray, labels: np.ndarray, name: str,
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(images))
-    n_test = int(round(test_fraction * len(images)))
+    n_test = round(test_fraction * len(images))
     test, train = order[:n_test], order[n_test:]
     mean, std = images[train].mean(), images[train].std()
     images = (images - mean) / max(float(std), 1e-8)

@@ -30,8 +30,9 @@ def sweep_config(ctx: Context) -> dict:
     rates = ctx.pick((0.01, 0.1, 1.0, 3.0),
                      (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
                      (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0))
-    arch_norms = ctx.pick({"cnn": ("none", "batch"), "mlp": ("none", "batch")},
-                          ARCH_NORMS, ARCH_NORMS)
+    arch_norms = ctx.pick({"mlp": ("none", "batch")},
+                          {"cnn": ("none", "batch", "group"), "mlp": ("none", "batch", "layer")},
+                          ARCH_NORMS)
     return {"rates": rates, "epochs": ctx.pick(1, 3, 12), "batch_size": 64,
             "arch_norms": arch_norms}
 

@@ -6,6 +6,7 @@ All normalization goes through ``jnorm.linen`` (drop-ins for flax.linen's module
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 
 import jnorm.linen as jnn
 
-__all__ = ["NORMS", "Norm", "CNN", "MLP", "make_model", "scale_kernels"]
+__all__ = ["CNN", "MLP", "NORMS", "Norm", "make_model", "scale_kernels"]
 
 #: The normalization switches understood by :class:`Norm`.
 NORMS: tuple[str, ...] = ("none", "batch", "layer", "group", "instance")
@@ -40,7 +41,10 @@ class Norm(nn.Module):
         if self.kind == "layer":
             return jnn.LayerNorm(reduction_axes=tuple(range(1, x.ndim)), feature_axes=-1)(x)
         if self.kind == "group":
-            return jnn.GroupNorm(num_groups=min(self.num_groups, x.shape[-1]))(x)
+            gn = jnn.GroupNorm(num_groups=min(self.num_groups, x.shape[-1]))
+            if x.ndim == 2:  # jnorm wants a spatial axis; a length-1 one changes nothing
+                return gn(x[:, None, :])[:, 0, :]
+            return gn(x)
         if self.kind == "instance":
             if x.ndim < 3:
                 raise ValueError("instance norm needs spatial axes (NHWC input); "
@@ -101,10 +105,10 @@ def make_model(arch: str, norm: str = "none", **kwargs) -> nn.Module:
     raise ValueError(f"unknown architecture {arch!r}; choose 'cnn' or 'mlp'")
 
 
-def scale_kernels(params, scale: float | jax.Array):
+def scale_kernels(params: Any, scale: float | jax.Array) -> Any:
     """Multiplies every ``kernel`` (conv and dense weights) by ``scale``; other leaves unchanged."""
 
-    def f(path, leaf):
+    def f(path: tuple, leaf: jax.Array) -> jax.Array:
         name = getattr(path[-1], "key", None)
         return leaf * jnp.asarray(scale, leaf.dtype) if name == "kernel" else leaf
 

@@ -11,6 +11,8 @@ CNN is histogrammed before and after each normalization.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -32,7 +34,7 @@ PROBE = (0, 0, 0, 0)  # the perturbed element (n, h, w, c): a visible corner
 GROUPS = 2
 
 
-def norm_functions(groups: int = GROUPS) -> dict[str, callable]:
+def norm_functions(groups: int = GROUPS) -> dict[str, Callable[[jax.Array], jax.Array]]:
     """The four layers as jnorm functions of an NHWC array (no scale/bias)."""
     return {
         "batch": lambda x: jnorm.batch_norm(x, jnorm.BatchStats.init(x.shape[-1]),
@@ -43,7 +45,8 @@ def norm_functions(groups: int = GROUPS) -> dict[str, callable]:
     }
 
 
-def influence(fn, x: jax.Array, index: tuple[int, ...]) -> np.ndarray:
+def influence(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+              index: tuple[int, ...]) -> np.ndarray:
     """Boolean mask of the outputs ``y_j`` with ``dy_j/dx_index != 0`` (one Jacobian column)."""
     tangent = jnp.zeros_like(x).at[index].set(1.0)
     _, col = jax.jvp(fn, (x,), (tangent,))
@@ -60,7 +63,7 @@ def to_cube(mask: np.ndarray) -> np.ndarray:
 def expected_sets(shape: tuple[int, int, int, int], index: tuple[int, ...],
                   groups: int) -> dict[str, np.ndarray]:
     """What the notes (and DESIGN.md) say each layer normalizes over, as NHWC masks."""
-    n, h, w, c = shape
+    n, _, _, c = shape
     i_n, _, _, i_c = index
     nn_, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
     same_n = np.broadcast_to((nn_ == i_n)[:, None, None, :], shape)
@@ -73,7 +76,8 @@ def expected_sets(shape: tuple[int, int, int, int], index: tuple[int, ...],
             "group": same_n & same_g}  # the channels of one group of one example
 
 
-def _draw_cube(ax, cube: np.ndarray, probe: tuple[int, int, int], color: str, title: str) -> None:
+def _draw_cube(ax: Any, cube: np.ndarray, probe: tuple[int, int, int], color: str,
+               title: str) -> None:
     """Draws the selected cells of an ``(N, C, H·W)`` boolean cube inside its wire frame."""
     n, c, hw = cube.shape
     colors = np.empty(cube.shape, object)

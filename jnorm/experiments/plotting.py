@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-__all__ = ["plt", "NORM_COLORS", "save"]
+__all__ = ["NORM_COLORS", "plt", "save"]
 
 NORM_COLORS = {"none": "#444444", "batch": "#1f77b4", "layer": "#2ca02c", "group": "#d62728",
                "instance": "#9467bd", "dropout": "#ff7f0e", "naive": "#d62728"}
@@ -19,7 +19,7 @@ plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3,
                      "legend.fontsize": 8, "axes.titlesize": 10})
 
 
-def save(fig: "plt.Figure", out: Path, name: str) -> str:
+def save(fig: plt.Figure, out: Path, name: str) -> str:
     """Saves ``fig`` as ``out/name.png``, closes it, returns the file name."""
     out.mkdir(parents=True, exist_ok=True)
     fname = f"{name}.png"

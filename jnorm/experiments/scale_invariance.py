@@ -18,7 +18,9 @@ gradient is orthogonal to ``W``, SGD only grows ‖W‖, so the effective rate d
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,8 @@ from .common import Claim, Context, ExperimentResult, md_table
 from .models import make_model
 from .plotting import NORM_COLORS, plt, save
 from .training import train
+
+Array = np.ndarray | jax.Array
 
 NAME = "scale_invariance"
 TITLE = "Scale invariance of the batch-norm gradient; effective learning rate"
@@ -43,24 +47,34 @@ TOL64 = 1e-10
 LR = 0.1
 
 
-def _layer_grads(w, b, gamma, beta, u, g, a, eps, dtype):
+def _layer_grads(w: Array, b: Array, gamma: Array, beta: Array, u: Array, g: Array,
+                 a: float, eps: float, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     """(dL/du, dL/dW') at W' = aW of L = Σ G ⊙ BN(u W' + b), all in ``dtype``."""
-    w, b, gamma, beta, u, g = (jnp.asarray(t, dtype) for t in (w, b, gamma, beta, u, g))
+    args = tuple(jnp.asarray(t, dtype) for t in (w, b, gamma, beta, u, g, a))
+    gu, gw = _grads_jit(*args, eps=eps)
+    return np.asarray(gu, np.float64), np.asarray(gw, np.float64)
+
+
+@functools.partial(jax.jit, static_argnames="eps")
+def _grads_jit(w: jax.Array, b: jax.Array, gamma: jax.Array, beta: jax.Array, u: jax.Array,
+               g: jax.Array, a: jax.Array, *, eps: float) -> tuple[jax.Array, jax.Array]:
     state = jnorm.BatchStats.init(w.shape[1])
 
-    def loss(w_, u_):
-        y, _ = jnorm.batch_norm(u_ @ w_ + b, state, gamma, beta, training=True, epsilon=eps)
+    def loss(w_: jax.Array, u_: jax.Array) -> jax.Array:
+        y, _ = jnorm.batch_norm(u_ @ w_ + b[None, :], state, gamma, beta, training=True,
+                                epsilon=eps)
         return jnp.sum(g * y)
 
-    gw, gu = jax.grad(loss, argnums=(0, 1))(jnp.asarray(a, dtype) * w, u)
-    return np.asarray(gu, np.float64), np.asarray(gw, np.float64)
+    gw, gu = jax.grad(loss, argnums=(0, 1))(a * w, u)
+    return gu, gw
 
 
 def _rel(x: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
 
 
-def measure_identities(w, b, gamma, beta, u, g, scales=SCALES_A, eps: float = 0.0) -> dict:
+def measure_identities(w: Array, b: Array, gamma: Array, beta: Array, u: Array, g: Array,
+                       scales: tuple[float, ...] = SCALES_A, eps: float = 0.0) -> dict:
     """Relative errors of both identities for each ``a``, float32 and float64, vs the float64
     right-hand side at a = 1."""
     out: dict = {"a": list(scales)}
@@ -86,7 +100,7 @@ def run(ctx: Context) -> ExperimentResult:
     model = make_model("mlp", "batch")
     norms: list[np.ndarray] = []
 
-    def record(epoch, variables):
+    def record(epoch: int, variables: dict) -> None:
         k = variables["params"]["Dense_0"]["kernel"]
         norms.append(np.asarray(jnp.sqrt(jnp.sum(k * k, axis=(1, 2)))))
 
@@ -143,7 +157,8 @@ def run(ctx: Context) -> ExperimentResult:
     ax[0].legend(fontsize=7)
     ax[1].loglog(a, angles, "o", color=NORM_COLORS["batch"], label="measured")
     ax[1].loglog(a, predicted, "-", color="k", lw=1,
-                 label="small-angle prediction η‖∇W‖/(a²‖W‖)" + (f"; fitted slope {slope:.2f}" if slope else ""))
+                 label="small-angle prediction η‖∇W‖/(a²‖W‖)"
+                 + (f"; fitted slope {slope:.2f}" if slope else ""))
     ax[1].set_xlabel("a (weight scale)")
     ax[1].set_ylabel("angle turned by one SGD step (rad)")
     ax[1].set_title(f"Effective learning rate ∝ 1/a² (η = {LR})")

@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import Dataset
 from .models import scale_kernels
 
-__all__ = ["TrainResult", "train", "evaluate", "cross_entropy", "loss_fn", "DIVERGED_LOSS"]
+__all__ = ["DIVERGED_LOSS", "TrainResult", "cross_entropy", "evaluate", "loss_fn", "train"]
 
 #: A run whose final training loss is above this (twice the loss of uniform guessing over 10
 #: classes) or not finite is counted as diverged.
@@ -116,21 +116,23 @@ def _compiled(kind: str, model: nn.Module, *static: Any) -> Callable:
 
         fn = jax.jit(jax.vmap(init))
     elif kind == "epoch":
-        (momentum, batch_size, steps) = static
+        (momentum, batch_size, steps, freeze) = static
         opt = _optimizer(momentum)
 
-        def epoch(state, x, y):
+        def epoch(state: tuple, x: jax.Array, y: jax.Array) -> tuple[tuple, jax.Array]:
             params, batch_stats, opt_state, key = state
             key, k_perm, k_steps = jax.random.split(key, 3)
             perm = jax.random.permutation(k_perm, x.shape[0])[: steps * batch_size]
             batches = perm.reshape(steps, batch_size)
 
-            def step(carry, inputs):
+            def step(carry: tuple, inputs: tuple) -> tuple[tuple, jax.Array]:
                 params, batch_stats, opt_state = carry
                 idx, k = inputs
                 (loss, (batch_stats, _)), grads = jax.value_and_grad(
                     lambda p: loss_fn(model, p, batch_stats, x[idx], y[idx], rng=k),
                     has_aux=True)(params)
+                grads = {k: jax.tree_util.tree_map(jnp.zeros_like, g) if k in freeze else g
+                         for k, g in grads.items()}
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = optax.apply_updates(params, updates)
                 return (params, batch_stats, opt_state), loss
@@ -143,11 +145,21 @@ def _compiled(kind: str, model: nn.Module, *static: Any) -> Callable:
         fn = jax.jit(jax.vmap(epoch, in_axes=(0, None, None)))
     elif kind == "eval":
 
-        def ev(params, batch_stats, x, y):
+        def ev(params: dict, batch_stats: dict, x: jax.Array, y: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
             loss, (_, acc) = loss_fn(model, params, batch_stats, x, y, train=False)
             return loss, acc
 
         fn = jax.jit(jax.vmap(ev, in_axes=(0, 0, None, None)))
+    elif kind == "eval2":  # train and test splits in one compiled call
+
+        def ev2(params: dict, batch_stats: dict, x1: jax.Array, y1: jax.Array, x2: jax.Array,
+                y2: jax.Array) -> tuple[jax.Array, ...]:
+            l1, (_, a1) = loss_fn(model, params, batch_stats, x1, y1, train=False)
+            l2, (_, a2) = loss_fn(model, params, batch_stats, x2, y2, train=False)
+            return l1, a1, l2, a2
+
+        fn = jax.jit(jax.vmap(ev2, in_axes=(0, 0, None, None, None, None)))
     else:  # pragma: no cover
         raise ValueError(kind)
     _CACHE[key] = fn
@@ -167,7 +179,7 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
           seeds: Sequence[int] = (0,), init_scales: Sequence[float] = (1.0,), epochs: int = 10,
           batch_size: int = 64, momentum: float = 0.9, desc: str = "train",
           callback: Callable[[int, Variables], None] | None = None,
-          progress: bool = True) -> TrainResult:
+          freeze: Sequence[str] = (), progress: bool = True) -> TrainResult:
     """Trains ``model`` with SGD (optax, heavy-ball ``momentum``; 0 for plain SGD) for every
     (lr, init scale, seed) combination at once and evaluates each in eval mode.
 
@@ -182,6 +194,8 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
       desc: label of the progress bar.
       callback: called as ``callback(epoch, variables)`` with the stacked variables before the
         first epoch (``epoch=0``) and after each epoch.
+      freeze: names of top-level parameter collections (e.g. ``"Dense_0"``) whose gradients
+        are zeroed, so they keep their initial values.
       progress: show a tqdm progress bar over epochs.
 
     Returns:
@@ -200,10 +214,14 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
     t0 = time.perf_counter()
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     state = _compiled("init", model, momentum, data.image_shape)(sd_a, lr_a, sc_a)
-    epoch_fn = _compiled("epoch", model, momentum, batch_size, steps)
+    unknown = set(freeze) - set(state[0])
+    if unknown:
+        raise ValueError(f"freeze={sorted(unknown)} are not top-level parameters of the model; "
+                         f"choose from {sorted(state[0])}")
+    epoch_fn = _compiled("epoch", model, momentum, batch_size, steps, tuple(sorted(freeze)))
     losses = []
 
-    def variables_of(s):
+    def variables_of(s: tuple) -> Variables:
         return {"params": s[0], "batch_stats": s[1]}
 
     if callback is not None:
@@ -215,8 +233,9 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
             callback(e + 1, variables_of(state))
     step_loss = np.concatenate(losses, axis=1) if losses else np.zeros((len(grid), 0))
     variables = variables_of(state)
-    train_loss, train_acc = evaluate(model, variables, data.x_train, data.y_train)
-    test_loss, test_acc = evaluate(model, variables, data.x_test, data.y_test)
+    train_loss, train_acc, test_loss, test_acc = (np.asarray(a) for a in _compiled(
+        "eval2", model)(variables["params"], variables["batch_stats"], x, y,
+                        jnp.asarray(data.x_test), jnp.asarray(data.y_test)))
     epoch_loss = step_loss.reshape(len(grid), epochs, steps).mean(-1)
     final = epoch_loss[:, -1] if epochs else np.full(len(grid), np.nan)
     diverged = ~np.isfinite(step_loss).all(axis=1) | ~(final <= DIVERGED_LOSS)
