@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm import _pallas
 from jnorm._stats import Moments, _sum, accumulation_dtype, shifted_moments
 
 __all__ = ["normalize", "normalize_with_moments", "output_dtype"]
@@ -187,6 +186,8 @@ def _fused(
     axes: tuple[int, ...], epsilon: float, center: bool, dtype: Any,
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
+    from jnorm import _pallas  # lazily: importing Pallas costs ~0.1 s
+
     if _pallas.suits(x, axes, scale, bias, center=center):
         return _fused_pallas(axes, epsilon, center, dtype, x, scale, bias)
     return _normalize_with_moments(
@@ -199,6 +200,8 @@ def _fused_pallas(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
     """The value of :func:`_fused` from the fused Pallas kernel (last axis, on GPU)."""
+    from jnorm import _pallas
+
     d = x.shape[-1]
     y, shift, mean, var = _pallas.row_norm_forward(
         x.reshape(-1, d), scale, bias, epsilon=epsilon, center=center,
