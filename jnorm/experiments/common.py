@@ -39,6 +39,11 @@ class Context:
         if not self.seeds:
             raise ValueError("need at least one seed")
 
+    @property
+    def dpi(self) -> float:
+        """Figure resolution: low for the ``tiny`` test runs, where nobody looks."""
+        return 40.0 if self.scale == "tiny" else 110.0
+
     def pick(self, tiny: T, quick: T, full: T) -> T:
         """The value for this run's scale."""
         return {"tiny": tiny, "quick": quick, "full": full}[self.scale]

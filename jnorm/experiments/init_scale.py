@@ -67,7 +67,7 @@ def run(ctx: Context) -> ExperimentResult:
     ax[1].set_yscale("log")
     ax[1].set_ylabel("final training loss (median; NaN at 1e3)")
     ax[1].set_title("final training loss")
-    fname = save(fig, ctx.out, NAME)
+    fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
     claims = []
     base = numbers["none"]
     for norm in norms[1:]:

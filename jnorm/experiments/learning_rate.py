@@ -118,7 +118,7 @@ def run(ctx: Context) -> ExperimentResult:
                 holds=holds))
     fig.suptitle("Test accuracy and training loss vs SGD learning rate, per normalization "
                  f"(mean ± std over {len(ctx.seeds)} seeds)")
-    fname = save(fig, ctx.out, NAME)
+    fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
     table = md_table(["arch", "norm"] + [f"lr={r:g}" for r in rates] + ["largest good rate"],
                      rows)
     method = (f"Plain SGD (no momentum, constant rate, batch {cfg['batch_size']}, "

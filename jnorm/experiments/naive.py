@@ -140,7 +140,7 @@ def run(ctx: Context) -> ExperimentResult:
             a.legend(fontsize=7)
     fig.suptitle("The naive method: b's updates are undone by the next normalization "
                  f"(SGD η = {LR}, batch 64)")
-    fname = save(fig, ctx.out, NAME)
+    fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     n, r = traces["all", "naive"], traces["all", "batch"]
     bn_m, bn_s = mean_std(n["b_norm"][:, -1], 0)

@@ -34,7 +34,7 @@ BS_TOL = 0.02
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 7."""
     t0 = time.perf_counter()
-    gap_epochs = ctx.pick(2, 10, 40)
+    gap_epochs = ctx.pick(1, 10, 40)
     batch_sizes = ctx.pick((4, 64), (2, 16, 128), (2, 4, 8, 16, 32, 64, 128))
     bs_epochs = ctx.pick(1, 2, 6)
     bs_norms = ctx.pick(("batch", "group"), ("batch", "group", "layer"),
@@ -104,7 +104,7 @@ def run(ctx: Context) -> ExperimentResult:
         a.set_ylabel("test accuracy (eval mode)")
         a.set_title(f"({'bc'[k]}) {arch.upper()}, {bs_epochs} epochs per batch size")
         a.legend()
-    fname = save(fig, ctx.out, NAME)
+    fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     g = numbers["gap"]
     gap_bn, gap_none, gap_do = (g[k]["acc_gap_mean"] for k in ("batch", "none", "dropout"))

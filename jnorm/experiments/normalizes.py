@@ -182,7 +182,7 @@ def run(ctx: Context) -> ExperimentResult:
     fig.suptitle("Top: cells that share the statistics of the black cell, measured from "
                  "jnorm's Jacobian (column dy/dx_i ≠ 0).  Bottom: a real activation (2nd conv "
                  "of a trained CNN, test digits) before/after each norm", fontsize=9)
-    fname = save(fig, ctx.out, NAME)
+    fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     rows, claims, numbers = [], [], {"probe_shape_NHWC": CUBE, "probe_index_NHWC": PROBE,
                                      "groups": GROUPS, "activation": act_info,

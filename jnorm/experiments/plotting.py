@@ -19,10 +19,11 @@ plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3,
                      "legend.fontsize": 8, "axes.titlesize": 10})
 
 
-def save(fig: plt.Figure, out: Path, name: str) -> str:
-    """Saves ``fig`` as ``out/name.png``, closes it, returns the file name."""
+def save(fig: plt.Figure, out: Path, name: str, dpi: float | None = None) -> str:
+    """Saves ``fig`` as ``out/name.png`` (at ``dpi``, default the figure's), closes it, returns
+    the file name."""
     out.mkdir(parents=True, exist_ok=True)
     fname = f"{name}.png"
-    fig.savefig(out / fname, bbox_inches="tight")
+    fig.savefig(out / fname, bbox_inches="tight", dpi=dpi or "figure")
     plt.close(fig)
     return fname

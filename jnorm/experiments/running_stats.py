@@ -123,7 +123,7 @@ def run(ctx: Context) -> ExperimentResult:
     ax[2].set_xticks(range(len(momenta)), [f"momentum {m}" for m in momenta])
     ax[2].set_ylabel("test accuracy (eval mode)")
     ax[2].set_title("eval accuracy: EMA (filled) vs population (open)")
-    fname = save(fig, ctx.out, NAME)
+    fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
     table = md_table(["BN momentum", "layer", "mean |μ_EMA − μ_pop| / σ_pop",
                       "σ²_EMA / σ²_pop (geo. mean)", "test acc EMA", "test acc population",
                       "difference"], rows)

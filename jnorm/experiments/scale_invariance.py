@@ -179,7 +179,7 @@ def run(ctx: Context) -> ExperimentResult:
     h1, l1 = ax[2].get_legend_handles_labels()
     h2, l2 = ax3.get_legend_handles_labels()
     ax[2].legend(h1 + h2, l1 + l2, loc="center right")
-    fname = save(fig, ctx.out, NAME)
+    fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     # ---- verdicts
     id1 = max(exact["du_f32"]) <= TOL32 and max(exact["du_f64"]) <= TOL64

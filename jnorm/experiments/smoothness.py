@@ -114,7 +114,7 @@ def run(ctx: Context) -> ExperimentResult:
     fig.suptitle(f"CNN on digits, SGD η = {LR}; probes at η ∈ "
                  f"{[round(float(e), 3) for e in etas]} on {PROBE_BATCH} training digits "
                  f"(mean over {len(ctx.seeds)} seeds)")
-    fname = save(fig, ctx.out, NAME)
+    fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     # Summaries: median over checkpoints after the first (the paper's plots span training).
     summary: dict = {}

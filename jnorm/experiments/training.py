@@ -4,7 +4,8 @@ A *run* is one (learning rate, init scale, seed) triple. All runs of one call ar
 lock-step with ``jax.vmap``; one epoch of all runs is a single ``jax.jit``-compiled
 ``lax.scan`` over the SGD steps. The learning rate and init scale are array arguments (via
 ``optax.inject_hyperparams``), so one compilation serves a whole sweep, and compiled epochs are
-cached across calls by (model, batch size, steps, optimizer).
+cached across calls by (model, optimizer) — and by shapes, through ``jax.jit``. The data
+order is drawn outside the compiled code, from NumPy generators seeded by the run's seed.
 """
 
 from __future__ import annotations
@@ -116,14 +117,13 @@ def _compiled(kind: str, model: nn.Module, *static: Any) -> Callable:
 
         fn = jax.jit(jax.vmap(init))
     elif kind == "epoch":
-        (momentum, batch_size, steps, freeze) = static
+        (momentum,) = static
         opt = _optimizer(momentum)
 
-        def epoch(state: tuple, x: jax.Array, y: jax.Array) -> tuple[tuple, jax.Array]:
+        def epoch(state: tuple, batches: jax.Array, x: jax.Array, y: jax.Array,
+                  grad_mask: dict[str, jax.Array]) -> tuple[tuple, jax.Array]:
             params, batch_stats, opt_state, key = state
-            key, k_perm, k_steps = jax.random.split(key, 3)
-            perm = jax.random.permutation(k_perm, x.shape[0])[: steps * batch_size]
-            batches = perm.reshape(steps, batch_size)
+            key, k_steps = jax.random.split(key)
 
             def step(carry: tuple, inputs: tuple) -> tuple[tuple, jax.Array]:
                 params, batch_stats, opt_state = carry
@@ -131,7 +131,7 @@ def _compiled(kind: str, model: nn.Module, *static: Any) -> Callable:
                 (loss, (batch_stats, _)), grads = jax.value_and_grad(
                     lambda p: loss_fn(model, p, batch_stats, x[idx], y[idx], rng=k),
                     has_aux=True)(params)
-                grads = {k: jax.tree_util.tree_map(jnp.zeros_like, g) if k in freeze else g
+                grads = {k: jax.tree_util.tree_map(lambda t, k=k: t * grad_mask[k], g)
                          for k, g in grads.items()}
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = optax.apply_updates(params, updates)
@@ -139,10 +139,10 @@ def _compiled(kind: str, model: nn.Module, *static: Any) -> Callable:
 
             (params, batch_stats, opt_state), losses = jax.lax.scan(
                 step, (params, batch_stats, opt_state),
-                (batches, jax.random.split(k_steps, steps)))
+                (batches, jax.random.split(k_steps, batches.shape[0])))
             return (params, batch_stats, opt_state, key), losses
 
-        fn = jax.jit(jax.vmap(epoch, in_axes=(0, None, None)))
+        fn = jax.jit(jax.vmap(epoch, in_axes=(0, 0, None, None, None)))
     elif kind == "eval":
 
         def ev(params: dict, batch_stats: dict, x: jax.Array, y: jax.Array
@@ -195,7 +195,7 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
       callback: called as ``callback(epoch, variables)`` with the stacked variables before the
         first epoch (``epoch=0``) and after each epoch.
       freeze: names of top-level parameter collections (e.g. ``"Dense_0"``) whose gradients
-        are zeroed, so they keep their initial values.
+        are zeroed, so they keep their initial values (a runtime mask: no recompilation).
       progress: show a tqdm progress bar over epochs.
 
     Returns:
@@ -218,7 +218,11 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
     if unknown:
         raise ValueError(f"freeze={sorted(unknown)} are not top-level parameters of the model; "
                          f"choose from {sorted(state[0])}")
-    epoch_fn = _compiled("epoch", model, momentum, batch_size, steps, tuple(sorted(freeze)))
+    # data order: one NumPy generator per run, seeded by the run's seed (so runs that differ
+    # only in learning rate or init scale see the same batches)
+    orders = [np.random.default_rng(int(g[2])) for g in grid]
+    grad_mask = {k: jnp.asarray(0.0 if k in freeze else 1.0, jnp.float32) for k in state[0]}
+    epoch_fn = _compiled("epoch", model, momentum)  # jit re-specialises per batch shape
     losses = []
 
     def variables_of(s: tuple) -> Variables:
@@ -227,7 +231,9 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
     if callback is not None:
         callback(0, variables_of(state))
     for e in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
-        state, loss = epoch_fn(state, x, y)
+        batches = np.stack([r.permutation(n)[: steps * batch_size].reshape(steps, batch_size)
+                            for r in orders]).astype(np.int32)
+        state, loss = epoch_fn(state, batches, x, y, grad_mask)
         losses.append(np.asarray(loss))
         if callback is not None:
             callback(e + 1, variables_of(state))
