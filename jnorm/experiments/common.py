@@ -102,9 +102,12 @@ def verdict(holds: bool) -> str:
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    """A GitHub-flavoured markdown table (``|`` inside cells is escaped)."""
+    def cell(c: Any) -> str:
+        return str(c).replace("|", "\\|")  # a literal | would split the cell
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 

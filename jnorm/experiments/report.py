@@ -22,9 +22,10 @@ def environment() -> dict[str, Any]:
     import jnorm
 
     dev = jax.devices()[0]
+    kind = dev.platform if dev.device_kind == dev.platform else f"{dev.platform}: {dev.device_kind}"
     return {"jnorm": getattr(jnorm, "__version__", "?"), "jax": jax.__version__,
             "flax": flax.__version__, "optax": optax.__version__,
-            "python": platform.python_version(), "device": f"{dev.platform}: {dev.device_kind}",
+            "python": platform.python_version(), "device": kind,
             "device_count": jax.device_count()}
 
 
