@@ -302,6 +302,53 @@ def _grouped(param: jax.Array, channels: int, groups: int, name: str) -> jax.Arr
     return param.reshape(groups, channels // groups)
 
 
+
+def check_batch_state(
+    x: jax.Array, state: BatchStats, axis: Axes, momentum: float | None, *, training: bool
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validates the arguments every batch-statistics layer shares.
+
+    Returns ``(feature_axes, statistics_axes)``.
+    """
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(
+            f"`training` must be a Python bool, got {type(training).__name__}. It selects the "
+            "computation at trace time; to switch inside jit, mark it static "
+            "(static_argnames) or use lax.cond with two calls."
+        )
+    if not isinstance(state, BatchStats):
+        raise TypeError(
+            f"`state` must be a jnorm.BatchStats, got {type(state).__name__}; create one with "
+            "jnorm.BatchStats.init(num_features)."
+        )
+    features = canonicalize_axes(axis, x.ndim, name="axis")
+    feature_shape = tuple(x.shape[a] for a in features)
+    for name, field in (("state.mean", state.mean), ("state.var", state.var)):
+        if jnp.shape(field) != feature_shape:
+            raise ValueError(
+                f"`{name}` has shape {jnp.shape(field)}, but the input of shape {x.shape} has "
+                f"feature shape {feature_shape} on `axis`={axis!r}. Create the state with "
+                f"BatchStats.init({feature_shape if len(feature_shape) > 1 else feature_shape[0]})"
+                " or pass the matching `axis`."
+            )
+    if momentum is not None and isinstance(momentum, (int, float)) and not 0 <= momentum <= 1:
+        raise ValueError(
+            f"`momentum` must lie in [0, 1] (the weight of the old value), got {momentum}. "
+            "PyTorch's momentum m is jnorm's 1 - m."
+        )
+    return features, complement_axes(features, x.ndim)
+
+
+def check_batch_size(x: jax.Array, stat_axes: tuple[int, ...], axis_name: Any, *,
+                     layer: str) -> None:
+    """Training on batch statistics needs more than one value per feature."""
+    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
+        raise ValueError(
+            f"{layer} in training needs more than one value per channel, but the input of "
+            f"shape {x.shape} has one per feature (statistics over axes {stat_axes}). Use a "
+            "larger batch, training=False, or a per-example norm (layer_norm, group_norm)."
+        )
+
 def batch_norm(
     x: jax.Array,
     state: BatchStats,
@@ -393,33 +440,7 @@ def batch_norm(
             f"`virtual_batch_size` must be a positive int (examples per ghost batch) or None, "
             f"got {virtual_batch_size!r}."
         )
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(
-            f"`training` must be a Python bool, got {type(training).__name__}. It selects the "
-            "computation at trace time; to switch inside jit, mark it static "
-            "(static_argnames) or use lax.cond with two calls."
-        )
-    if not isinstance(state, BatchStats):
-        raise TypeError(
-            f"`state` must be a jnorm.BatchStats, got {type(state).__name__}; create one with "
-            "jnorm.BatchStats.init(num_features)."
-        )
-    features = canonicalize_axes(axis, x.ndim, name="axis")
-    feature_shape = tuple(x.shape[a] for a in features)
-    for name, field in (("state.mean", state.mean), ("state.var", state.var)):
-        if jnp.shape(field) != feature_shape:
-            raise ValueError(
-                f"`{name}` has shape {jnp.shape(field)}, but the input of shape {x.shape} has "
-                f"feature shape {feature_shape} on `axis`={axis!r}. Create the state with "
-                f"BatchStats.init({feature_shape if len(feature_shape) > 1 else feature_shape[0]})"
-                " or pass the matching `axis`."
-            )
-    if momentum is not None and isinstance(momentum, (int, float)) and not 0 <= momentum <= 1:
-        raise ValueError(
-            f"`momentum` must lie in [0, 1] (the weight of the old value), got {momentum}. "
-            "PyTorch's momentum m is jnorm's 1 - m."
-        )
-    stat_axes = complement_axes(features, x.ndim)
+    features, stat_axes = check_batch_state(x, state, axis, momentum, training=training)
     if not training:
         shape = [1] * x.ndim
         for a in features:
@@ -438,12 +459,7 @@ def batch_norm(
             axis_index_groups=axis_index_groups, unbiased_running_var=unbiased_running_var,
             skip_nonfinite=skip_nonfinite, dtype=dtype,
         )
-    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
-        raise ValueError(
-            f"batch_norm in training needs more than one value per channel, but the input of "
-            f"shape {x.shape} has one per feature (statistics over axes {stat_axes}). Use a "
-            "larger batch, training=False, or a per-example norm (layer_norm, group_norm)."
-        )
+    check_batch_size(x, stat_axes, axis_name, layer="batch_norm")
     y, m = _apply(
         x, stat_axes, features, scale, bias, epsilon=epsilon, mask=mask,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,

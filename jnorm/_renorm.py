@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm._axes import Axes, canonicalize_axes, complement_axes, feature_param
-from jnorm._layers import _as_input, batch_norm
+from jnorm._axes import Axes, feature_param
+from jnorm._layers import _as_input, batch_norm, check_batch_size, check_batch_state
 from jnorm._normalize import normalize
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import shifted_moments
@@ -134,14 +134,10 @@ def batch_renorm(
       True
     """
     x = _as_input(x)
+    features, stat_axes = check_batch_state(x, state, axis, momentum, training=training)
     if not training:
         return batch_norm(
             x, state, scale, bias, training=False, axis=axis, epsilon=epsilon, dtype=dtype
-        )
-    if not isinstance(state, BatchStats):
-        raise TypeError(
-            f"`state` must be a jnorm.BatchStats, got {type(state).__name__}; create one with "
-            "jnorm.BatchStats.init(num_features)."
         )
     for name, val, lo in (("r_max", r_max, 1.0), ("d_max", d_max, 0.0)):
         if isinstance(val, (int, float, np.floating)) and not val >= lo:
@@ -152,25 +148,7 @@ def batch_renorm(
             raise ValueError(f"`{name}` must be a scalar, got shape {np.shape(val)}.")
     if isinstance(epsilon, (int, float)) and not epsilon >= 0:
         raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
-    if momentum is not None and isinstance(momentum, (int, float)) and not 0 <= momentum <= 1:
-        raise ValueError(
-            f"`momentum` must lie in [0, 1] (the weight of the old value), got {momentum}. "
-            "PyTorch's momentum m is jnorm's 1 - m."
-        )
-    features = canonicalize_axes(axis, x.ndim, name="axis")
-    feature_shape = tuple(x.shape[a] for a in features)
-    for name, field in (("state.mean", state.mean), ("state.var", state.var)):
-        if jnp.shape(field) != feature_shape:
-            raise ValueError(
-                f"`{name}` has shape {jnp.shape(field)}, but the input of shape {x.shape} has "
-                f"feature shape {feature_shape}; create the state with matching features."
-            )
-    stat_axes = complement_axes(features, x.ndim)
-    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
-        raise ValueError(
-            f"batch_renorm in training needs more than one value per feature, got shape "
-            f"{x.shape}. Use a larger batch or training=False."
-        )
+    check_batch_size(x, stat_axes, axis_name, layer="batch_renorm")
     m = shifted_moments(
         x, stat_axes, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups
     )
