@@ -13,7 +13,7 @@ import numpy as np
 
 from .common import Claim, Context, ExperimentResult, fmt, md_table, mean_std
 from .models import make_model
-from .plotting import NORM_COLORS, plt, save
+from .plotting import NORM_COLORS, save, styled, subplots
 from .training import train
 
 NAME = "init_scale"
@@ -26,6 +26,7 @@ NORMS = ("none", "batch", "layer")
 MARGIN = 0.05
 
 
+@styled
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 6."""
     t0 = time.perf_counter()
@@ -34,7 +35,7 @@ def run(ctx: Context) -> ExperimentResult:
     epochs = ctx.pick(1, 4, 15)
     numbers: dict = {"scales": scales, "epochs": epochs, "lr": LR, "hidden": HIDDEN,
                      "momentum": 0.9, "margin": MARGIN}
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    fig, ax = subplots(1, 2, figsize=(11, 4))
     rows = []
     norms = ctx.pick(NORMS[:2], NORMS, NORMS)
     for norm in norms:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .common import Claim, Context, ExperimentResult, fmt, md_table, mean_std
 from .models import make_model
-from .plotting import NORM_COLORS, plt, save
+from .plotting import NORM_COLORS, save, styled, subplots
 from .training import DIVERGED_LOSS, train
 
 NAME = "learning_rate"
@@ -43,6 +43,7 @@ def largest_good_rate(rates: tuple[float, ...], acc: np.ndarray) -> float | None
     return max(good) if good else None
 
 
+@styled
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 2."""
     t0 = time.perf_counter()
@@ -52,7 +53,7 @@ def run(ctx: Context) -> ExperimentResult:
                      "optimizer": "SGD, no momentum, constant rate", "good_acc": GOOD_ACC,
                      "diverged_loss": DIVERGED_LOSS, "seeds": ctx.seeds}
     archs = list(cfg["arch_norms"])
-    fig, axes = plt.subplots(2, len(archs), figsize=(5.2 * len(archs), 7), squeeze=False)
+    fig, axes = subplots(2, len(archs), figsize=(5.2 * len(archs), 7), squeeze=False)
     rows, claims = [], []
     for j, arch in enumerate(archs):
         numbers[arch] = {}

@@ -21,7 +21,7 @@ import numpy as np
 import jnorm
 
 from .common import Claim, Context, ExperimentResult, fmt, md_table, mean_std
-from .plotting import NORM_COLORS, plt, save
+from .plotting import NORM_COLORS, save, styled, subplots
 from .training import loss_fn, train
 
 NAME = "naive"
@@ -99,6 +99,7 @@ def _train_and_trace(ctx: Context, kind: str, setting: str, epochs: int,
     return tr, res
 
 
+@styled
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 4."""
     t0 = time.perf_counter()
@@ -112,7 +113,7 @@ def run(ctx: Context) -> ExperimentResult:
                 ctx, kind, setting, epochs, xb, yb)
 
     steps = results["all", "naive"].steps_per_epoch
-    fig, ax = plt.subplots(2, 3, figsize=(15, 8), layout="constrained")
+    fig, ax = subplots(2, 3, figsize=(15, 8), layout="constrained")
     for i, setting in enumerate(SETTINGS):
         for kind in ("naive", "batch"):
             tr, c, lab = traces[setting, kind], NORM_COLORS[kind], LABELS[kind]

@@ -18,7 +18,7 @@ import numpy as np
 
 from .common import Claim, Context, ExperimentResult, fmt, md_table, mean_std
 from .models import make_model
-from .plotting import NORM_COLORS, plt, save
+from .plotting import NORM_COLORS, save, styled, subplots
 from .training import train
 
 NAME = "noise"
@@ -31,6 +31,7 @@ GAP_LR = 0.05
 BS_TOL = 0.02
 
 
+@styled
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 7."""
     t0 = time.perf_counter()
@@ -44,7 +45,7 @@ def run(ctx: Context) -> ExperimentResult:
                      "batch_size": {"batch_sizes": batch_sizes, "epochs": bs_epochs,
                                     "lr": "0.05 * B / 64", "momentum": 0.9, "tol": BS_TOL}}
     bs_archs = ctx.pick(("mlp",), ("mlp",), ("cnn", "mlp"))
-    fig, ax = plt.subplots(1, 1 + len(bs_archs), figsize=(5.5 * (1 + len(bs_archs)), 4.2))
+    fig, ax = subplots(1, 1 + len(bs_archs), figsize=(5.5 * (1 + len(bs_archs)), 4.2))
 
     # (a) generalization gap
     variants = {"none": make_model("mlp", "none", hidden=GAP_HIDDEN),

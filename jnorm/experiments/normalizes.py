@@ -23,7 +23,7 @@ import jnorm
 
 from .common import Claim, Context, ExperimentResult, md_table
 from .models import make_model
-from .plotting import NORM_COLORS, plt, save
+from .plotting import NORM_COLORS, figure, save, styled
 from .training import train
 
 NAME = "normalizes"
@@ -133,6 +133,7 @@ def real_activation(ctx: Context) -> tuple[np.ndarray, dict[str, float]]:
     return act, {"test_acc": float(res.test_acc[0])}
 
 
+@styled
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 1."""
     t0 = time.perf_counter()
@@ -163,7 +164,7 @@ def run(ctx: Context) -> ExperimentResult:
                         "max_abs_set_std_minus_1": float(np.abs(rows[live].std(1) - 1).max()),
                         "dead_sets": int((~live).sum())}
 
-    fig = plt.figure(figsize=(13, 6.8))
+    fig = figure(figsize=(13, 6.8))
     names = ["batch", "layer", "instance", "group"]
     for j, k in enumerate(names):
         ax = fig.add_subplot(2, 4, j + 1, projection="3d")

@@ -21,7 +21,7 @@ import jnorm
 
 from .common import Claim, Context, ExperimentResult, fmt, md_table, mean_std
 from .models import make_model
-from .plotting import plt, save
+from .plotting import save, styled, subplots
 from .training import evaluate, train
 
 NAME = "running_stats"
@@ -45,6 +45,7 @@ def _flat(tree: Any) -> dict[str, np.ndarray]:
             for path, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@styled
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 8."""
     t0 = time.perf_counter()
@@ -52,7 +53,7 @@ def run(ctx: Context) -> ExperimentResult:
     epochs = ctx.pick(1, 3, 12)
     numbers: dict = {"momenta": momenta, "epochs": epochs, "lr": LR, "batch_size": BATCH,
                      "acc_tol": ACC_TOL}
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ax = subplots(1, 3, figsize=(15, 4.2))
     rows, claims = [], []
     markers = {0.9: "o", 0.99: "s", 0.999: "^"}
     for j, m in enumerate(momenta):

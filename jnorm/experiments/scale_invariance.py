@@ -30,7 +30,7 @@ import jnorm
 
 from .common import Claim, Context, ExperimentResult, md_table
 from .models import make_model
-from .plotting import NORM_COLORS, plt, save
+from .plotting import NORM_COLORS, save, styled, subplots
 from .training import train
 
 Array = np.ndarray | jax.Array
@@ -95,6 +95,7 @@ def measure_identities(w: Array, b: Array, gamma: Array, beta: Array, u: Array, 
     return out
 
 
+@styled
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 3."""
     t0 = time.perf_counter()
@@ -141,7 +142,7 @@ def run(ctx: Context) -> ExperimentResult:
     predicted = [LR * np.linalg.norm(gw1) / (a**2 * np.linalg.norm(w)) for a in SCALES_A]
 
     # ---- figure
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ax = subplots(1, 3, figsize=(15, 4.2))
     a = np.asarray(SCALES_A)
     floor = 1e-17
     for key, lab, st in [("du", "d/du", "-"), ("dW", "a·d/d(aW)", "--")]:

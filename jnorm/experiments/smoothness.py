@@ -24,7 +24,7 @@ import numpy as np
 
 from .common import Claim, Context, ExperimentResult, fmt, md_table, mean_std
 from .models import make_model
-from .plotting import NORM_COLORS, plt, save
+from .plotting import NORM_COLORS, save, styled, subplots
 from .training import loss_fn, train
 
 NAME = "smoothness"
@@ -66,6 +66,7 @@ def make_probe(model: nn.Module, x: jax.Array, y: jax.Array, etas: jax.Array) ->
     return jax.jit(jax.vmap(probe))
 
 
+@styled
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 5."""
     t0 = time.perf_counter()
@@ -92,7 +93,7 @@ def run(ctx: Context) -> ExperimentResult:
 
     steps = results["none"].steps_per_epoch
     xs = np.arange(epochs + 1) * steps
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    fig, ax = subplots(1, 3, figsize=(15, 4))
     titles = {"loss_range": "loss landscape: L(θ − ηg) over η (band = min…max)",
               "grad_change": "gradient predictiveness: ‖∇L(θ − ηg) − ∇L(θ)‖ (band)",
               "beta": "effective β-smoothness: max ‖Δ∇L‖ / ‖ηg‖"}

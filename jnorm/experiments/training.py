@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -107,7 +108,7 @@ def _compiled(kind: str, model: nn.Module, *static: Any) -> Callable:
         (momentum, image_shape) = static
         opt = _optimizer(momentum)
 
-        def init(seed: jax.Array, lr: jax.Array, scale: jax.Array):
+        def init(seed: jax.Array, lr: jax.Array, scale: jax.Array) -> tuple:
             k_init, k_run = jax.random.split(jax.random.key(seed, impl="rbg"))
             variables = model.init(k_init, jnp.zeros((2, *image_shape), jnp.float32))
             params = scale_kernels(variables["params"], scale)
@@ -131,8 +132,8 @@ def _compiled(kind: str, model: nn.Module, *static: Any) -> Callable:
                 (loss, (batch_stats, _)), grads = jax.value_and_grad(
                     lambda p: loss_fn(model, p, batch_stats, x[idx], y[idx], rng=k),
                     has_aux=True)(params)
-                grads = {k: jax.tree_util.tree_map(lambda t, k=k: t * grad_mask[k], g)
-                         for k, g in grads.items()}
+                grads = {name: jax.tree_util.tree_map(lambda t, m=grad_mask[name]: t * m, g)
+                         for name, g in grads.items()}
                 updates, opt_state = opt.update(grads, opt_state, params)
                 params = optax.apply_updates(params, updates)
                 return (params, batch_stats, opt_state), loss
@@ -201,8 +202,6 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
     Returns:
       A :class:`TrainResult`.
     """
-    import time
-
     n = len(data.x_train)
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples")
