@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 import jnorm
 
@@ -114,6 +114,8 @@ def run(ctx: Context) -> ExperimentResult:
         a.set_xscale("log")
         a.set_yscale("log")
         for axis in (a.xaxis, a.yaxis):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
             axis.set_minor_formatter(NullFormatter())
         a.set_xlabel("population variance (PreciseBN)")
         a.set_ylabel("running (EMA) variance")
