@@ -1,7 +1,9 @@
 """Tests of the experiments suite (``jnorm.experiments``) at tiny sizes.
 
-The whole suite runs once (module fixture) on a subsample of the digits at the ``tiny`` scale;
-the tests then check the report, the numbers and the key behaviours.
+The whole suite runs once, in one test (so that ``pytest -n 2`` does not run it on both
+workers), on a subsample of the digits at the ``tiny`` scale; that test then checks the report,
+the numbers and the key behaviours, and runs the CLI on the same sizes (reusing the compiled
+programs).
 """
 
 from __future__ import annotations
@@ -28,14 +30,6 @@ def _small(data: Dataset, n_train: int = 320, n_test: int = 160) -> Dataset:
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     return load_digits_dataset()
-
-
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory, digits: Dataset):
-    out = tmp_path_factory.mktemp("jnorm-results")
-    ctx = Context(_small(digits), out, scale="tiny", seeds=(0,), progress=False)
-    results = run_suite(ctx)
-    return out, {r.name: r for r in results}
 
 
 def _finite_numbers(obj) -> list[float]:
@@ -79,8 +73,7 @@ def test_npz_both_layouts(tmp_path: Path, digits: Dataset) -> None:
 # ---------------------------------------------------------------- training loop
 
 
-def test_training_loop_sweeps_learns_and_detects_divergence(suite, digits: Dataset) -> None:
-    # (after `suite`, so the programs compiled for the tiny learning-rate sweep are reused)
+def test_training_loop_sweeps_learns_and_detects_divergence(digits: Dataset) -> None:
     data = _small(digits)
     model = make_model("mlp", "batch")
     res = train(model, data, lrs=(0.1, 1e4), seeds=(0, 1), epochs=3, batch_size=64,
@@ -102,19 +95,28 @@ def test_training_loop_sweeps_learns_and_detects_divergence(suite, digits: Datas
         train(model, data, batch_size=10_000, progress=False)
 
 
-def test_callback_sees_every_epoch(suite, digits: Dataset) -> None:
-    seen = []
-    train(make_model("mlp", "none"), _small(digits), lrs=(0.01, 0.1, 1.0, 3.0), epochs=2,
-          batch_size=64,
-          momentum=0.0, progress=False, callback=lambda e, v: seen.append(e))
+def test_callback_and_freeze(digits: Dataset) -> None:
+    seen, first = [], {}
+
+    def callback(epoch: int, variables: dict) -> None:
+        seen.append(epoch)
+        first.setdefault("v", variables)
+
+    model = make_model("mlp", "none")
+    res = train(model, _small(digits), lrs=(0.1,), epochs=2, batch_size=64, momentum=0.0,
+                freeze=("Dense_0",), progress=False, callback=callback)
     assert seen == [0, 1, 2]
+    before, after = first["v"]["params"], res.variables["params"]
+    np.testing.assert_array_equal(before["Dense_0"]["kernel"], after["Dense_0"]["kernel"])
+    assert not np.array_equal(before["Dense_1"]["kernel"], after["Dense_1"]["kernel"])
+    with pytest.raises(ValueError, match="Dense_9"):
+        train(model, _small(digits), epochs=1, freeze=("Dense_9",), progress=False)
 
 
 # ---------------------------------------------------------------- the suite, tiny
 
 
-def test_report_results_and_figures(suite) -> None:
-    out, results = suite
+def _check_report_results_and_figures(out: Path, results: dict) -> None:
     assert set(results) == set(EXPERIMENTS)
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["experiments"]) == set(EXPERIMENTS)
@@ -134,16 +136,14 @@ def test_report_results_and_figures(suite) -> None:
     assert meta["claims_total"] == sum(len(e["claims"]) for e in payload["experiments"].values())
 
 
-def test_normalizes_cube_matches_the_notes(suite) -> None:
-    _, results = suite
+def _check_normalizes_cube_matches_the_notes(results: dict) -> None:
     n = results["normalizes"].numbers
     assert {k: n[k]["cells_measured"] for k in ("batch", "layer", "instance", "group")} == {
         "batch": 4 * 6, "layer": 6 * 6, "instance": 6, "group": 3 * 6}
     assert all(c.holds for c in results["normalizes"].claims)
 
 
-def test_scale_invariance_identities_hold(suite) -> None:
-    _, results = suite
+def _check_scale_invariance_identities_hold(results: dict) -> None:
     n = results["scale_invariance"].numbers
     assert max(n["eps0"]["du_f64"]) < 1e-10 and max(n["eps0"]["dW_f64"]) < 1e-10
     assert max(n["eps0"]["du_f32"]) < 1e-4
@@ -152,8 +152,7 @@ def test_scale_invariance_identities_hold(suite) -> None:
     assert n["eps1e-5"]["du_f32"][0] > 1e-2
 
 
-def test_naive_bias_grows_real_bias_does_not(suite) -> None:
-    _, results = suite
+def _check_naive_bias_grows_real_bias_does_not(results: dict) -> None:
     n = results["naive"].numbers
     b_naive = np.asarray(n["all/naive"]["b_norm_per_epoch"])
     b_real = np.asarray(n["all/batch"]["b_norm_per_epoch"])
@@ -163,16 +162,14 @@ def test_naive_bias_grows_real_bias_does_not(suite) -> None:
     assert np.max(np.abs(moved - loss) / loss) < 1e-4
 
 
-def test_smoothness_probe_measures_something(suite) -> None:
-    _, results = suite
+def _check_smoothness_probe_measures_something(results: dict) -> None:
     s = results["smoothness"].numbers["summary"]
     for norm in ("none", "batch"):
         for k in ("loss_range", "grad_change", "beta"):
             assert s[norm][k]["mean"] > 0
 
 
-def test_other_experiments_report_their_tables(suite) -> None:
-    _, results = suite
+def _check_other_experiments_report_their_tables(results: dict) -> None:
     n = results["learning_rate"].numbers
     assert len(n["rates"]) >= 3 and "none" in n["mlp"] and "batch" in n["mlp"]
     assert len(results["init_scale"].numbers["none"]["test_acc_mean"]) == 3
@@ -194,12 +191,23 @@ def test_cli_list_and_errors(capsys: pytest.CaptureFixture) -> None:
     assert main(["--seeds", "0"]) == 2
 
 
-def test_cli_runs_one_experiment_on_npz(suite, tmp_path: Path, digits: Dataset) -> None:
-    d = _small(digits)  # the suite's sizes, so its compiled programs are reused
+def test_suite_at_tiny_sizes(tmp_path: Path, digits: Dataset) -> None:
+    out = tmp_path / "jnorm-results"
+    ctx = Context(_small(digits), out, scale="tiny", seeds=(0,), progress=False)
+    results = {r.name: r for r in run_suite(ctx)}
+    _check_report_results_and_figures(out, results)
+    _check_normalizes_cube_matches_the_notes(results)
+    _check_scale_invariance_identities_hold(results)
+    _check_naive_bias_grows_real_bias_does_not(results)
+    _check_smoothness_probe_measures_something(results)
+    _check_other_experiments_report_their_tables(results)
+
+    # The CLI on a .npz of the same sizes (so the suite's compiled programs are reused).
+    d = _small(digits)
     npz = tmp_path / "d.npz"
     np.savez(npz, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
-    out = tmp_path / "out"
+    out2 = tmp_path / "out"
     assert main(["--quick", "--only", "naive", "--seeds", "1", "--data", str(npz), "--out",
-                 str(out), "--no-progress"]) == 0
-    payload = json.loads((out / "results.json").read_text())
-    assert list(payload["experiments"]) == ["naive"] and (out / "naive.png").exists()
+                 str(out2), "--no-progress"]) == 0
+    payload = json.loads((out2 / "results.json").read_text())
+    assert list(payload["experiments"]) == ["naive"] and (out2 / "naive.png").exists()

@@ -176,7 +176,7 @@ def run(ctx: Context) -> ExperimentResult:
                  label="before (conv output)")
         ax2.hist(after[k].ravel(), bins=bins, color=NORM_COLORS[k], alpha=0.6, density=True,
                  label=f"after {k} norm")
-        ax2.set_xlabel("activation value")
+        ax2.set_xlabel("activation value (range ±4 shown)")
         ax2.legend(loc="upper right")
         if j == 0:
             ax2.set_ylabel("density")
