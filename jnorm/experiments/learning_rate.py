@@ -120,6 +120,10 @@ def run(ctx: Context) -> ExperimentResult:
     fig.suptitle("Test accuracy and training loss vs SGD learning rate, per normalization "
                  f"(mean ± std over {len(ctx.seeds)} seeds)")
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
+    for arch in archs:
+        accs = np.stack([numbers[arch][nm]["test_acc_mean"] for nm in cfg["arch_norms"][arch]])
+        numbers[arch]["rates_where_all_fail"] = [r for r, a in zip(rates, accs.max(0))
+                                                 if a < GOOD_ACC]
     table = md_table(["arch", "norm"] + [f"lr={r:g}" for r in rates] + ["largest good rate"],
                      rows)
     method = (f"Plain SGD (no momentum, constant rate, batch {cfg['batch_size']}, "
@@ -129,6 +133,9 @@ def run(ctx: Context) -> ExperimentResult:
               f"(non-finite loss or final loss > {DIVERGED_LOSS:.2f}, twice the chance loss). "
               f"A rate is *good* when the mean test accuracy is ≥ {GOOD_ACC}. Instance norm is "
               "only defined with spatial axes, so the MLP has no instance-norm row. All rates "
-              "and seeds of one model train in one vmapped, jit-compiled loop.")
+              "and seeds of one model train in one vmapped, jit-compiled loop. Rates at which no "
+              "variant of an architecture reaches the threshold: "
+              + "; ".join(f"{arch.upper()} {numbers[arch]['rates_where_all_fail']}"
+                          for arch in archs) + ".")
     return ExperimentResult(NAME, TITLE, method, fname, table, claims, numbers,
                             time.perf_counter() - t0)

@@ -85,7 +85,8 @@ def run(ctx: Context) -> ExperimentResult:
         dacc = res.test_acc - acc_pop
         numbers[str(m)] = {"test_acc_ema": res.test_acc, "test_acc_population": acc_pop,
                            "acc_difference": dacc, "layers": layer_err,
-                           "sgd_steps": epochs * res.steps_per_epoch}
+                           "sgd_steps": epochs * res.steps_per_epoch,
+                           "initial_value_weight": m ** (epochs * res.steps_per_epoch)}
         am, as_ = mean_std(res.test_acc, 0)
         pm, ps = mean_std(acc_pop, 0)
         dm, ds = mean_std(dacc, 0)
@@ -105,7 +106,9 @@ def run(ctx: Context) -> ExperimentResult:
             "of the distribution, so we extract both mean and std-dev from the mini-batch').",
             f"|eval accuracy with EMA − with population statistics| ≤ {ACC_TOL:g} "
             "(seed mean)",
-            f"{am:.3f} (EMA) vs {pm:.3f} (population), difference {dm:+.3f}",
+            f"{am:.3f} (EMA) vs {pm:.3f} (population), difference {dm:+.3f}; after "
+            f"{epochs * res.steps_per_epoch} steps the EMA's initial value (mean 0, var 1) "
+            f"still weighs {m ** (epochs * res.steps_per_epoch):.2f}",
             bool(abs(dm) <= ACC_TOL)))
     for a, t in ((ax[0], "first batch norm (8 channels)"),
                  (ax[1], "second batch norm (16 channels)")):
