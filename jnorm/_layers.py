@@ -246,8 +246,9 @@ def group_norm(
 
     ``G = 1`` is layer norm over ``(H, W, C)``; ``G = C`` is instance norm.
 
-    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels at ``channel_axis``);
-    ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
+    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes, none too: ``(N, C)`` features
+    are grouped like channels; channels at ``channel_axis``); ``scale``, ``bias``: ``[C]``.
+    Returns ``x``'s shape.
 
     Args:
       x: input.
@@ -268,7 +269,9 @@ def group_norm(
     x = _as_input(x)
     (ch,) = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
     if reduction_axes is None:
-        others = _spatial_axes(x, (ch,), "group_norm")
+        if ch == 0:
+            _spatial_axes(x, (ch,), "group_norm")  # raises: axis 0 is the batch axis
+        others = tuple(i for i in range(1, x.ndim) if i != ch)
     else:
         others = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes")
         if ch in others:
@@ -278,6 +281,12 @@ def group_norm(
             )
     channels = x.shape[ch]
     groups = resolve_groups(channels, num_groups, group_size)
+    if not others and channels == groups:
+        raise ValueError(
+            f"group_norm: an input of shape {x.shape} with groups of one channel and no spatial "
+            "axis would normalize single values. Use fewer groups, or give the input spatial "
+            "axes (N, H, W, C)."
+        )
     mask = check_mask(mask, x.shape)
     # Split C into (G, C/G): the statistics cover `others` and the within-group axis ch + 1.
     split = x.shape[:ch] + (groups, channels // groups) + x.shape[ch + 1:]

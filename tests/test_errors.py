@@ -51,6 +51,8 @@ def _trace(f):
          r"`state` must be a jnorm.BatchStats"),
         (lambda: jnorm.instance_norm(jnp.ones((2, 4))), r"no spatial axis.*use layer_norm"),
         (lambda: jnorm.instance_norm(X, channel_axis=0), r"includes axis 0, which is the batch"),
+        (lambda: jnorm.group_norm(jnp.ones((2, 4)), num_groups=4), r"groups of one channel and "
+                                                                   r"no spatial axis"),
         (lambda: jnorm.normalize(X, jnp.ones(3), 1.0, epsilon=1e-5),
          r"`mean` of shape \(1, 1, 1, 3\) does not broadcast"),
         (lambda: jnorm.normalize(X, 0.0, 1.0, epsilon=-1.0), r"`epsilon` must be >= 0"),

@@ -1,4 +1,4 @@
-"""examples/beyond_batch_norm.py at a tiny size: it runs, prints its table and saves the plot."""
+"""jnorm.experiments.beyond_batch_norm at a tiny size: it runs, prints its table, saves the plot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import jax
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "beyond_batch_norm.py"
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "jnorm/experiments/beyond_batch_norm.py"
 
 
 def test_beyond_batch_norm_tiny(tmp_path, capsys):

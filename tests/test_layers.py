@@ -118,6 +118,14 @@ def test_layer_norm_over_all_features_of_an_image():
     np.testing.assert_allclose(y, ref, atol=1e-5)
 
 
+def test_group_norm_of_features_without_spatial_axes():
+    x = data((5, 6), offset=2.0)
+    y = jnorm.group_norm(x, num_groups=3)
+    xs = x.astype(np.float64).reshape(5, 3, 2)
+    ref = (xs - xs.mean(-1, keepdims=True)) / np.sqrt(xs.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(y, ref.reshape(5, 6), atol=1e-5)
+
+
 def test_group_norm_extremes_are_layer_and_instance_norm():
     x = jnp.asarray(data(SHAPE, offset=1.0))
     np.testing.assert_allclose(jnorm.group_norm(x, num_groups=1),
@@ -171,7 +179,7 @@ def test_cumulative_average_when_momentum_is_none():
 def test_fully_masked_batch_leaves_running_statistics_untouched():
     state = jnorm.BatchStats(jnp.ones(4), jnp.full(4, 2.0), jnp.asarray(5, jnp.int32))
     x = jnp.full(SHAPE, jnp.nan)
-    y, new = jnorm.batch_norm(x, state, training=True, mask=jnp.zeros(SHAPE, bool))
+    _, new = jnorm.batch_norm(x, state, training=True, mask=jnp.zeros(SHAPE, bool))
     np.testing.assert_array_equal(new.mean, state.mean)
     np.testing.assert_array_equal(new.var, state.var)
     assert int(new.count) == 5

@@ -14,7 +14,7 @@ Prints a table of test accuracy (eval mode, running statistics) and final traini
 and spread over seeds, and saves ``beyond_batch_norm.png`` to ``--out``. About a minute on two
 CPU cores at the default size::
 
-    python examples/beyond_batch_norm.py --out /tmp/bbn
+    python -m jnorm.experiments.beyond_batch_norm --out /tmp/bbn
 
 Small models and one small data set: read the numbers as a demonstration of the methods, not as
 a benchmark.
