@@ -15,9 +15,13 @@ from jnorm._layers import group_norm as group_norm
 from jnorm._layers import instance_norm as instance_norm
 from jnorm._layers import layer_norm as layer_norm
 from jnorm._layers import rms_norm as rms_norm
+from jnorm._lrn import local_response_norm as local_response_norm
+from jnorm._lrn import lrn_tensorflow_args as lrn_tensorflow_args
 from jnorm._normalize import normalize as normalize
 from jnorm._renorm import batch_renorm as batch_renorm
 from jnorm._renorm import batch_renorm_schedule as batch_renorm_schedule
+from jnorm._spectral import spectral_norm as spectral_norm
+from jnorm._spectral import spectral_norm_init as spectral_norm_init
 from jnorm._state import BatchStats as BatchStats
 from jnorm._state import from_torch_batch_norm as from_torch_batch_norm
 from jnorm._state import momentum_from_torch as momentum_from_torch
@@ -59,6 +63,8 @@ __all__ = [
     "iter_norm",
     "kernel_norm",
     "layer_norm",
+    "local_response_norm",
+    "lrn_tensorflow_args",
     "moments",
     "momentum_from_torch",
     "normalize",
@@ -67,6 +73,8 @@ __all__ = [
     "rms_norm",
     "save_state",
     "scaled_standardize_weight",
+    "spectral_norm",
+    "spectral_norm_init",
     "standardize_weight",
     "tlu",
     "to_torch_state_dict",

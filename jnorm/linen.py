@@ -313,12 +313,15 @@ class InstanceNorm(Module):
 
 # --------------------------------------------------------------------------------------------
 # Beyond the anchors: whitening, batch renorm, FRN/EvoNorm, weight transforms (plumbing only;
-# the math is in jnorm._whitening, jnorm._renorm, jnorm._frn and jnorm._weight).
+# the math is in jnorm._whitening, jnorm._renorm, jnorm._frn, jnorm._weight, jnorm._lrn and
+# jnorm._spectral).
 
 from flax.linen import transforms as _transforms  # noqa: E402
 
 import jnorm._frn as _frn  # noqa: E402
+import jnorm._lrn as _lrn  # noqa: E402
 import jnorm._renorm as _renorm  # noqa: E402
+import jnorm._spectral as _spectral  # noqa: E402
 import jnorm._weight as _weight  # noqa: E402
 import jnorm._whitening as _whitening  # noqa: E402
 
@@ -329,6 +332,8 @@ __all__ += [
     "EvoNormS0",
     "FilterResponseNorm",
     "IterNorm",
+    "LocalResponseNorm",
+    "SpectralNorm",
     "WeightNorm",
     "WeightStandardization",
 ]
@@ -723,4 +728,131 @@ class WeightNorm(Module):
             lambda layer: layer(*args, **kwargs),
             trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(transform, vs),
             init=self.is_initializing(),
+        )(self.layer_instance)
+
+
+class LocalResponseNorm(Module):
+    """Local response normalization on :func:`jnorm.local_response_norm` (Krizhevsky 2012).
+
+    Attributes are ``torch.nn.LocalResponseNorm``'s (``size`` 5, ``alpha`` 1e-4, ``beta`` 0.75,
+    ``k`` 1.0, same meaning with the default ``convention="torch"``) plus ``channel_axis``
+    (-1: channels last, flax's layout; 1 for ``[N, C, ...]``), ``convention`` (``"torch"`` or
+    ``"tensorflow"``, see :func:`jnorm.lrn_tensorflow_args`) and ``dtype``. No variables.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnorm.linen as jnn
+      >>> m = jnn.LocalResponseNorm(size=3)
+      >>> m.apply({}, jnp.ones((2, 4, 4, 8))).shape
+      (2, 4, 4, 8)
+    """
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+    channel_axis: int = -1
+    convention: str = "torch"
+    dtype: Dtype | None = None
+
+    @compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalizes each activation by the squares of its neighbouring channels."""
+        return _lrn.local_response_norm(
+            x, size=self.size, alpha=self.alpha, beta=self.beta, k=self.k,
+            channel_axis=self.channel_axis, convention=self.convention, dtype=self.dtype,
+        )
+
+
+class SpectralNorm(Module):
+    """Wraps a linen layer with spectral normalization, ``W / sigma_max(W)`` (Miyato 2018).
+
+    Drop-in for ``flax.linen.SpectralNorm``: same attributes (``layer_instance``, ``n_steps``
+    1, ``epsilon`` 1e-12, ``dtype``, ``param_dtype``, ``error_on_non_matrix``,
+    ``collection_name`` ``"batch_stats"``), same call (``update_stats`` keyword: write the new
+    power-iteration state back) and same variables (``<layer>/<path>/u`` ``[1, O]`` and
+    ``<layer>/<path>/sigma`` ``[]`` in ``collection_name``), so flax checkpoints load. Every
+    parameter of the layer with 2 or more dimensions is normalized (kernels ``[..., O]`` viewed
+    as ``[prod(...), O]``); the math is :func:`jnorm.spectral_norm`.
+
+    Better than flax's:
+
+    * ``u`` is initialised to the exact top singular vector of the initial kernel
+      (:func:`jnorm.spectral_norm_init`) and ``sigma`` to the exact largest singular value, so
+      the layer is normalized correctly from step 0 (flax's random ``u`` and a single
+      iteration under-estimate ``sigma`` at first, and its stored ``sigma`` starts at 1);
+    * ``sigma`` (the documented estimate of ``sigma_max`` of the layer's current kernel, as
+      computed in the last call with ``update_stats=True``) is always stored, also after
+      ``init`` -- read it from ``variables[collection_name]`` to monitor or regularise it;
+    * ``init`` stores the layer's own initial kernel in ``params`` (flax's stores the kernel
+      already divided by its estimated ``sigma``), so ``params`` and ``sigma`` agree;
+    * the power iteration runs in at least float32 for half-precision parameters.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn, jnorm.linen as jnn
+      >>> x = jax.random.normal(jax.random.key(1), (4, 6))
+      >>> m = jnn.SpectralNorm(nn.Dense(5))
+      >>> v = m.init(jax.random.key(0), x, update_stats=False)
+      >>> k = v["params"]["layer_instance"]["kernel"]
+      >>> sigma = v["batch_stats"]["layer_instance/kernel/sigma"]
+      >>> bool(jnp.allclose(sigma, jnp.linalg.svd(k, compute_uv=False)[0], rtol=1e-5))
+      True
+      >>> y, upd = m.apply(v, x, update_stats=True, mutable=["batch_stats"])
+      >>> upd["batch_stats"]["layer_instance/kernel/u"].shape
+      (1, 5)
+    """
+
+    layer_instance: Module
+    n_steps: int = 1
+    epsilon: float = 1e-12
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    error_on_non_matrix: bool = False
+    collection_name: str = "batch_stats"
+
+    @compact
+    def __call__(self, *args: Any, update_stats: bool, **kwargs: Any) -> Any:
+        """Calls the wrapped layer with its (>= 2-D) params divided by their spectral norms."""
+
+        raw: dict[str, jax.Array] = {}  # the layer's own params, restored on the way out
+
+        def transform(path: tuple, value: jax.Array) -> jax.Array:
+            value = jnp.asarray(value)
+            raw[jax.tree_util.keystr(path)] = value
+            if value.ndim <= 1:
+                return value
+            if value.ndim > 2 and self.error_on_non_matrix:
+                raise ValueError(
+                    f"SpectralNorm: param {path!r} is {value.ndim}-D but error_on_non_matrix "
+                    "is True."
+                )
+            prefix = f"{self.layer_instance.name}/" + "/".join(
+                str(getattr(p, "key", p)) for p in path[1:]
+            )
+            u_var = self.variable(
+                self.collection_name, prefix + "/u",
+                lambda: _spectral.spectral_norm_init(value)[None, :].astype(self.param_dtype),
+            )
+            sigma_var = self.variable(
+                self.collection_name, prefix + "/sigma",
+                lambda: jnp.zeros((), self.param_dtype),
+            )
+            w_sn, new_u, sigma = _spectral.spectral_norm(
+                value, u_var.value[0], n_steps=self.n_steps, epsilon=self.epsilon,
+            )
+            if update_stats or self.is_initializing():
+                u_var.value = new_u[None, :].astype(self.param_dtype)
+                sigma_var.value = sigma.astype(self.param_dtype)
+            if self.dtype is not None:
+                w_sn = w_sn.astype(self.dtype)
+            return w_sn
+
+        return _transforms.map_variables(
+            lambda layer: layer(*args, **kwargs),
+            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(transform, vs),
+            # flax's writes the *normalized* kernel back into params at init: keep the raw one
+            trans_out_fn=lambda vs: jax.tree_util.tree_map_with_path(
+                lambda p, x: raw.get(jax.tree_util.keystr(p), x), vs
+            ),
+            init=self.is_initializing(),
+            mutable=True,
         )(self.layer_instance)
