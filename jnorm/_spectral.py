@@ -29,19 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnorm._stats import accumulation_dtype
+from jnorm._weight import as_kernel
 
 __all__ = ["spectral_norm", "spectral_norm_init"]
 
 
 def _matrix(kernel: Any, name: str) -> tuple[jax.Array, jax.Array]:
-    kernel = jnp.asarray(kernel)
-    if not jnp.issubdtype(kernel.dtype, jnp.floating):
-        raise TypeError(f"{name}: `kernel` must be a floating array, got {kernel.dtype}.")
-    if kernel.ndim < 2:
-        raise ValueError(
-            f"{name}: `kernel` must have at least 2 dimensions (fan-in and output), got shape "
-            f"{kernel.shape}. Dense kernels are [I, O], Conv kernels [kh, kw, I, O]."
-        )
+    kernel = as_kernel(kernel, name)
     acc = accumulation_dtype(kernel.dtype)
     return kernel, kernel.reshape(-1, kernel.shape[-1]).astype(acc)
 

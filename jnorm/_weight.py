@@ -29,7 +29,8 @@ from jnorm._stats import shifted_moments
 __all__ = ["kernel_norm", "scaled_standardize_weight", "standardize_weight", "weight_norm"]
 
 
-def _fan_in(kernel: Any, feature_axes: Axes, name: str) -> tuple[jax.Array, tuple, tuple, int]:
+def as_kernel(kernel: Any, name: str) -> jax.Array:
+    """Checks that `kernel` is a floating Dense/Conv kernel (at least 2-D) and returns it."""
     kernel = jnp.asarray(kernel)
     if not jnp.issubdtype(kernel.dtype, jnp.floating):
         raise TypeError(f"{name}: `kernel` must be a floating array, got {kernel.dtype}.")
@@ -38,6 +39,11 @@ def _fan_in(kernel: Any, feature_axes: Axes, name: str) -> tuple[jax.Array, tupl
             f"{name}: `kernel` must have at least 2 dimensions (fan-in and output), got shape "
             f"{kernel.shape}. Dense kernels are [I, O], Conv kernels [kh, kw, I, O]."
         )
+    return kernel
+
+
+def _fan_in(kernel: Any, feature_axes: Axes, name: str) -> tuple[jax.Array, tuple, tuple, int]:
+    kernel = as_kernel(kernel, name)
     feat = canonicalize_axes(feature_axes, kernel.ndim, name="feature_axes")
     red = complement_axes(feat, kernel.ndim)
     if not red:
