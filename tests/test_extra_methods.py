@@ -178,7 +178,9 @@ def test_whitening_jit_vmap_bf16():
     assert yb.dtype == jnp.bfloat16 and sb.whitening.dtype == jnp.float32
     y32, _ = jnorm.decorrelated_batch_norm(x[0].astype(jnp.bfloat16).astype(jnp.float32), s,
                                            training=True)
-    np.testing.assert_allclose(yb.astype(jnp.float32), y32, atol=0.05)
+    # the project's bfloat16 target: output rounding only, <= 8e-3 relative (measured 3.7e-3)
+    err = np.abs(np.asarray(yb.astype(jnp.float32)) - np.asarray(y32))
+    assert np.max(err / np.maximum(np.abs(np.asarray(y32)), 1.0)) <= 8e-3
 
 
 def test_whitening_errors():
