@@ -127,3 +127,14 @@ def test_grad_through_training_and_state():
                  .mean.sum())(x)
     np.testing.assert_allclose(g, np.full(SHAPE, 0.01 / (SHAPE[0] * SHAPE[1] * SHAPE[2])),
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_check_grads_with_mask_float64(case):
+    """Masks take the plain-autodiff path (no fused derivative rule): check it numerically too."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(data((3, 2, 2, 4), offset=1.0).astype(np.float64))
+        mask = jnp.asarray(np.random.default_rng(5).random((3, 2, 2, 4)) > 0.3)
+        s, b = (jnp.asarray(p.astype(np.float64)) for p in params(4))
+        check_grads(lambda x, s, b: case.call(x, s, b if case.has_bias else None, mask),
+                    (x, s, b), order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
