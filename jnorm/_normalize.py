@@ -10,7 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm._stats import Moments, _sum, accumulation_dtype, shifted_moments
+from jnorm._stats import (
+    Moments,
+    _sum,
+    _two_stage,
+    accumulation_dtype,
+    private_copies,
+    shifted_moments,
+)
 
 __all__ = ["normalize", "normalize_with_moments", "output_dtype"]
 
@@ -174,10 +181,11 @@ def _normalize_with_moments(
         x, axes, mask=mask, center=center, axis_name=axis_name,
         axis_index_groups=axis_index_groups,
     )
-    y = normalize(
-        x, m.mean_shifted, m.var, scale, bias, epsilon=epsilon,
-        shift=m.shift if center else None, dtype=dtype,
-    )
+    # Its own copy of the pivot: x - shift then fuses into the output's loop (private_copies).
+    shift, mean = (m.shift if center else None), m.mean_shifted
+    if center and mask is None and not _two_stage(axes, x.ndim):
+        shift, mean = private_copies(shift, mean)
+    y = normalize(x, mean, m.var, scale, bias, epsilon=epsilon, shift=shift, dtype=dtype)
     return y, m
 
 
@@ -234,42 +242,81 @@ def _fused_jvp(
     (``g`` the cotangent; two row reductions), ``da = \sum g \hat x`` and ``db = \sum g``
     (column sums), all reading ``x``/``g`` in fused elementwise passes. ``x - \mu`` is formed
     from ``x - shift`` and ``mean_shifted`` as in :func:`normalize`, so gradients keep its
-    accuracy far from zero. Two algebraically equal arrangements are used, chosen by layout
-    (measured on XLA:CPU; see the comments).
+    accuracy far from zero.
+
+    The formula is the same everywhere; how it is grouped decides what XLA writes to memory,
+    so three algebraically equal arrangements are used, chosen by layout: parameters constant
+    over each block (batch, instance norm), the row layout (layer, RMS norm), and blocks
+    reduced in two stages (group norm). Each was chosen by counting passes in the compiled
+    HLO and timing it with ``python -m jnorm.bench`` on XLA:CPU; see the comments.
     """
     x, scale, bias = primals
     dx, dscale, dbias = tangents
     y, m = _fused(axes, epsilon, center, dtype, x, scale, bias)
     compute = accumulation_dtype(x.dtype)
     n = m.count.astype(compute)
-    d = x.astype(compute) - m.shift if center else x.astype(compute)  # as shifted_moments
     mu = m.mean_shifted
     r = lax.rsqrt(m.var + jnp.asarray(epsilon, compute))
-    dxa = dx.astype(compute)
-    dmean = _sum(dxa, axes) / n if center else jnp.zeros_like(mu)
-    gain = r if scale is None else r * scale.astype(compute)
-    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
-        # Row layout (the reduced axes are the minor ones: layer/RMS norm). XLA fuses per-row
-        # broadcasts into row reductions, so the centred input is formed once and reused.
-        centred = d - mu if center else d
-        dvar = 2 * _sum(centred * dxa, axes) / n
-        dy = gain * ((dxa - dmean if center else dxa) - centred * (r * r * dvar / 2))
-        if scale is not None:
-            dy = dy + dscale.astype(compute) * (centred * r)
+    xa, dxa = x.astype(compute), dx.astype(compute)
+    a = None if scale is None else scale.astype(compute)
+    da = None if scale is None else dscale.astype(compute)
+    db = None if bias is None else dbias.astype(compute)
+    # Every full-size use of x - mu gets its own copy of the pivot (private_copies): XLA then
+    # recomputes it inside each fused loop instead of writing it to memory.
+    if center:
+        copies = private_copies(*(m.shift,) * 3, *(mu,) * 3)
+        c_var = (xa - copies[0]) - copies[3]  # multiplies dx inside dvar
+        c_term = (xa - copies[1]) - copies[4]  # multiplies the per-block terms of dy
+        c_scale = (xa - copies[2]) - copies[5]  # multiplies da
     else:
-        # Column layout (batch/instance/group norm). XLA writes any broadcast feeding a column
-        # reduction to memory, so every full-size term is kept as `d` (the array the
-        # statistics were reduced from) times per-block scalars; `d` and `mu` both have the
-        # data's spread, so expanding `d - mu` cancels nothing.
+        c_var = c_term = c_scale = xa
+    dmean = _sum(dxa, axes) / n if center else jnp.zeros_like(mu)
+    per_block = a is None or all(np.shape(a)[i] == 1 for i in axes)
+    rows = axes == tuple(range(x.ndim - len(axes), x.ndim))
+    if per_block or rows:
+        dvar = 2 * _sum(c_var * dxa, axes) / n
+    if per_block:
+        # Parameters constant over each block (batch and instance norm): every per-block
+        # factor is combined before it is broadcast, so the transpose needs exactly two
+        # reductions of the cotangent g, sum(g) and sum(c g), shared by dx, da and db.
+        gain = r if a is None else r * a
+        k_c = -(gain * r * r * dvar / 2)
+        if da is not None:
+            k_c = k_c + r * da
+        dy = gain * dxa + c_term * k_c
+        k_0 = -(gain * dmean) if center else None
+        if db is not None:
+            k_0 = db if k_0 is None else k_0 + db
+        if k_0 is not None:
+            dy = dy + k_0
+    elif rows:
+        # Row layout with per-feature parameters (layer and RMS norm): dx's row reductions
+        # and its elementwise part share one fused loop per row. da's column sum gets its own
+        # copy of r and is written r * (c da): its transpose scales g by r first, the
+        # cheaper order for XLA:CPU's column reductions.
+        inner = r * dxa - c_var * (r * r * r * dvar / 2)
+        if center:
+            inner = inner - r * dmean
+        dy = a * inner
+        (r_s,) = private_copies(r)
+        dy = dy + r_s * (c_scale * da)
+        if db is not None:
+            dy = dy + db
+    else:
+        # Parameters vary inside a block that is reduced in two stages (group norm). XLA
+        # writes any broadcast feeding these reductions to memory, so every full-size term
+        # is `d` (x minus the pivot, the array the statistics were reduced from) times
+        # per-block factors; `d` and `mu` both have the data's spread, so expanding
+        # d - mu cancels nothing.
+        d = xa - m.shift if center else xa
         dvar = 2 * _sum(d * dxa, axes) / n - (2 * mu * dmean if center else 0)
         k = r * r * dvar / 2
+        gain = r * a
         dy = gain * dxa - d * (gain * k)
         if center:
             dy = dy + gain * (mu * k - dmean)
-        if scale is not None:
-            ds = dscale.astype(compute)
-            dy = dy + d * (ds * r) - (ds * (mu * r) if center else 0)
-    if bias is not None:
-        dy = dy + dbias.astype(compute)
+        dy = dy + d * (da * r) - (da * (mu * r) if center else 0)
+        if db is not None:
+            dy = dy + db
     zero = jnp.zeros_like(m.shift)
     return (y, m), (dy.astype(y.dtype), Moments(zero, dmean, dvar, jnp.zeros_like(m.count)))

@@ -87,6 +87,12 @@ def _real_dtype(dtype: Any) -> jnp.dtype:
     return jnp.finfo(dtype).dtype
 
 
+def _two_stage(axes: tuple[int, ...], ndim: int) -> bool:
+    """Whether :func:`_sum` reduces `axes` in two stages (see there)."""
+    last = ndim - 1
+    return last in axes and len(axes) > 1 and any(i not in axes for i in range(min(axes), last))
+
+
 def _sum(v: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
     """``jnp.sum(v, axes, keepdims=True)``, in two stages when that avoids a strided reduction.
 
@@ -97,14 +103,31 @@ def _sum(v: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
     same sum in another order, and several times faster on CPU.
     """
     last = v.ndim - 1
-    if last in axes and len(axes) > 1 and any(
-        i not in axes for i in range(min(axes), last)
-    ):
+    if _two_stage(axes, v.ndim):
         major = tuple(a for a in axes if a != last)
         v = jnp.sum(v, axis=major, keepdims=True, dtype=dtype)
         # The barrier (on a small array) stops XLA from merging the two reductions back.
         return jnp.sum(lax.optimization_barrier(v), axis=(last,), keepdims=True)
     return jnp.sum(v, axis=axes, keepdims=True, dtype=dtype)
+
+
+def private_copies(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """The small `arrays` again, as values XLA will not merge with other uses of them.
+
+    A full-size elementwise expression such as ``x - shift`` that feeds two consumers XLA
+    cannot fuse together (two reductions, or a reduction and the output) is written to memory
+    once and read back by both: an extra write and read of the whole input. Giving each
+    consumer its own copy of the per-block vectors (the pivot, a reciprocal standard
+    deviation) makes the expressions distinct, so XLA recomputes each inside its consumer's
+    fused loop and streams ``x`` instead (``python -m jnorm.bench`` counts the passes).
+
+    The copies come out of one :func:`jax.lax.optimization_barrier`, which
+    common-subexpression elimination does not see through; the values are exact. XLA prunes
+    unused outputs of a barrier and then merges barriers with equal operands, so every call
+    site passes a different tuple (``(shift, shift)`` for the moments, ``(shift, mean)`` for
+    the output, ...) and uses every output.
+    """
+    return tuple(lax.optimization_barrier(tuple(arrays)))
 
 
 def _pivot(x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None) -> jax.Array:
@@ -187,12 +210,18 @@ def shifted_moments(
 
     if center:
         shift = lax.stop_gradient(_pivot(xa, axes, mask))
-        d = xa - shift
+        # The mean and the square sum each subtract their own copy of the pivot, so XLA streams
+        # x into both reductions rather than writing x - shift to memory (private_copies).
+        # In the two-stage layout (group norm) the fused pivot makes XLA:CPU's strided first
+        # stage slow; there x - shift is better written once and shared.
+        copies = mask is None and not _two_stage(axes, x.ndim)
+        shift_mean, shift_sq = private_copies(shift, shift) if copies else (shift, shift)
+        d, d_sq = xa - shift_mean, xa - shift_sq
     else:
         shift = jnp.zeros(tuple(1 if i in axes else s for i, s in enumerate(x.shape)), acc)
-        d = xa
+        d = d_sq = xa
     if mask is not None:
-        d = jnp.where(mask, d, jnp.zeros_like(d))
+        d = d_sq = jnp.where(mask, d, jnp.zeros_like(d))
         count = _sum(mask, axes, dtype=real)
     else:
         size = 1
@@ -200,7 +229,7 @@ def shifted_moments(
             size *= x.shape[a]
         count = jnp.full(shift.shape, size, dtype=real)
     safe = jnp.maximum(count, jnp.ones_like(count))
-    sq = _sum(_abs_sq(d), axes) / safe
+    sq = _sum(_abs_sq(d_sq), axes) / safe
     if center:
         mean = _sum(d, axes) / safe.astype(acc)
         var = jnp.maximum(sq - _abs_sq(mean), jnp.zeros_like(sq))
