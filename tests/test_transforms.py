@@ -74,6 +74,26 @@ def test_check_grads_float64_order2(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("affine", ["none", "scale", "bias"])
+def test_check_grads_float64_without_some_params(case, affine):
+    """The derivative rule groups its terms differently with and without a scale (and per
+    layout); every grouping is checked numerically, in both modes."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(data((3, 2, 2, 4), offset=1.0).astype(np.float64))
+        s, b = (jnp.asarray(p.astype(np.float64)) for p in params(4))
+        if affine == "scale":
+            f = lambda x, s: case.call(x, s, None)  # noqa: E731
+            args = (x, s)
+        elif affine == "bias" and case.has_bias:
+            f = lambda x, b: case.call(x, None, b)  # noqa: E731
+            args = (x, b)
+        else:
+            f = lambda x: case.call(x, None, None)  # noqa: E731
+            args = (x,)
+        check_grads(f, args, order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
 def test_hessian(case):
     x = jnp.asarray(data((2, 2, 1, 4), offset=2.0))
     w = jnp.asarray(data((2, 2, 1, 4), seed=3))
