@@ -261,19 +261,19 @@ def _fused_jvp(
     a = None if scale is None else scale.astype(compute)
     da = None if scale is None else dscale.astype(compute)
     db = None if bias is None else dbias.astype(compute)
-    # Every full-size use of x - mu gets its own copy of the pivot (private_copies): XLA then
-    # recomputes it inside each fused loop instead of writing it to memory.
-    if center:
-        copies = private_copies(*(m.shift,) * 3, *(mu,) * 3)
-        c_var = (xa - copies[0]) - copies[3]  # multiplies dx inside dvar
-        c_term = (xa - copies[1]) - copies[4]  # multiplies the per-block terms of dy
-        c_scale = (xa - copies[2]) - copies[5]  # multiplies da
-    else:
-        c_var = c_term = c_scale = xa
     dmean = _sum(dxa, axes) / n if center else jnp.zeros_like(mu)
-    per_block = a is None or all(np.shape(a)[i] == 1 for i in axes)
+    a_shape = (1,) * (x.ndim - np.ndim(a)) + np.shape(a)
+    per_block = a is None or all(a_shape[i] == 1 for i in axes)
     rows = axes == tuple(range(x.ndim - len(axes), x.ndim))
     if per_block or rows:
+        # The two full-size uses of x - mu (inside dvar, and in the term whose transpose is a
+        # reduction of g) each get their own copy of the pivot (private_copies): XLA then
+        # recomputes x - mu inside each fused loop instead of writing it to memory.
+        if center:
+            shift_v, shift_t, mu_v, mu_t = private_copies(m.shift, m.shift, mu, mu)
+            c_var, c_term = (xa - shift_v) - mu_v, (xa - shift_t) - mu_t
+        else:
+            c_var = c_term = xa
         dvar = 2 * _sum(c_var * dxa, axes) / n
     if per_block:
         # Parameters constant over each block (batch and instance norm): every per-block
@@ -299,7 +299,7 @@ def _fused_jvp(
             inner = inner - r * dmean
         dy = a * inner
         (r_s,) = private_copies(r)
-        dy = dy + r_s * (c_scale * da)
+        dy = dy + r_s * (c_term * da)
         if db is not None:
             dy = dy + db
     else:
