@@ -12,6 +12,7 @@ from jax import lax
 
 from jnorm._stats import (
     Moments,
+    _spread,
     _sum,
     _two_stage,
     accumulation_dtype,
@@ -283,12 +284,12 @@ def _fused_jvp(
         k_c = -(gain * r * r * dvar / 2)
         if da is not None:
             k_c = k_c + r * da
-        dy = gain * dxa + c_term * k_c
+        dy = gain * dxa + c_term * _spread(k_c, axes, x.shape)
         k_0 = -(gain * dmean) if center else None
         if db is not None:
             k_0 = db if k_0 is None else k_0 + db
         if k_0 is not None:
-            dy = dy + k_0
+            dy = dy + _spread(k_0, axes, x.shape)
     elif rows:
         # Row layout with per-feature parameters (layer and RMS norm): dx's row reductions
         # and its elementwise part share one fused loop per row. da's column sum gets its own

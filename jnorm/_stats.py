@@ -93,22 +93,59 @@ def _two_stage(axes: tuple[int, ...], ndim: int) -> bool:
     return last in axes and len(axes) > 1 and any(i not in axes for i in range(min(axes), last))
 
 
-def _sum(v: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
-    """``jnp.sum(v, axes, keepdims=True)``, in two stages when that avoids a strided reduction.
+def _stages(axes: tuple[int, ...], ndim: int) -> tuple[tuple[int, ...], ...]:
+    """The groups of `axes` that :func:`_sum` reduces one after the other (see there).
 
-    When the minor-most axis is reduced but a kept axis lies among the reduced ones (group
-    norm's ``(N, H, W, G, C/G)`` over ``H, W, C/G``), XLA emits a reduction with a small,
-    strided inner extent. Reducing the major axes first (a contiguous column reduction, as for
-    instance norm) and then the small minor axis of the ``(N, 1, 1, G, C/G)`` result is the
-    same sum in another order, and several times faster on CPU.
+    >>> _stages((1, 2, 4), 5), _stages((1, 2), 4), _stages((0, 1, 2), 4)
+    (((1, 2), (4,)), ((2,), (1,)), ((0, 1, 2),))
     """
-    last = v.ndim - 1
-    if _two_stage(axes, v.ndim):
-        major = tuple(a for a in axes if a != last)
-        v = jnp.sum(v, axis=major, keepdims=True, dtype=dtype)
-        # The barrier (on a small array) stops XLA from merging the two reductions back.
-        return jnp.sum(lax.optimization_barrier(v), axis=(last,), keepdims=True)
-    return jnp.sum(v, axis=axes, keepdims=True, dtype=dtype)
+    last = ndim - 1
+    if _two_stage(axes, ndim):
+        return (tuple(a for a in axes if a != last), (last,))
+    if len(axes) > 1 and last not in axes and min(axes) > 0:
+        inner = max(axes)
+        return ((inner,),) + _stages(tuple(a for a in axes if a != inner), ndim)
+    return (axes,)
+
+
+def _sum(v: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
+    """``jnp.sum(v, axes, keepdims=True)``, in stages when that avoids a slow reduction.
+
+    The stages (:func:`_stages`) are the same sum in another order; each is timed on XLA:CPU:
+
+    - The minor-most axis is reduced but a kept axis lies among the reduced ones (group
+      norm's ``(N, H, W, G, C/G)`` over ``H, W, C/G``): XLA emits a reduction with a small,
+      strided inner extent. Reducing the major axes first (a contiguous column reduction) and
+      then the small minor axis of the ``(N, 1, 1, G, C/G)`` result is several times faster.
+    - Kept axes on both sides of the reduced ones (instance norm's ``(N, H, W, C)`` over
+      ``H, W``): reducing ``W`` and then ``H`` ran 1.6-2x faster than one reduction over
+      both, for the shifted sums at five NHWC shapes (``docs/benchmarks.md``).
+
+    :func:`_spread` is the transpose: it broadcasts through the same stages, so gradients
+    reduce in them too.
+    """
+    for i, stage in enumerate(_stages(axes, v.ndim)):
+        if i:
+            # The barrier (on a small array) stops XLA from merging the reductions back.
+            v = lax.optimization_barrier(v)
+        v = jnp.sum(v, axis=stage, keepdims=True, dtype=dtype if i == 0 else None)
+    return v
+
+
+def _spread(v: jax.Array, axes: tuple[int, ...], shape: tuple[int, ...]) -> jax.Array:
+    """Broadcasts per-block `v` (`axes` of size 1) to `shape`, the transpose of :func:`_sum`.
+
+    The broadcast runs through :func:`_sum`'s stages in reverse, with a barrier between
+    them, so reverse-mode autodiff turns ``v * full`` into :func:`_sum`'s staged reduction
+    rather than the single slow one.
+    """
+    v = jnp.reshape(v, (1,) * (len(shape) - v.ndim) + v.shape)
+    for i, stage in enumerate(reversed(_stages(axes, len(shape)))):
+        if i:
+            v = lax.optimization_barrier(v)
+        v = jnp.broadcast_to(v, tuple(shape[a] if a in stage else v.shape[a]
+                                      for a in range(len(shape))))
+    return v
 
 
 def private_copies(*arrays: jax.Array) -> tuple[jax.Array, ...]:

@@ -11,7 +11,7 @@ import jnorm
 from tests.helpers import data
 
 
-@pytest.mark.parametrize("axes", [0, 1, -1, (0, 2), (0, 1, 2), (1, 2, 3)])
+@pytest.mark.parametrize("axes", [0, 1, -1, (0, 2), (1, 2), (0, 1, 2), (1, 2, 3)])
 def test_matches_float64(axes):
     x = data((4, 5, 6, 3), offset=3.0, spread=2.0)
     mean, var = jnorm.moments(jnp.asarray(x), axes)
@@ -29,6 +29,38 @@ def test_offset_data_is_exact_enough(offset):
     # The mean is rounded to float32 once: within half an ulp of the exact value.
     ulp = np.spacing(np.float32(offset))
     assert np.max(np.abs(np.asarray(mean, np.float64) - x64.mean(-1))) <= ulp
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_offset_data_is_exact_enough_in_stages(offset):
+    """Instance norm's layout, reduced in stages (W, then H), keeps the accuracy."""
+    x = data((3, 24, 40, 5), offset=offset)
+    mean, var = jnorm.moments(jnp.asarray(x), (1, 2))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(var, x64.var((1, 2)), rtol=1e-5)
+    ulp = np.spacing(np.float32(offset))
+    assert np.max(np.abs(np.asarray(mean, np.float64) - x64.mean((1, 2)))) <= ulp
+
+
+def test_instance_layout_reduces_one_axis_at_a_time():
+    """With kept axes on both sides (N and C of instance norm), the statistics and the
+    gradient's reductions of full-size arrays each reduce one axis: the minor one (W) first.
+    One reduction over (H, W) ran 1.6-2x slower on XLA:CPU (docs/benchmarks.md)."""
+    import re
+
+    shape = (2, 6, 5, 3)
+    x = jnp.asarray(data(shape, offset=2.0))
+    g = jnp.asarray(data(shape, seed=1))
+
+    def loss(x, scale, bias):
+        return jnp.sum(jnorm.instance_norm(x, scale, bias) * g)
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(
+        x, jnp.ones(3), jnp.zeros(3)).as_text()
+    full = "x".join(map(str, shape))
+    dims = re.findall(rf"across dimensions = \[([\d, ]+)\] : \(tensor<{full}xf32>", text)
+    assert len(dims) >= 4, text  # two statistics, two sums of the cotangent
+    assert set(dims) == {"2"}, dims
 
 
 def test_naive_formula_would_fail_here():
