@@ -307,17 +307,21 @@ def _fused_jvp(
         # Parameters vary inside a block that is reduced in two stages (group norm). XLA
         # writes any broadcast feeding these reductions to memory, so every full-size term
         # is `d` (x minus the pivot, the array the statistics were reduced from) times
-        # per-block factors; `d` and `mu` both have the data's spread, so expanding
-        # d - mu cancels nothing.
+        # factors; `d` and `mu` both have the data's spread, so expanding d - mu cancels
+        # nothing. The factors are constant over the axes where the parameters are (H, W)
+        # and are combined before they are broadcast, so the transpose reduces g and d g
+        # once each over those axes, shared by dx, da and db.
         d = xa - m.shift if center else xa
         dvar = 2 * _sum(d * dxa, axes) / n - (2 * mu * dmean if center else 0)
         k = r * r * dvar / 2
         gain = r * a
-        dy = gain * dxa - d * (gain * k)
-        if center:
-            dy = dy + gain * (mu * k - dmean)
-        dy = dy + d * (da * r) - (da * (mu * r) if center else 0)
+        flat = tuple(i for i in axes if a_shape[i] == 1)
+        k_d = r * da - gain * k
+        k_0 = gain * (mu * k - dmean) - da * (mu * r) if center else None
         if db is not None:
-            dy = dy + db
+            k_0 = db if k_0 is None else k_0 + db
+        dy = gain * dxa + d * _spread(k_d, flat, x.shape)
+        if k_0 is not None:
+            dy = dy + _spread(k_0, flat, x.shape)
     zero = jnp.zeros_like(m.shift)
     return (y, m), (dy.astype(y.dtype), Moments(zero, dmean, dvar, jnp.zeros_like(m.count)))
