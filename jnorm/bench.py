@@ -200,6 +200,26 @@ def count_passes(hlo_text: str, size: int) -> dict[str, int]:
         root = next((line for line in body if line.lstrip().startswith("ROOT")), "")
         return any(f" {op}(" in root for op in _SLICE_OPS)
 
+    def _sliced_only(call: str) -> set[int]:
+        """Operand positions of a fusion that its body only slices (a pivot, say)."""
+        m = re.search(r"calls=%?([\w.\-]+)", call)
+        body = comps.get(m.group(1), []) if m else []
+        params: dict[str, int] = {}
+        uses: dict[str, list[str]] = {}
+        for line in body:
+            d = _DEF.match(line)
+            if not d:
+                continue
+            var, rest = d.groups()
+            _, inner = _split_shape(rest)
+            op = inner.split("(", 1)[0].strip()
+            if op == "parameter":
+                params[var] = int(inner[inner.index("(") + 1: inner.index(")")])
+            for operand in _operands(inner):
+                uses.setdefault(operand, []).append(op)
+        return {i for v, i in params.items()
+                if uses.get(v) and all(op in _SLICE_OPS for op in uses[v])}
+
     def walk(name: str, depth: int) -> None:
         nonlocal reads, writes
         if depth > 8 or name not in comps:
@@ -224,8 +244,9 @@ def count_passes(hlo_text: str, size: int) -> dict[str, int]:
             if op in _FREE_OPS or op in _SLICE_OPS or (op == "fusion" and _is_slice(call)):
                 continue  # slices read only what they write (a pivot column, say)
             seen = set()
-            for operand in _operands(call):
-                if operand in seen:
+            sliced = _sliced_only(call) if op == "fusion" else set()
+            for i, operand in enumerate(_operands(call)):
+                if operand in seen or i in sliced:
                     continue
                 seen.add(operand)
                 reads += sum(1 for s in shapes.get(operand, []) if s == size)

@@ -73,6 +73,19 @@ def test_count_passes_on_a_copy():
     assert bench.count_passes(hlo, x.size) == {"reads": 1, "writes": 1, "passes": 2}
 
 
+def test_count_passes_ignores_operands_a_fusion_only_slices():
+    """A fusion that takes x but only slices a row of it (a pivot) does not read x."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((64, 32))
+    hlo = jax.jit(lambda x: jnp.exp(x[:1] * 2 + 1)).lower(x).compile().as_text()
+    assert " slice(" in hlo
+    assert bench.count_passes(hlo, x.size)["reads"] == 0
+    hlo = jax.jit(lambda x: x * x[:1]).lower(x).compile().as_text()
+    assert bench.count_passes(hlo, x.size) == {"reads": 1, "writes": 1, "passes": 2}
+
+
 def test_fused_rule_reads_and_writes_less_than_flax():
     """At the issue's shapes the compiled forward+backward of jnorm's layers reads and writes
     full-size arrays at most as often as flax's (a property of the compiled program, not a
