@@ -118,8 +118,9 @@ def _sum(v: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
       strided inner extent. Reducing the major axes first (a contiguous column reduction) and
       then the small minor axis of the ``(N, 1, 1, G, C/G)`` result is several times faster.
     - Kept axes on both sides of the reduced ones (instance norm's ``(N, H, W, C)`` over
-      ``H, W``): reducing ``W`` and then ``H`` ran 1.6-2x faster than one reduction over
-      both, for the shifted sums at five NHWC shapes (``docs/benchmarks.md``).
+      ``H, W``): reducing ``W`` and then ``H`` ran 1.65-2x faster than one reduction over
+      both, for the shifted sums at four of five NHWC shapes, and as fast at the fifth
+      (``docs/benchmarks.md``).
 
     :func:`_spread` is the transpose: it broadcasts through the same stages, so gradients
     reduce in them too.

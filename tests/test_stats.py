@@ -45,7 +45,7 @@ def test_offset_data_is_exact_enough_in_stages(offset):
 def test_instance_layout_reduces_one_axis_at_a_time():
     """With kept axes on both sides (N and C of instance norm), the statistics and the
     gradient's reductions of full-size arrays each reduce one axis: the minor one (W) first.
-    One reduction over (H, W) ran 1.6-2x slower on XLA:CPU (docs/benchmarks.md)."""
+    One reduction over (H, W) ran up to 2x slower on XLA:CPU (docs/benchmarks.md)."""
     import re
 
     shape = (2, 6, 5, 3)
