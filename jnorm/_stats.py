@@ -88,7 +88,8 @@ def _real_dtype(dtype: Any) -> jnp.dtype:
 
 
 def _two_stage(axes: tuple[int, ...], ndim: int) -> bool:
-    """Whether :func:`_sum` reduces `axes` in two stages (see there)."""
+    """Whether `axes` is group norm's layout: the minor axis reduced with a kept axis among the
+    reduced ones, which :func:`_sum` reduces major axes first (see there)."""
     last = ndim - 1
     return last in axes and len(axes) > 1 and any(i not in axes for i in range(min(axes), last))
 

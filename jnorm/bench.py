@@ -179,6 +179,18 @@ def _computations(hlo: str) -> dict[str, list[str]]:
     return comps
 
 
+def _instructions(lines: list[str]) -> list[tuple[str, str, str, str]]:
+    """``(name, shape, opcode, 'op(args), attrs')`` of each instruction of a computation."""
+    out = []
+    for line in lines:
+        m = _DEF.match(line)
+        if m:
+            var, rest = m.groups()
+            shape, call = _split_shape(rest)
+            out.append((var, shape, call.split("(", 1)[0].strip(), call))
+    return out
+
+
 def count_passes(hlo_text: str, size: int) -> dict[str, int]:
     """How often the compiled program reads and writes an array of `size` elements.
 
@@ -194,25 +206,19 @@ def count_passes(hlo_text: str, size: int) -> dict[str, int]:
     comps = _computations(hlo_text)
     reads = writes = 0
 
-    def _is_slice(call: str) -> bool:
+    def _fused_body(call: str) -> list[str]:
         m = re.search(r"calls=%?([\w.\-]+)", call)
-        body = comps.get(m.group(1), []) if m else []
-        root = next((line for line in body if line.lstrip().startswith("ROOT")), "")
+        return comps.get(m.group(1), []) if m else []
+
+    def _is_slice(call: str) -> bool:
+        root = next((ln for ln in _fused_body(call) if ln.lstrip().startswith("ROOT")), "")
         return any(f" {op}(" in root for op in _SLICE_OPS)
 
     def _sliced_only(call: str) -> set[int]:
         """Operand positions of a fusion that its body only slices (a pivot, say)."""
-        m = re.search(r"calls=%?([\w.\-]+)", call)
-        body = comps.get(m.group(1), []) if m else []
         params: dict[str, int] = {}
         uses: dict[str, list[str]] = {}
-        for line in body:
-            d = _DEF.match(line)
-            if not d:
-                continue
-            var, rest = d.groups()
-            _, inner = _split_shape(rest)
-            op = inner.split("(", 1)[0].strip()
+        for var, _, op, inner in _instructions(_fused_body(call)):
             if op == "parameter":
                 params[var] = int(inner[inner.index("(") + 1: inner.index(")")])
             for operand in _operands(inner):
@@ -224,18 +230,9 @@ def count_passes(hlo_text: str, size: int) -> dict[str, int]:
         nonlocal reads, writes
         if depth > 8 or name not in comps:
             return
-        shapes: dict[str, list[int]] = {}
-        parsed = []
-        for line in comps[name]:
-            m = _DEF.match(line)
-            if not m:
-                continue
-            var, rest = m.groups()
-            shape, call = _split_shape(rest)
-            shapes[var] = _sizes(shape)
-            op = call.split("(", 1)[0].strip()
-            parsed.append((var, op, call))
-        for var, op, call in parsed:
+        parsed = _instructions(comps[name])
+        shapes = {var: _sizes(shape) for var, shape, _, _ in parsed}
+        for var, _, op, call in parsed:
             if op in ("call", "while", "conditional", "async-start"):
                 pattern = r"(?:to_apply|body|calls|branch_computations)=\{?%?([\w.\-]+)"
                 for sub in re.findall(pattern, call):
