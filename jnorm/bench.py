@@ -354,7 +354,8 @@ def _peak_bandwidth() -> float | None:
 
 
 def _kernel_programs(
-    scale: jax.Array, bias: jax.Array | None, center: bool, interpret: bool
+    scale: jax.Array, bias: jax.Array | None, center: bool, interpret: bool,
+    fwd_config: tuple[int, int] | None = None, bwd_config: tuple[int, int] | None = None,
 ) -> dict[str, Callable[..., Any]]:
     """The Pallas kernels and jnorm's XLA path for one row norm, as functions to compile."""
     from jnorm import _pallas
@@ -368,11 +369,12 @@ def _kernel_programs(
 
     def pl_fwd(x: jax.Array) -> Any:
         return _pallas.row_norm_forward(
-            x, scale, bias, epsilon=1e-6, center=center, interpret=interpret)
+            x, scale, bias, epsilon=1e-6, center=center, interpret=interpret, config=fwd_config)
 
     def pl_bwd(x: jax.Array, g: jax.Array, st: Any) -> Any:
         return _pallas.row_norm_backward(
-            x, g, scale, st[1], st[2], st[3], epsilon=1e-6, center=center, interpret=interpret)
+            x, g, scale, st[1], st[2], st[3], epsilon=1e-6, center=center, interpret=interpret,
+            config=bwd_config)
 
     def pl_fwd_bwd(x: jax.Array, g: jax.Array) -> Any:
         return pl_bwd(x, g, pl_fwd(x))[0]
@@ -381,8 +383,30 @@ def _kernel_programs(
             "xla fwd": xla_fwd, "xla fwd+bwd": xla_fwd_bwd}
 
 
+#: Launch configurations ``(elements per row block, warps)`` that ``--tune`` times.
+TUNE_CONFIGS: tuple[tuple[int, int], ...] = tuple(
+    (e, w) for e in (1024, 2048, 4096, 8192, 16384) for w in (2, 4, 8, 16)
+)
+
+
+def _distinct_configs(
+    configs: Sequence[tuple[int, int]], rows: int, d: int
+) -> list[tuple[int, int]]:
+    """`configs` with those giving the same row block at this shape dropped."""
+    from jnorm import _pallas
+
+    seen, out = set(), []
+    for elements, warps in configs:
+        key = (_pallas.block_rows(rows, d, elements), warps)
+        if key not in seen:
+            seen.add(key)
+            out.append((elements, warps))
+    return out
+
+
 def kernel_bandwidth(
     shapes: Sequence[tuple[int, int]], *, rounds: int = 15, warmup: int = 2, inner: int = 20,
+    configs: Sequence[tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """Achieved bandwidth of the fused Pallas row-norm kernels, and of XLA on the same work.
 
@@ -392,44 +416,77 @@ def kernel_bandwidth(
     copy. Bandwidth counts those minimal bytes over the median time; ``pct_peak`` compares it
     with the device's published peak (:data:`PEAK_BANDWIDTH`) where known. This is a kernel
     microbenchmark and, unlike the layer comparison, calls jnorm's private kernel API.
+
+    With `configs` (launch configurations ``(elements per row block, warps)``, e.g.
+    :data:`TUNE_CONFIGS`), the layer-norm forward and backward kernels are timed once per
+    distinct configuration instead (rows ``"layer_norm pallas fwd"`` etc. with a
+    ``"config"``), interleaved with the XLA path and the copy as before.
     """
-    interpret = jax.default_backend() != "gpu"
-    peak = _peak_bandwidth()
     rows_out: list[dict[str, Any]] = []
     for shape in shapes:
-        r, d = shape
-        kx, kd = jax.random.split(jax.random.key(1))
-        x = jax.random.normal(kx, shape, jnp.float32)
-        g = jax.random.normal(kd, shape, jnp.float32)
-        scale = jnp.ones((d,), jnp.float32)
-        bias = jnp.zeros((d,), jnp.float32)
-        entries: list[_Entry] = []
-        passes: dict[str, int] = {}
-        for center, name in ((True, "layer_norm"), (False, "rms_norm")):
-            progs = _kernel_programs(scale, bias if center else None, center, interpret)
-            stats = jax.jit(progs["pallas fwd"])(x)
-            for label, args, npass in (
-                ("pallas fwd", (x,), 2),
-                ("pallas bwd", (x, g, stats), 3),
-                ("pallas fwd+bwd", (x, g), 5),
-                ("xla fwd", (x,), 2),
-                ("xla fwd+bwd", (x, g), 5),
-            ):
-                compiled, temp, _ = _compile(progs[label], args, r * d)
-                entries.append(_Entry(f"{name} {label}", "kernel", compiled, args, temp, None))
-                passes[f"{name} {label}"] = npass
-        compiled, temp, _ = _compile(lambda x: x * 2 + 1, (x,), r * d)
-        entries.append(_Entry("copy", "kernel", compiled, (x,), temp, None))
-        passes["copy"] = 2
-        _time(entries, rounds, warmup, inner)
-        for e in entries:
-            t = statistics.median(e.times)
-            bw = passes[e.impl] * r * d * 4 / t
-            rows_out.append({
-                "kernel": e.impl, "shape": [r, d], "median_us": t * 1e6,
-                "gbytes_per_s": bw / 1e9, "passes": passes[e.impl],
-                "pct_peak": None if peak is None else 100 * bw / peak,
-            })
+        rows_out += _kernel_shape(shape, configs, rounds, warmup, inner)
+    return rows_out
+
+
+def _kernel_shape(
+    shape: tuple[int, int], configs: Sequence[tuple[int, int]] | None, rounds: int,
+    warmup: int, inner: int,
+) -> list[dict[str, Any]]:
+    """:func:`kernel_bandwidth` at one shape."""
+    from jnorm import _pallas
+
+    interpret = jax.default_backend() != "gpu"
+    peak = _peak_bandwidth()
+    r, d = shape
+    kx, kd = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, shape, jnp.float32)
+    g = jax.random.normal(kd, shape, jnp.float32)
+    scale = jnp.ones((d,), jnp.float32)
+    bias = jnp.zeros((d,), jnp.float32)
+    entries: list[_Entry] = []
+    passes: dict[str, int] = {}
+    tags: list[tuple[int, int] | None] = []
+
+    def add(label: str, fn: Callable[..., Any], args: tuple[Any, ...], npass: int,
+            config: tuple[int, int] | None = None) -> None:
+        compiled, temp, _ = _compile(fn, args, r * d)
+        entries.append(_Entry(label, "kernel", compiled, args, temp, None))
+        passes[label] = npass
+        tags.append(config)
+
+    runs = ((True, "layer_norm"),) if configs else ((True, "layer_norm"), (False, "rms_norm"))
+    for center, name in runs:
+        progs = _kernel_programs(scale, bias if center else None, center, interpret)
+        stats = jax.jit(progs["pallas fwd"])(x)
+        if configs:
+            for cfg in _distinct_configs(configs, r, d):
+                cp = _kernel_programs(scale, bias, center, interpret, cfg, cfg)
+                add(f"{name} pallas fwd {cfg[0]}/{cfg[1]}", cp["pallas fwd"], (x,), 2, cfg)
+                add(f"{name} pallas bwd {cfg[0]}/{cfg[1]}", cp["pallas bwd"], (x, g, stats), 3,
+                    cfg)
+            labels: tuple[tuple[str, tuple[Any, ...], int], ...] = (
+                ("xla fwd", (x,), 2), ("xla fwd+bwd", (x, g), 5))
+        else:
+            labels = (("pallas fwd", (x,), 2), ("pallas bwd", (x, g, stats), 3),
+                      ("pallas fwd+bwd", (x, g), 5), ("xla fwd", (x,), 2),
+                      ("xla fwd+bwd", (x, g), 5))
+        for label, args, npass in labels:
+            add(f"{name} {label}", progs[label], args, npass)
+    add("copy", lambda x: x * 2 + 1, (x,), 2)
+    _time(entries, rounds, warmup, inner)
+    rows_out: list[dict[str, Any]] = []
+    for e, config in zip(entries, tags, strict=True):
+        t = statistics.median(e.times)
+        bw = passes[e.impl] * r * d * 4 / t
+        row: dict[str, Any] = {
+            "kernel": e.impl, "shape": [r, d], "median_us": t * 1e6,
+            "gbytes_per_s": bw / 1e9, "passes": passes[e.impl],
+            "pct_peak": None if peak is None else 100 * bw / peak,
+        }
+        if config is not None:
+            row["config"] = list(config)
+            row["block_rows"] = _pallas.block_rows(r, d, config[0])
+        rows_out.append(row)
     return rows_out
 
 
@@ -452,6 +509,7 @@ def run(
     quick: bool = False,
     inner: int | None = None,
     pallas_shapes: Sequence[tuple[int, int]] = (),
+    tune: bool = False,
 ) -> dict[str, Any]:
     """Runs the benchmark and returns a JSON-serialisable report.
 
@@ -467,6 +525,8 @@ def run(
         takes microseconds and dispatch would dominate).
       pallas_shapes: ``(R, D)`` shapes at which to measure the fused Pallas kernels'
         achieved bandwidth (see :func:`kernel_bandwidth`); empty to skip.
+      tune: time every launch configuration in :data:`TUNE_CONFIGS` at `pallas_shapes`
+        instead of the default one.
 
     Returns:
       ``{"device", "backend", "jax", "flax", "jnorm", "allocator", "rounds", "inner",
@@ -494,7 +554,8 @@ def run(
     dev = jax.devices()[0]
     kernels = []
     if pallas_shapes:
-        kernels = kernel_bandwidth(pallas_shapes, rounds=rounds, warmup=warmup, inner=inner)
+        kernels = kernel_bandwidth(pallas_shapes, rounds=rounds, warmup=warmup, inner=inner,
+                                   configs=TUNE_CONFIGS if tune else None)
     return {
         "device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}",
         "backend": jax.default_backend(),
@@ -540,11 +601,11 @@ def format_table(report: dict[str, Any]) -> str:
     if report.get("kernels"):
         lines += ["", "Fused Pallas kernels vs XLA (float32; bandwidth = minimal bytes / median "
                   "time; pct_peak of the published HBM peak)",
-                  f"{'kernel':<28}{'shape':<14}{'median us':>11}{'GB/s':>9}{'% peak':>8}"]
+                  f"{'kernel':<36}{'shape':<14}{'median us':>11}{'GB/s':>9}{'% peak':>8}"]
         for k in report["kernels"]:
             pct = "" if k["pct_peak"] is None else f"{k['pct_peak']:.0f}"
             shape = "x".join(str(s) for s in k["shape"])
-            lines.append(f"{k['kernel']:<28}{shape:<14}{k['median_us']:>11.1f}"
+            lines.append(f"{k['kernel']:<36}{shape:<14}{k['median_us']:>11.1f}"
                          f"{k['gbytes_per_s']:>9.0f}{pct:>8}")
     return "\n".join(lines)
 
@@ -594,6 +655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pallas", default=None,
                         help="measure the Pallas kernels' bandwidth at these RxD shapes, "
                              "e.g. 8192x1024,32768x4096 (default: on GPU only, 8192x1024)")
+    parser.add_argument("--tune", action="store_true",
+                        help="time the layer-norm kernels at every launch configuration "
+                             "(elements per row block / warps) at the --pallas shapes")
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 15)
     report = run(
@@ -605,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=args.quick,
         inner=args.inner,
         pallas_shapes=_pallas_shapes(args.pallas),
+        tune=args.tune,
     )
     if args.json:
         json.dump(report, sys.stdout, indent=1)

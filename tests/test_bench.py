@@ -56,6 +56,18 @@ def test_kernel_rows(report):
     assert all(k["gbytes_per_s"] > 0 for k in report["kernels"])
 
 
+def test_tune_times_each_distinct_launch_config():
+    # (16, 128): 1024 and 2048 elements give 8 and 16 rows; 4096 also gives 16 (all rows).
+    rows = bench.kernel_bandwidth([(16, 128)], rounds=1, warmup=0, inner=1,
+                                  configs=[(1024, 4), (2048, 4), (4096, 4), (2048, 8)])
+    tuned = {(k["kernel"], tuple(k["config"]), k["block_rows"]) for k in rows if "config" in k}
+    assert tuned == {
+        (f"layer_norm pallas {kind} {e}/{w}", (e, w), br)
+        for kind in ("fwd", "bwd") for e, w, br in ((1024, 4, 8), (2048, 4, 16), (2048, 8, 16))
+    }
+    assert {"layer_norm xla fwd", "layer_norm xla fwd+bwd", "copy"} <= {k["kernel"] for k in rows}
+
+
 def test_table_and_options():
     table = bench.format_table(bench.run(layers=["rms_norm"], modes=["fwd"], rounds=1, warmup=0,
                                          quick=True, shapes={"rms_norm": (8, 128)}))

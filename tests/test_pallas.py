@@ -142,3 +142,30 @@ def test_block_rows():
     assert _pallas.block_rows(256, 128) == 64
     assert _pallas.block_rows(24, 512) == 8
     assert _pallas.block_rows(7, 1024) == 1
+    assert _pallas.block_rows(256, 128, 1024) == 8
+    assert _pallas.block_rows(256, 128, 3000) == 16  # rounded down to a power of two
+    assert _pallas.block_rows(256, 1024, 512) == 1
+
+
+@pytest.mark.parametrize("config", [(1024, 2), (16384, 16)])
+def test_launch_configs_agree(config):
+    """Other row blocks and warp counts (as ``bench --tune`` times them) give the same result."""
+    x, scale, bias, g = _data((256, 128), 1e4, seed=2)
+    ref = _pallas.row_norm_forward(x, scale, bias, epsilon=1e-6, interpret=INTERPRET)
+    out = _pallas.row_norm_forward(x, scale, bias, epsilon=1e-6, interpret=INTERPRET,
+                                   config=config)
+    for a, b in zip(out, ref, strict=True):  # the sums' order may differ: float32 rounding
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+    stats = ref[1:]
+    dref = _pallas.row_norm_backward(x, g, scale, *stats, epsilon=1e-6, interpret=INTERPRET)
+    dout = _pallas.row_norm_backward(x, g, scale, *stats, epsilon=1e-6, interpret=INTERPRET,
+                                     config=config)
+    for a, b in zip(dout, dref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_bad_warp_count_names_the_argument():
+    x, scale, bias, _ = _data((16, 128), 0.0)
+    with pytest.raises(ValueError, match="num_warps must be a power of two"):
+        _pallas.row_norm_forward(x, scale, bias, epsilon=1e-6, interpret=INTERPRET,
+                                 config=(1024, 3))

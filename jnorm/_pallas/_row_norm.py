@@ -14,25 +14,34 @@ from jax.experimental.pallas import triton as pltriton
 
 __all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits"]
 
-#: Elements of one row block the kernels hold at once (registers/shared memory on GPU).
-_BLOCK_ELEMENTS = 8192
+#: Launch configuration ``(elements per row block, warps per program)`` of each kernel: one
+#: row block is held at once (in registers/shared memory on GPU). ``python -m jnorm.bench
+#: --tune`` times the alternatives on the device at hand.
+FORWARD_CONFIG = (8192, 4)
+BACKWARD_CONFIG = (8192, 4)
 _MIN_D, _MAX_D = 128, 16384
-#: Warps per program (4 is Triton's default; tuned for bandwidth on H100).
-_NUM_WARPS = 4
 #: Smallest feature size for which the forward kernel is used automatically (layer norm).
 AUTO_MIN_D = 4096
 #: Tests set this to use the kernels (in interpret mode) on CPU too.
 FORCE = False
 
 
-def _triton_params() -> Any:
+def _triton_params(num_warps: int) -> Any:
     """Triton on GPU (jax's default GPU Pallas backend, Mosaic GPU, limits block copies)."""
-    return pltriton.CompilerParams(num_warps=_NUM_WARPS)
+    if num_warps < 1 or num_warps & (num_warps - 1):
+        raise ValueError(f"num_warps must be a power of two >= 1, got {num_warps}")
+    return pltriton.CompilerParams(num_warps=num_warps)
 
 
-def block_rows(rows: int, d: int) -> int:
-    """Rows per block: the largest power of two with ``rows * d <= 8192`` dividing `rows`."""
-    br = max(1, _BLOCK_ELEMENTS // d)
+def block_rows(rows: int, d: int, block_elements: int = FORWARD_CONFIG[0]) -> int:
+    """Rows per block: the largest power of two ``br`` with ``br * d <= block_elements`` that
+    divides `rows` (at least 1).
+
+    >>> block_rows(256, 128), block_rows(24, 512), block_rows(256, 128, 1024)
+    (64, 8, 8)
+    """
+    br = max(1, block_elements // d)
+    br = 1 << (br.bit_length() - 1)
     while br > 1 and rows % br:
         br //= 2
     return br
@@ -97,15 +106,18 @@ def _fwd_kernel(x_ref: Any, s_ref: Any, b_ref: Any, y_ref: Any, p_ref: Any, m_re
 def row_norm_forward(
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, *, epsilon: float,
     center: bool = True, out_dtype: Any = None, interpret: bool = False,
+    config: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Fused forward over the last axis of ``x: [R, D]``.
 
     Returns ``(y, shift, mean_shifted, var)`` with the statistics of shape ``[R]`` in float32,
     as :func:`jnorm._stats.shifted_moments` defines them (``shift`` the row's first element,
-    zero without centring). ``scale``/``bias``: ``[D]`` or None.
+    zero without centring). ``scale``/``bias``: ``[D]`` or None. ``config``: ``(elements per
+    row block, warps per program)``, default :data:`FORWARD_CONFIG`.
     """
     rows, d = x.shape
-    br = block_rows(rows, d)
+    block_elements, num_warps = config or FORWARD_CONFIG
+    br = block_rows(rows, d, block_elements)
     out_dtype = jnp.dtype(out_dtype or x.dtype)
     scale = jnp.ones((d,), jnp.float32) if scale is None else scale.reshape(d)
     bias = jnp.zeros((d,), jnp.float32) if bias is None else bias.reshape(d)
@@ -120,7 +132,7 @@ def row_norm_forward(
         in_specs=[row_block, vec, vec],
         out_specs=(row_block, stat_block, stat_block, stat_block),
         interpret=interpret,
-        compiler_params=_triton_params(),
+        compiler_params=_triton_params(num_warps),
     )(x, scale, bias)
 
 
@@ -145,16 +157,18 @@ def _bwd_kernel(x_ref: Any, g_ref: Any, s_ref: Any, p_ref: Any, m_ref: Any, v_re
 def row_norm_backward(
     x: jax.Array, g: jax.Array, scale: jax.Array | None, shift: jax.Array,
     mean_shifted: jax.Array, var: jax.Array, *, epsilon: float, center: bool = True,
-    interpret: bool = False,
+    interpret: bool = False, config: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Fused backward of :func:`row_norm_forward` for the cotangent ``g: [R, D]``.
 
     Returns ``(dx, dscale, dbias)``: ``dx = r (a g - E[a g] - x̂ E[a g x̂])`` in one pass over
     ``x`` and ``g``, and the parameter gradients ``Σ g x̂`` and ``Σ g`` (float32, ``[D]``) as
-    sums of per-block partial column sums.
+    sums of per-block partial column sums. ``config``: as for :func:`row_norm_forward`,
+    default :data:`BACKWARD_CONFIG`.
     """
     rows, d = x.shape
-    br = block_rows(rows, d)
+    block_elements, num_warps = config or BACKWARD_CONFIG
+    br = block_rows(rows, d, block_elements)
     nb = rows // br
     scale = jnp.ones((d,), jnp.float32) if scale is None else scale.reshape(d)
     row_block = pl.BlockSpec((br, d), lambda i: (i, 0))
@@ -172,6 +186,6 @@ def row_norm_backward(
         in_specs=[row_block, row_block, vec, stat_block, stat_block, stat_block],
         out_specs=(row_block, part, part),
         interpret=interpret,
-        compiler_params=_triton_params(),
+        compiler_params=_triton_params(num_warps),
     )(x, g, scale, shift, mean_shifted, var)
     return dx, jnp.sum(ds, axis=0), jnp.sum(db, axis=0)
