@@ -355,7 +355,7 @@ def _peak_bandwidth() -> float | None:
 
 def _kernel_programs(
     scale: jax.Array, bias: jax.Array | None, center: bool, interpret: bool,
-    fwd_config: tuple[int, int] | None = None, bwd_config: tuple[int, int] | None = None,
+    fwd_config: tuple[int, int] | None = None, bwd_config: tuple[int, int, int] | None = None,
 ) -> dict[str, Callable[..., Any]]:
     """The Pallas kernels and jnorm's XLA path for one row norm, as functions to compile."""
     from jnorm import _pallas
@@ -383,30 +383,42 @@ def _kernel_programs(
             "xla fwd": xla_fwd, "xla fwd+bwd": xla_fwd_bwd}
 
 
-#: Launch configurations ``(elements per row block, warps)`` that ``--tune`` times.
-TUNE_CONFIGS: tuple[tuple[int, int], ...] = tuple(
-    (e, w) for e in (1024, 2048, 4096, 8192, 16384) for w in (2, 4, 8, 16)
-)
+#: Launch configurations that ``--tune`` times: the forward's ``(elements per row block,
+#: warps)`` and the backward's ``(elements per row block, warps, row blocks per program)``.
+TUNE_FORWARD: tuple[tuple[int, int], ...] = tuple(
+    (e, w) for e in (2048, 4096, 8192, 16384) for w in (4, 8, 16))
+TUNE_BACKWARD: tuple[tuple[int, int, int], ...] = tuple(
+    (e, w, b) for e in (4096, 8192, 16384) for w in (4, 8, 16) for b in (1, 4, 16, 64))
+
+
+def _effective(config: Sequence[int], rows: int, d: int) -> tuple[int, ...]:
+    """What a launch configuration means at ``(rows, d)``: rows per block, warps and (for the
+    backward) row blocks per program, as the kernels round them."""
+    from jnorm import _pallas
+
+    br = _pallas.block_rows(rows, d, config[0])
+    if len(config) == 2:
+        return (br, config[1])
+    return (br, config[1], _pallas.block_rows(rows // br, 1, config[2]))
 
 
 def _distinct_configs(
-    configs: Sequence[tuple[int, int]], rows: int, d: int
-) -> list[tuple[int, int]]:
-    """`configs` with those giving the same row block at this shape dropped."""
-    from jnorm import _pallas
-
+    configs: Sequence[tuple[int, ...]], rows: int, d: int
+) -> list[tuple[int, ...]]:
+    """`configs` with those that mean the same launch at this shape dropped."""
     seen, out = set(), []
-    for elements, warps in configs:
-        key = (_pallas.block_rows(rows, d, elements), warps)
+    for config in configs:
+        key = _effective(config, rows, d)
         if key not in seen:
             seen.add(key)
-            out.append((elements, warps))
+            out.append(config)
     return out
 
 
 def kernel_bandwidth(
     shapes: Sequence[tuple[int, int]], *, rounds: int = 15, warmup: int = 2, inner: int = 20,
-    configs: Sequence[tuple[int, int]] | None = None,
+    fwd_configs: Sequence[tuple[int, int]] = (),
+    bwd_configs: Sequence[tuple[int, int, int]] = (),
 ) -> list[dict[str, Any]]:
     """Achieved bandwidth of the fused Pallas row-norm kernels, and of XLA on the same work.
 
@@ -417,24 +429,23 @@ def kernel_bandwidth(
     with the device's published peak (:data:`PEAK_BANDWIDTH`) where known. This is a kernel
     microbenchmark and, unlike the layer comparison, calls jnorm's private kernel API.
 
-    With `configs` (launch configurations ``(elements per row block, warps)``, e.g.
-    :data:`TUNE_CONFIGS`), the layer-norm forward and backward kernels are timed once per
-    distinct configuration instead (rows ``"layer_norm pallas fwd"`` etc. with a
-    ``"config"``), interleaved with the XLA path and the copy as before.
+    With launch configurations (`fwd_configs`, `bwd_configs`, e.g. :data:`TUNE_FORWARD`
+    and :data:`TUNE_BACKWARD`), the layer-norm kernels are timed once per configuration
+    that is distinct at the shape instead (rows ``"layer_norm pallas fwd 8192/4"`` with
+    ``"config"`` and ``"effective"``, the rows per block, warps and blocks per program the
+    kernel used), interleaved with the XLA path and the copy as before.
     """
     rows_out: list[dict[str, Any]] = []
     for shape in shapes:
-        rows_out += _kernel_shape(shape, configs, rounds, warmup, inner)
+        rows_out += _kernel_shape(shape, fwd_configs, bwd_configs, rounds, warmup, inner)
     return rows_out
 
 
 def _kernel_shape(
-    shape: tuple[int, int], configs: Sequence[tuple[int, int]] | None, rounds: int,
-    warmup: int, inner: int,
+    shape: tuple[int, int], fwd_configs: Sequence[tuple[int, int]],
+    bwd_configs: Sequence[tuple[int, int, int]], rounds: int, warmup: int, inner: int,
 ) -> list[dict[str, Any]]:
     """:func:`kernel_bandwidth` at one shape."""
-    from jnorm import _pallas
-
     interpret = jax.default_backend() != "gpu"
     peak = _peak_bandwidth()
     r, d = shape
@@ -445,25 +456,28 @@ def _kernel_shape(
     bias = jnp.zeros((d,), jnp.float32)
     entries: list[_Entry] = []
     passes: dict[str, int] = {}
-    tags: list[tuple[int, int] | None] = []
+    tags: list[tuple[int, ...] | None] = []
 
     def add(label: str, fn: Callable[..., Any], args: tuple[Any, ...], npass: int,
-            config: tuple[int, int] | None = None) -> None:
+            config: tuple[int, ...] | None = None) -> None:
         compiled, temp, _ = _compile(fn, args, r * d)
         entries.append(_Entry(label, "kernel", compiled, args, temp, None))
         passes[label] = npass
         tags.append(config)
 
-    runs = ((True, "layer_norm"),) if configs else ((True, "layer_norm"), (False, "rms_norm"))
+    tune = bool(fwd_configs or bwd_configs)
+    runs = ((True, "layer_norm"),) if tune else ((True, "layer_norm"), (False, "rms_norm"))
     for center, name in runs:
         progs = _kernel_programs(scale, bias if center else None, center, interpret)
         stats = jax.jit(progs["pallas fwd"])(x)
-        if configs:
-            for cfg in _distinct_configs(configs, r, d):
-                cp = _kernel_programs(scale, bias, center, interpret, cfg, cfg)
-                add(f"{name} pallas fwd {cfg[0]}/{cfg[1]}", cp["pallas fwd"], (x,), 2, cfg)
-                add(f"{name} pallas bwd {cfg[0]}/{cfg[1]}", cp["pallas bwd"], (x, g, stats), 3,
-                    cfg)
+        if tune:
+            for fc in _distinct_configs(fwd_configs, r, d):
+                cp = _kernel_programs(scale, bias, center, interpret, fwd_config=fc)
+                add(f"{name} pallas fwd {'/'.join(map(str, fc))}", cp["pallas fwd"], (x,), 2, fc)
+            for bc in _distinct_configs(bwd_configs, r, d):
+                cp = _kernel_programs(scale, bias, center, interpret, bwd_config=bc)
+                add(f"{name} pallas bwd {'/'.join(map(str, bc))}", cp["pallas bwd"],
+                    (x, g, stats), 3, bc)
             labels: tuple[tuple[str, tuple[Any, ...], int], ...] = (
                 ("xla fwd", (x,), 2), ("xla fwd+bwd", (x, g), 5))
         else:
@@ -485,7 +499,7 @@ def _kernel_shape(
         }
         if config is not None:
             row["config"] = list(config)
-            row["block_rows"] = _pallas.block_rows(r, d, config[0])
+            row["effective"] = list(_effective(config, r, d))
         rows_out.append(row)
     return rows_out
 
@@ -525,8 +539,8 @@ def run(
         takes microseconds and dispatch would dominate).
       pallas_shapes: ``(R, D)`` shapes at which to measure the fused Pallas kernels'
         achieved bandwidth (see :func:`kernel_bandwidth`); empty to skip.
-      tune: time every launch configuration in :data:`TUNE_CONFIGS` at `pallas_shapes`
-        instead of the default one.
+      tune: time the launch configurations in :data:`TUNE_FORWARD` and
+        :data:`TUNE_BACKWARD` at `pallas_shapes` instead of the default ones.
 
     Returns:
       ``{"device", "backend", "jax", "flax", "jnorm", "allocator", "rounds", "inner",
@@ -555,7 +569,8 @@ def run(
     kernels = []
     if pallas_shapes:
         kernels = kernel_bandwidth(pallas_shapes, rounds=rounds, warmup=warmup, inner=inner,
-                                   configs=TUNE_CONFIGS if tune else None)
+                                   fwd_configs=TUNE_FORWARD if tune else (),
+                                   bwd_configs=TUNE_BACKWARD if tune else ())
     return {
         "device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}",
         "backend": jax.default_backend(),
@@ -657,7 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "e.g. 8192x1024,32768x4096 (default: on GPU only, 8192x1024)")
     parser.add_argument("--tune", action="store_true",
                         help="time the layer-norm kernels at every launch configuration "
-                             "(elements per row block / warps) at the --pallas shapes")
+                             "(elements per row block / warps [/ row blocks per program]) at "
+                             "the --pallas shapes")
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 15)
     report = run(

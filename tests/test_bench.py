@@ -58,12 +58,20 @@ def test_kernel_rows(report):
 
 def test_tune_times_each_distinct_launch_config():
     # (16, 128): 1024 and 2048 elements give 8 and 16 rows; 4096 also gives 16 (all rows).
-    rows = bench.kernel_bandwidth([(16, 128)], rounds=1, warmup=0, inner=1,
-                                  configs=[(1024, 4), (2048, 4), (4096, 4), (2048, 8)])
-    tuned = {(k["kernel"], tuple(k["config"]), k["block_rows"]) for k in rows if "config" in k}
+    # Backward: 1024 elements (8 rows) leave 2 blocks, so 2 and 4 blocks per program agree.
+    rows = bench.kernel_bandwidth(
+        [(16, 128)], rounds=1, warmup=0, inner=1,
+        fwd_configs=[(1024, 4), (2048, 4), (4096, 4), (2048, 8)],
+        bwd_configs=[(1024, 4, 1), (1024, 4, 2), (1024, 4, 4), (2048, 4, 1)])
+    tuned = {(k["kernel"], tuple(k["config"]), tuple(k["effective"]))
+             for k in rows if "config" in k}
     assert tuned == {
-        (f"layer_norm pallas {kind} {e}/{w}", (e, w), br)
-        for kind in ("fwd", "bwd") for e, w, br in ((1024, 4, 8), (2048, 4, 16), (2048, 8, 16))
+        ("layer_norm pallas fwd 1024/4", (1024, 4), (8, 4)),
+        ("layer_norm pallas fwd 2048/4", (2048, 4), (16, 4)),
+        ("layer_norm pallas fwd 2048/8", (2048, 8), (16, 8)),
+        ("layer_norm pallas bwd 1024/4/1", (1024, 4, 1), (8, 4, 1)),
+        ("layer_norm pallas bwd 1024/4/2", (1024, 4, 2), (8, 4, 2)),
+        ("layer_norm pallas bwd 2048/4/1", (2048, 4, 1), (16, 4, 1)),
     }
     assert {"layer_norm xla fwd", "layer_norm xla fwd+bwd", "copy"} <= {k["kernel"] for k in rows}
 

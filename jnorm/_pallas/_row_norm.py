@@ -18,7 +18,8 @@ __all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits"]
 #: row block is held at once (in registers/shared memory on GPU). ``python -m jnorm.bench
 #: --tune`` times the alternatives on the device at hand.
 FORWARD_CONFIG = (8192, 4)
-BACKWARD_CONFIG = (8192, 4)
+#: The backward's ``(elements per row block, warps, row blocks per program)``.
+BACKWARD_CONFIG = (8192, 4, 1)
 _MIN_D, _MAX_D = 128, 16384
 #: Smallest feature size for which the forward kernel is used automatically (layer norm).
 AUTO_MIN_D = 4096
@@ -137,46 +138,60 @@ def row_norm_forward(
 
 
 def _bwd_kernel(x_ref: Any, g_ref: Any, s_ref: Any, p_ref: Any, m_ref: Any, v_ref: Any,
-                dx_ref: Any, ds_ref: Any, db_ref: Any, *, epsilon: float, center: bool) -> None:
-    x = x_ref[...].astype(jnp.float32)
-    g = g_ref[...].astype(jnp.float32)
-    d_size = x.shape[-1]
-    r = lax.rsqrt(v_ref[...] + epsilon)[:, None]
-    centred = (x - p_ref[...][:, None]) - m_ref[...][:, None] if center else x
-    xhat = centred * r
-    ag = g * s_ref[...].astype(jnp.float32)[None, :]
-    c2 = jnp.sum(ag * xhat, axis=1)[:, None] / d_size
-    inner = ag - xhat * c2
-    if center:
-        inner = inner - jnp.sum(ag, axis=1)[:, None] / d_size
-    dx_ref[...] = (r * inner).astype(dx_ref.dtype)
-    ds_ref[...] = jnp.sum(g * xhat, axis=0)[None, :]
-    db_ref[...] = jnp.sum(g, axis=0)[None, :]
+                dx_ref: Any, ds_ref: Any, db_ref: Any, *, epsilon: float, center: bool,
+                br: int, steps: int) -> None:
+    """One program: `steps` row blocks of `br` rows in turn, column sums kept in registers."""
+    d_size = x_ref.shape[-1]
+    a = s_ref[...].astype(jnp.float32)[None, :]
+
+    def block(j: Any, sums: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        rows = pl.ds(j * br, br)
+        x = x_ref[rows, :].astype(jnp.float32)
+        g = g_ref[rows, :].astype(jnp.float32)
+        r = lax.rsqrt(v_ref[rows] + epsilon)[:, None]
+        centred = (x - p_ref[rows][:, None]) - m_ref[rows][:, None] if center else x
+        xhat = centred * r
+        ag = g * a
+        inner = ag - xhat * (jnp.sum(ag * xhat, axis=1)[:, None] / d_size)
+        if center:
+            inner = inner - jnp.sum(ag, axis=1)[:, None] / d_size
+        dx_ref[rows, :] = (r * inner).astype(dx_ref.dtype)
+        return sums[0] + jnp.sum(g * xhat, axis=0), sums[1] + jnp.sum(g, axis=0)
+
+    zero = jnp.zeros((d_size,), jnp.float32)
+    ds, db = lax.fori_loop(0, steps, block, (zero, zero))
+    ds_ref[...] = ds[None, :]
+    db_ref[...] = db[None, :]
 
 
 def row_norm_backward(
     x: jax.Array, g: jax.Array, scale: jax.Array | None, shift: jax.Array,
     mean_shifted: jax.Array, var: jax.Array, *, epsilon: float, center: bool = True,
-    interpret: bool = False, config: tuple[int, int] | None = None,
+    interpret: bool = False, config: tuple[int, int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Fused backward of :func:`row_norm_forward` for the cotangent ``g: [R, D]``.
 
     Returns ``(dx, dscale, dbias)``: ``dx = r (a g - E[a g] - x̂ E[a g x̂])`` in one pass over
     ``x`` and ``g``, and the parameter gradients ``Σ g x̂`` and ``Σ g`` (float32, ``[D]``) as
-    sums of per-block partial column sums. ``config``: as for :func:`row_norm_forward`,
-    default :data:`BACKWARD_CONFIG`.
+    sums of per-program partial column sums. ``config``: ``(elements per row block, warps,
+    row blocks per program)``, default :data:`BACKWARD_CONFIG`; each program walks its row
+    blocks in a loop and writes one partial column sum, so more blocks per program means
+    fewer partial sums to write and add up.
     """
     rows, d = x.shape
-    block_elements, num_warps = config or BACKWARD_CONFIG
+    block_elements, num_warps, blocks = config or BACKWARD_CONFIG
     br = block_rows(rows, d, block_elements)
-    nb = rows // br
+    steps = block_rows(rows // br, 1, blocks)  # a power of two dividing the block count
+    span = br * steps
+    nb = rows // span
     scale = jnp.ones((d,), jnp.float32) if scale is None else scale.reshape(d)
-    row_block = pl.BlockSpec((br, d), lambda i: (i, 0))
+    row_block = pl.BlockSpec((span, d), lambda i: (i, 0))
     vec = pl.BlockSpec((d,), lambda i: (0,))
-    stat_block = pl.BlockSpec((br,), lambda i: (i,))
+    stat_block = pl.BlockSpec((span,), lambda i: (i,))
     part = pl.BlockSpec((1, d), lambda i: (i, 0))
     dx, ds, db = pl.pallas_call(
-        functools.partial(_bwd_kernel, epsilon=float(epsilon), center=center),
+        functools.partial(_bwd_kernel, epsilon=float(epsilon), center=center, br=br,
+                          steps=steps),
         out_shape=(
             jax.ShapeDtypeStruct((rows, d), x.dtype),
             jax.ShapeDtypeStruct((nb, d), jnp.float32),
