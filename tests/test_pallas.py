@@ -117,6 +117,19 @@ def test_layers_use_kernels_and_keep_transforms(layer, forced):
     assert jax.vmap(f, in_axes=(0, None))(x, scale).shape == x.shape
 
 
+def test_kernel_serves_the_forward_and_xla_the_derivative(forced):
+    """Plain evaluation uses the kernel; grad and jvp use the XLA path, which XLA fuses with
+    the derivative's loops (the kernel's separate output measured slower in training)."""
+    x, scale, bias, g = _data((16, 128), 0.0)
+
+    def f(x):
+        return jnorm.layer_norm(x, scale, bias)
+
+    assert "pallas_call" in str(jax.make_jaxpr(f)(x))
+    assert "pallas_call" not in str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(f(x) * g)))(x))
+    assert "pallas_call" not in str(jax.make_jaxpr(lambda x: jax.jvp(f, (x,), (g,)))(x))
+
+
 def test_constant_rows_give_the_bias(forced):
     x = jnp.full((16, 128), 10000.1, jnp.float32)
     bias = jnp.arange(128.0, dtype=jnp.float32)
@@ -139,9 +152,9 @@ def test_suits_only_kernel_shapes(monkeypatch):
 
 
 def test_block_rows():
-    assert _pallas.block_rows(256, 128) == 64
-    assert _pallas.block_rows(24, 512) == 8
-    assert _pallas.block_rows(7, 1024) == 1
+    assert _pallas.block_rows(256, 128, 8192) == 64
+    assert _pallas.block_rows(24, 512, 8192) == 8
+    assert _pallas.block_rows(7, 1024, 8192) == 1
     assert _pallas.block_rows(256, 128, 1024) == 8
     assert _pallas.block_rows(256, 128, 3000) == 16  # rounded down to a power of two
     assert _pallas.block_rows(256, 1024, 512) == 1

@@ -17,12 +17,13 @@ __all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits"]
 #: Launch configuration ``(elements per row block, warps per program)`` of each kernel: one
 #: row block is held at once (in registers/shared memory on GPU). ``python -m jnorm.bench
 #: --tune`` times the alternatives on the device at hand.
-FORWARD_CONFIG = (8192, 4)
+#: Chosen by ``--tune`` on an H200 at (131072, 1024) and (32768, 4096) (docs/benchmarks.md).
+FORWARD_CONFIG = (2048, 8)
 #: The backward's ``(elements per row block, warps, row blocks per program)``.
-BACKWARD_CONFIG = (8192, 4, 1)
+BACKWARD_CONFIG = (4096, 8, 64)
 _MIN_D, _MAX_D = 128, 16384
 #: Smallest feature size for which the forward kernel is used automatically (layer norm).
-AUTO_MIN_D = 4096
+AUTO_MIN_D = 1024
 #: Tests set this to use the kernels (in interpret mode) on CPU too.
 FORCE = False
 
@@ -38,7 +39,7 @@ def block_rows(rows: int, d: int, block_elements: int = FORWARD_CONFIG[0]) -> in
     """Rows per block: the largest power of two ``br`` with ``br * d <= block_elements`` that
     divides `rows` (at least 1).
 
-    >>> block_rows(256, 128), block_rows(24, 512), block_rows(256, 128, 1024)
+    >>> block_rows(256, 128, 8192), block_rows(24, 512, 8192), block_rows(256, 128, 1024)
     (64, 8, 8)
     """
     br = max(1, block_elements // d)
