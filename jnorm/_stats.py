@@ -101,7 +101,9 @@ def _stages(axes: tuple[int, ...], ndim: int) -> tuple[tuple[int, ...], ...]:
     (((1, 2), (4,)), ((2,), (1,)), ((0, 1, 2),))
     """
     last = ndim - 1
-    if _two_stage(axes, ndim):
+    if _two_stage(axes, ndim) and jax.default_backend() == "cpu":
+        # On GPU one reduction measured faster (H200, group norm fwd+bwd: 0.87-0.88x flax's
+        # time in one stage against 0.93x in two at (128, 64, 64, 256); docs/benchmarks.md).
         return (tuple(a for a in axes if a != last), (last,))
     if len(axes) > 1 and last not in axes and min(axes) > 0:
         inner = max(axes)
@@ -115,13 +117,16 @@ def _sum(v: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
     The stages (:func:`_stages`) are the same sum in another order; each is timed on XLA:CPU:
 
     - The minor-most axis is reduced but a kept axis lies among the reduced ones (group
-      norm's ``(N, H, W, G, C/G)`` over ``H, W, C/G``): XLA emits a reduction with a small,
-      strided inner extent. Reducing the major axes first (a contiguous column reduction) and
-      then the small minor axis of the ``(N, 1, 1, G, C/G)`` result is several times faster.
+      norm's ``(N, H, W, G, C/G)`` over ``H, W, C/G``): XLA:CPU emits a reduction with a
+      small, strided inner extent. Reducing the major axes first (a contiguous column
+      reduction) and then the small minor axis of the ``(N, 1, 1, G, C/G)`` result is
+      several times faster there. On GPU the single reduction measured faster, so this
+      staging is for CPU only.
     - Kept axes on both sides of the reduced ones (instance norm's ``(N, H, W, C)`` over
       ``H, W``): reducing ``W`` and then ``H`` ran 1.65-2x faster than one reduction over
       both, for the shifted sums at four of five NHWC shapes, and as fast at the fifth
-      (``docs/benchmarks.md``).
+      (``docs/benchmarks.md``). On an H200 it helped too (fwd+bwd at (32, 64, 64, 64):
+      0.80-0.89x flax's time staged, 1.34x in one reduction).
 
     :func:`_spread` is the transpose: it broadcasts through the same stages, so gradients
     reduce in them too.

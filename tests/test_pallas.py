@@ -141,7 +141,8 @@ def test_suits_only_kernel_shapes(monkeypatch):
     x = jnp.zeros((8, 4096), jnp.float32)
     assert _pallas.suits(x, (1,), backend="gpu")
     assert not _pallas.suits(x, (1,), center=False, backend="gpu")  # RMS: XLA measured faster
-    assert not _pallas.suits(jnp.zeros((8, 1024)), (1,), backend="gpu")  # small rows: XLA
+    assert _pallas.suits(jnp.zeros((8, 256)), (1,), backend="gpu")
+    assert not _pallas.suits(jnp.zeros((8, 128)), (1,), backend="gpu")  # below AUTO_MIN_D
     assert not _pallas.suits(jnp.zeros((8, 5000)), (1,), backend="gpu")  # not a power of two
     assert not _pallas.suits(x, (0,), backend="gpu")  # not the last axis
     assert not _pallas.suits(x.astype(jnp.int32), (1,), backend="gpu")

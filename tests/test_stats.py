@@ -149,3 +149,17 @@ def test_gradients_match_float64_formula():
     np.testing.assert_allclose(gm, np.broadcast_to(np.arange(4.0)[:, None] / 64, x.shape),
                                rtol=1e-6)
     np.testing.assert_allclose(gv, 2 * (x64 - x64.mean(1, keepdims=True)) / 64, atol=1e-6)
+
+
+def test_group_layout_is_staged_on_cpu_only(monkeypatch):
+    """Group norm's two-stage sum is an XLA:CPU measure; on GPU one reduction measured faster.
+    Instance norm's per-axis stages measured faster on both, so they stay everywhere."""
+    from jnorm._stats import _stages
+
+    group, instance = ((1, 2, 4), 5), ((1, 2), 4)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert _stages(*group) == ((1, 2), (4,))
+    assert _stages(*instance) == ((2,), (1,))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert _stages(*group) == ((1, 2, 4),)
+    assert _stages(*instance) == ((2,), (1,))

@@ -14,16 +14,17 @@ from jax.experimental.pallas import triton as pltriton
 
 __all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits"]
 
-#: Launch configuration ``(elements per row block, warps per program)`` of each kernel: one
-#: row block is held at once (in registers/shared memory on GPU). ``python -m jnorm.bench
-#: --tune`` times the alternatives on the device at hand.
-#: Chosen by ``--tune`` on an H200 at (131072, 1024) and (32768, 4096) (docs/benchmarks.md).
+#: The forward's launch configuration ``(elements per row block, warps per program)``; one
+#: row block is held at once (in registers on GPU). Chosen with ``python -m jnorm.bench
+#: --tune`` on an H200 at (131072, 1024) and (32768, 4096): see docs/benchmarks.md.
 FORWARD_CONFIG = (2048, 8)
-#: The backward's ``(elements per row block, warps, row blocks per program)``.
+#: The backward's ``(elements per row block, warps, row blocks per program)``, chosen alike
+#: (the warps grow with ``D`` beyond 4096, see :func:`row_norm_backward`).
 BACKWARD_CONFIG = (4096, 8, 64)
 _MIN_D, _MAX_D = 128, 16384
-#: Smallest feature size for which the forward kernel is used automatically (layer norm).
-AUTO_MIN_D = 1024
+#: Smallest feature size for which the forward kernel is used automatically (layer norm):
+#: the smallest measured, where it took 0.79x flax's time (H200, (524288, 256)).
+AUTO_MIN_D = 256
 #: Tests set this to use the kernels (in interpret mode) on CPU too.
 FORCE = False
 
@@ -56,12 +57,14 @@ def suits(
     """Whether the fused forward kernel is used for this call.
 
     The kernels handle the last axis of a float array whose size is a power of two in
-    ``[128, 16384]``, with per-feature (or no) parameters. They are used automatically on GPU
-    only where they measured faster than XLA's fusion (:data:`AUTO_MIN_D`: layer norm with
-    ``D >= 4096``; on an H200, 0.74x XLA's time at ``(32768, 4096)``, but 1.1x at
-    ``(8192, 1024)``, and RMS norm was slower at both). The environment variable
-    ``JNORM_PALLAS=0`` turns them off everywhere; tests set :data:`FORCE` to use them for
-    every shape they handle (in interpret mode on CPU).
+    ``[128, 16384]``, with per-feature (or no) parameters. The forward kernel is used
+    automatically on GPU only where it measured faster than XLA's fusion: layer norm with
+    ``D >= AUTO_MIN_D`` (on an H200, 0.72-0.86x XLA's forward time at every ``D`` from 256 to
+    16384), not RMS norm (XLA's fusion was 0.85-0.95x the kernel's time there). It serves
+    plain evaluation only: the derivative rule computes its primal with XLA, which fuses it
+    with the derivative's loops. The environment variable ``JNORM_PALLAS=0`` turns the
+    kernels off everywhere; tests set :data:`FORCE` to use them for every shape they handle
+    (in interpret mode on CPU).
     """
     if os.environ.get("JNORM_PALLAS", "1") == "0":
         return False
@@ -180,7 +183,13 @@ def row_norm_backward(
     fewer partial sums to write and add up.
     """
     rows, d = x.shape
-    block_elements, num_warps, blocks = config or BACKWARD_CONFIG
+    if config is None:
+        block_elements, num_warps, blocks = BACKWARD_CONFIG
+        # The per-program column sums live in registers: wide rows need more threads (on an
+        # H200 at (8192, 16384): 8 warps 4144 us, 32 warps 1182 us).
+        num_warps = max(num_warps, min(32, d // 512))
+    else:
+        block_elements, num_warps, blocks = config
     br = block_rows(rows, d, block_elements)
     steps = block_rows(rows // br, 1, blocks)  # a power of two dividing the block count
     span = br * steps
