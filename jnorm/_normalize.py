@@ -12,6 +12,7 @@ from jax import lax
 
 from jnorm._stats import (
     Moments,
+    _group_stages,
     _spread,
     _sum,
     _two_stage,
@@ -340,8 +341,9 @@ def _fused_jvp(
         k_0 = gain * (mu * k - dmean) - da * (mu * r) if center else None
         if db is not None:
             k_0 = db if k_0 is None else k_0 + db
-        dy = gain * dxa + d * _spread(k_d, flat, x.shape)
+        staged = _group_stages()  # on GPU no staging measured faster, here too
+        dy = gain * dxa + d * _spread(k_d, flat, x.shape, staged)
         if k_0 is not None:
-            dy = dy + _spread(k_0, flat, x.shape)
+            dy = dy + _spread(k_0, flat, x.shape, staged)
     zero = jnp.zeros_like(m.shift)
     return (y, m), (dy.astype(y.dtype), Moments(zero, dmean, dvar, jnp.zeros_like(m.count)))

@@ -94,6 +94,16 @@ def _two_stage(axes: tuple[int, ...], ndim: int) -> bool:
     return last in axes and len(axes) > 1 and any(i not in axes for i in range(min(axes), last))
 
 
+def _group_stages() -> bool:
+    """Whether group norm's statistics and gradients reduce in stages: on CPU only.
+
+    On an H200 group norm without any staging took 0.87-0.88x flax's fwd+bwd time at
+    (128, 64, 64, 256) against 0.93x staged, and 1.05x against 1.17-1.19x at
+    (32, 32, 32, 256) (docs/benchmarks.md); on XLA:CPU staging is several times faster.
+    """
+    return jax.default_backend() == "cpu"
+
+
 def _stages(axes: tuple[int, ...], ndim: int) -> tuple[tuple[int, ...], ...]:
     """The groups of `axes` that :func:`_sum` reduces one after the other (see there).
 
@@ -101,9 +111,7 @@ def _stages(axes: tuple[int, ...], ndim: int) -> tuple[tuple[int, ...], ...]:
     (((1, 2), (4,)), ((2,), (1,)), ((0, 1, 2),))
     """
     last = ndim - 1
-    if _two_stage(axes, ndim) and jax.default_backend() == "cpu":
-        # On GPU one reduction measured faster (H200, group norm fwd+bwd: 0.87-0.88x flax's
-        # time in one stage against 0.93x in two at (128, 64, 64, 256); docs/benchmarks.md).
+    if _two_stage(axes, ndim) and _group_stages():
         return (tuple(a for a in axes if a != last), (last,))
     if len(axes) > 1 and last not in axes and min(axes) > 0:
         inner = max(axes)
@@ -139,15 +147,18 @@ def _sum(v: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
     return v
 
 
-def _spread(v: jax.Array, axes: tuple[int, ...], shape: tuple[int, ...]) -> jax.Array:
+def _spread(
+    v: jax.Array, axes: tuple[int, ...], shape: tuple[int, ...], staged: bool = True
+) -> jax.Array:
     """Broadcasts per-block `v` (`axes` of size 1) to `shape`, the transpose of :func:`_sum`.
 
     The broadcast runs through :func:`_sum`'s stages in reverse, with a barrier between
     them, so reverse-mode autodiff turns ``v * full`` into :func:`_sum`'s staged reduction
-    rather than the single slow one.
+    rather than the single slow one. ``staged=False``: one broadcast.
     """
     v = jnp.reshape(v, (1,) * (len(shape) - v.ndim) + v.shape)
-    for i, stage in enumerate(reversed(_stages(axes, len(shape)))):
+    stages = _stages(axes, len(shape)) if staged else (axes,)
+    for i, stage in enumerate(reversed(stages)):
         if i:
             v = lax.optimization_barrier(v)
         v = jnp.broadcast_to(v, tuple(shape[a] if a in stage else v.shape[a]

@@ -163,3 +163,18 @@ def test_group_layout_is_staged_on_cpu_only(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert _stages(*group) == ((1, 2, 4),)
     assert _stages(*instance) == ((2,), (1,))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_group_norm_gradient_follows_the_staging(monkeypatch, backend):
+    """The derivative rule's broadcasts stage exactly when the statistics do (barriers
+    separate the stages), so a GPU gets group norm with no staging at all."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 64))
+    scale = jnp.ones(64)
+
+    def loss(x, scale):
+        return jnp.sum(jnorm.group_norm(x, scale, num_groups=8) ** 2)
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, scale).as_text()
+    assert ("optimization_barrier" in text) == (backend == "cpu")
