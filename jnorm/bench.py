@@ -34,7 +34,9 @@ returns large blocks to the OS and page-faults every big temporary again on each
 
 Options: ``--quick`` (tiny shapes, a few rounds: seconds, for tests), ``--json`` (one JSON
 document on stdout instead of the table), ``--shapes layer_norm=4096x1024,...`` (override the
-shape of some layers), ``--layers a,b`` (a subset), ``--rounds``, ``--warmup``, ``--modes``.
+shape of some layers), ``--layers a,b`` (a subset), ``--rounds``, ``--warmup``, ``--modes``,
+``--pallas RxD,...`` (the fused Pallas kernels' bandwidth at these shapes) and ``--tune``
+(with ``--pallas``: every launch configuration of the kernels).
 """
 
 from __future__ import annotations
