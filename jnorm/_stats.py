@@ -248,6 +248,7 @@ def shifted_moments(
     center: bool = True,
     axis_name: Any = None,
     axis_index_groups: Any = None,
+    pivot: jax.Array | None = None,
 ) -> Moments:
     """Mean and biased variance of `x` over `axes` in shifted form (reduced axes kept).
 
@@ -255,6 +256,11 @@ def shifted_moments(
     ``center=False`` the shift and mean are zero and ``var`` is the mean square ``E[|x|^2]``
     (what RMS norm divides by). Masked-out elements are ignored, even when they are NaN; a
     block with no masked-in element gets mean 0, variance 0 and count 0.
+
+    `pivot` (accumulation dtype, `x`'s shape with the reduced axes 1) replaces the first
+    element as the shift; it should lie within the data's spread. Passing a private copy of a
+    shift (:func:`private_copies`) computes the same statistics as a separate value, which
+    XLA then fuses into a different consumer's loop.
     """
     x = jnp.asarray(x)
     axes = canonicalize_axes(axes, x.ndim, name="axes")
@@ -264,7 +270,7 @@ def shifted_moments(
     xa = x.astype(acc)
 
     if center:
-        shift = lax.stop_gradient(_pivot(xa, axes, mask))
+        shift = lax.stop_gradient(_pivot(xa, axes, mask) if pivot is None else pivot)
         # The mean and the square sum each subtract their own copy of the pivot, so XLA streams
         # x into both reductions rather than writing x - shift to memory (private_copies).
         # In the two-stage layout (group norm) the fused pivot makes XLA:CPU's strided first

@@ -118,3 +118,7 @@ def test_fused_rule_reads_and_writes_less_than_flax():
         assert ours["reads"] + ours["writes"] <= flax["reads"] + flax["writes"], layer
         assert ours["temp_mib"] <= flax["temp_mib"], layer
     assert rows[("layer_norm", "jnorm")]["temp_mib"] < 1  # nothing full-size (32 MiB) is kept
+    # Row norms: each of the three loops (sum g; dx with its statistics; dscale with its own
+    # statistics) reads x and/or g once, and dx is written once: 6 passes, flax 12-14.
+    for layer in ("layer_norm", "rms_norm"):
+        assert rows[(layer, "jnorm")]["reads"] + rows[(layer, "jnorm")]["writes"] <= 6, layer
