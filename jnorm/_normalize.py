@@ -315,22 +315,23 @@ def _fused_jvp(
         # Row layout with per-feature parameters (layer and RMS norm): dx's row reductions
         # and its elementwise part share one fused loop per row. da's column sum gets its own
         # r and is written r * (c da): its transpose scales g by r first, the cheaper order
-        # for XLA:CPU's column reductions. With centring, da's term recomputes the statistics
-        # from x around a private copy of the pivot: each consumer then reduces x to them
-        # inside its own loop (layer norm fwd+bwd: 8 -> 6 passes, 0.85 -> 0.67x flax's time
-        # in one A/B run), where shared statistics cost two more reads of x.
+        # for XLA:CPU's column reductions. With centring on CPU, da's term recomputes the
+        # statistics from x around a private copy of the pivot: each consumer then reduces x
+        # to them inside its own loop (layer norm fwd+bwd: 8 -> 6 passes, 0.76 -> 0.63x
+        # flax's time in an A/B run), where shared statistics cost two more reads of x. GPUs
+        # keep the shared statistics, the program measured there (docs/benchmarks.md).
         inner = r * dxa - c_var * (r * r * r * dvar / 2)
         if center:
             inner = inner - r * dmean
         dy = a * inner
-        if center:
+        if center and jax.default_backend() == "cpu":
             (pivot,) = private_copies(m.shift)
             m_a = shifted_moments(x, axes, pivot=pivot)
             r_s = lax.rsqrt(m_a.var + jnp.asarray(epsilon, compute))
             dy = dy + r_s * ((d_t - m_a.mean_shifted) * da)
         else:
             (r_s,) = private_copies(r)
-            dy = dy + r_s * (d_t * da)
+            dy = dy + r_s * ((d_t - mu_t if center else d_t) * da)
         if db is not None:
             dy = dy + db
     else:

@@ -178,3 +178,18 @@ def test_group_norm_gradient_follows_the_staging(monkeypatch, backend):
 
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, scale).as_text()
     assert ("optimization_barrier" in text) == (backend == "cpu")
+
+
+def test_row_rule_recomputes_statistics_on_cpu_only(monkeypatch):
+    """On CPU layer norm's scale-gradient term reduces x to the statistics again (XLA:CPU then
+    fuses each copy into its own loop); GPUs keep one set, the program measured there."""
+    monkeypatch.setenv("JNORM_PALLAS", "0")
+    x = jax.random.normal(jax.random.key(0), (16, 128))
+    scale, bias = jnp.ones(128), jnp.zeros(128)
+
+    def reductions(backend):
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        grad = jax.grad(lambda x, s: jnp.sum(jnorm.layer_norm(x, s, bias) ** 2), (0, 1))
+        return jax.jit(grad).lower(x, scale).as_text().count("stablehlo.reduce")
+
+    assert reductions("cpu") == reductions("gpu") + 2  # the mean and the square sum again
