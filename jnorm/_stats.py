@@ -94,12 +94,15 @@ def _two_stage(axes: tuple[int, ...], ndim: int) -> bool:
     return last in axes and len(axes) > 1 and any(i not in axes for i in range(min(axes), last))
 
 
-def _group_stages() -> bool:
-    """Whether group norm's statistics and gradients reduce in stages: on CPU only.
+def _xla_cpu() -> bool:
+    """Whether the formulations that measured faster only on XLA:CPU apply (at trace time).
 
-    On an H200 group norm without any staging took 0.87-0.88x flax's fwd+bwd time at
-    (128, 64, 64, 256) against 0.93x staged, and 1.05x against 1.17-1.19x at
-    (32, 32, 32, 256) (docs/benchmarks.md); on XLA:CPU staging is several times faster.
+    Two do (docs/benchmarks.md): group norm's statistics and gradients reduced in stages
+    (several times faster on XLA:CPU; on an H200 group norm without any staging took
+    0.87-0.88x flax's fwd+bwd time at (128, 64, 64, 256) against 0.93x staged, and 1.05x
+    against 1.17-1.19x at (32, 32, 32, 256)), and the row layout's derivative rule
+    recomputing the statistics for the scale gradient (see ``_fused_jvp``). Elsewhere the
+    programs measured on the GPU are kept.
     """
     return jax.default_backend() == "cpu"
 
@@ -111,7 +114,7 @@ def _stages(axes: tuple[int, ...], ndim: int) -> tuple[tuple[int, ...], ...]:
     (((1, 2), (4,)), ((2,), (1,)), ((0, 1, 2),))
     """
     last = ndim - 1
-    if _two_stage(axes, ndim) and _group_stages():
+    if _two_stage(axes, ndim) and _xla_cpu():
         return (tuple(a for a in axes if a != last), (last,))
     if len(axes) > 1 and last not in axes and min(axes) > 0:
         inner = max(axes)
