@@ -7,7 +7,7 @@ read of each row block. The pure-JAX path is both their fallback and their test 
 
 :func:`suits` says when the forward kernel is used automatically (on GPU, for shapes that
 fit Triton's power-of-two blocks); :func:`row_norm_backward` is the matching fused backward
-(input gradient plus per-block partial column sums for the parameters).
+(input gradient plus per-program partial column sums for the parameters).
 """
 
 from jnorm._pallas._row_norm import block_rows as block_rows
