@@ -21,13 +21,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jnorm._axes import canonicalize_axes, complement_axes, feature_param
-from jnorm._layers import _as_input, _grouped, _spatial_axes, resolve_groups
+from jnorm._checks import (
+    as_input,
+    batch_axes,
+    canonicalize_axes,
+    check_dtype,
+    check_epsilon,
+    check_momentum,
+    check_training,
+    feature_param,
+    grouped_param,
+    resolve_groups,
+    spatial_axes,
+)
 from jnorm._normalize import normalize, output_dtype
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import accumulation_dtype, shifted_moments
+from jnorm._typing import DTypeLike
 
 __all__ = ["evonorm_b0", "evonorm_s0", "filter_response_norm", "tlu"]
 
@@ -39,7 +50,7 @@ def filter_response_norm(
     *,
     channel_axis: int = -1,
     epsilon: Any = 1e-6,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""Filter Response Normalization (Singh & Krishnan 2019, arXiv:1911.09737, Eq. 1-3).
 
@@ -59,9 +70,11 @@ def filter_response_norm(
       >>> [round(v, 5) for v in jnorm.filter_response_norm(x, epsilon=0.0).ravel().tolist()]
       [0.84853, 1.13137]
     """
-    x = _as_input(x)
+    x = as_input(x, layer="filter_response_norm")
     channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
-    spatial = _spatial_axes(x, channels, "filter_response_norm")
+    spatial = spatial_axes(x, channels, "filter_response_norm")
+    check_epsilon(epsilon, layer="filter_response_norm")
+    check_dtype(dtype, layer="filter_response_norm")
     m = shifted_moments(x, spatial, center=False)  # var = nu^2, the mean square
     return normalize(
         x, jnp.zeros((), m.var.dtype), m.var,
@@ -82,7 +95,7 @@ def tlu(x: jax.Array, tau: jax.Array, *, channel_axis: int = -1) -> jax.Array:
       >>> jnorm.tlu(jnp.array([[-2.0, 0.5]]), jnp.array([-1.0, 1.0])).tolist()
       [[-1.0, 1.0]]
     """
-    x = _as_input(x)
+    x = as_input(x, layer="tlu")
     channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
     tau = feature_param(tau, x.shape, channels, name="tau")
     assert tau is not None
@@ -98,7 +111,7 @@ def evonorm_s0(
     num_groups: int | None = 32,
     group_size: int | None = None,
     epsilon: float = 1e-5,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""EvoNorm-S0 (Liu et al. 2020, arXiv:2004.02967, Table 1): batch-independent.
 
@@ -119,23 +132,25 @@ def evonorm_s0(
       >>> jnorm.evonorm_s0(x, v=jnp.ones(8), num_groups=2).shape
       (2, 4, 4, 8)
     """
-    x = _as_input(x)
-    _spatial_axes(x, (x.ndim - 1,), "evonorm_s0")
+    x = as_input(x, layer="evonorm_s0")
+    spatial_axes(x, (x.ndim - 1,), "evonorm_s0")
     c = x.shape[-1]
-    groups = resolve_groups(c, num_groups, group_size)
+    groups = resolve_groups(c, num_groups, group_size, layer="evonorm_s0")
+    check_epsilon(epsilon, layer="evonorm_s0")
+    check_dtype(dtype, layer="evonorm_s0")
     split = x.shape[:-1] + (groups, c // groups)
     xs = x.reshape(split)
     stat_axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
     m = shifted_moments(xs, stat_axes)
     num = xs.astype(m.var.dtype)
     if v is not None:
-        vg = _grouped(v, c, groups, "v").astype(num.dtype)
+        vg = grouped_param(v, c, groups, "v").astype(num.dtype)
         vg = vg.reshape((1,) * (x.ndim - 1) + vg.shape)
         num = num * jax.nn.sigmoid(vg * num)
     y = normalize(
         num, jnp.zeros((), num.dtype), m.var,
-        None if scale is None else _grouped(scale, c, groups, "scale"),
-        None if bias is None else _grouped(bias, c, groups, "bias"),
+        None if scale is None else grouped_param(scale, c, groups, "scale"),
+        None if bias is None else grouped_param(bias, c, groups, "bias"),
         epsilon=epsilon, dtype=output_dtype(x.dtype, dtype),
     )
     return y.reshape(x.shape)
@@ -151,7 +166,7 @@ def evonorm_b0(
     training: bool,
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, BatchStats]:
     r"""EvoNorm-B0 (Liu et al. 2020, arXiv:2004.02967, Table 1): batch-dependent.
 
@@ -173,34 +188,24 @@ def evonorm_b0(
       >>> y.shape, int(s.count)
       ((2, 4, 4, 3), 1)
     """
-    x = _as_input(x)
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"`training` must be a Python bool, got {type(training).__name__}.")
-    if not isinstance(state, BatchStats):
-        raise TypeError(
-            f"`state` must be a jnorm.BatchStats, got {type(state).__name__}; create one with "
-            "jnorm.BatchStats.init(num_channels)."
-        )
-    if isinstance(epsilon, (int, float)) and not epsilon >= 0:
-        raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
+    x = as_input(x, layer="evonorm_b0")
+    check_training(training, layer="evonorm_b0")
     ch = x.ndim - 1
-    spatial = _spatial_axes(x, (ch,), "evonorm_b0")
+    spatial = spatial_axes(x, (ch,), "evonorm_b0")
     c = x.shape[ch]
-    if state.var.shape != (c,):
-        raise ValueError(
-            f"`state.var` has shape {state.var.shape}; the input has {c} channels. Create the "
-            f"state with jnorm.BatchStats.init({c})."
-        )
+    _, batch = batch_axes(x, state, ch, cls=BatchStats, layer="evonorm_b0")
+    check_momentum(momentum, layer="evonorm_b0")
+    check_epsilon(epsilon, layer="evonorm_b0")
+    check_dtype(dtype, layer="evonorm_b0")
     acc = accumulation_dtype(x.dtype)
     eps = jnp.asarray(epsilon, acc)
     xa = x.astype(acc)
-    batch_axes = complement_axes((ch,), x.ndim)
     if training:
-        mb = shifted_moments(x, batch_axes)
+        mb = shifted_moments(x, batch)
         batch_var = mb.var
         new_state = update_batch_stats(
-            state, jnp.squeeze(mb.mean, batch_axes), jnp.squeeze(mb.var, batch_axes),
-            jnp.squeeze(mb.count, batch_axes), momentum=momentum,
+            state, jnp.squeeze(mb.mean, batch), jnp.squeeze(mb.var, batch),
+            jnp.squeeze(mb.count, batch), momentum=momentum,
         )
     else:
         batch_var = state.var.astype(acc).reshape((1,) * ch + (c,))

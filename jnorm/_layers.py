@@ -17,11 +17,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnorm._axes import Axes, canonicalize_axes, check_mask, complement_axes, feature_param
+from jnorm._checks import (
+    as_input,
+    batch_axes,
+    canonicalize_axes,
+    check_axis_name,
+    check_batch_size,
+    check_dtype,
+    check_epsilon,
+    check_mask,
+    check_momentum,
+    check_positive_int,
+    check_training,
+    feature_param,
+    grouped_param,
+    resolve_groups,
+    spatial_axes,
+)
 from jnorm._normalize import normalize, normalize_with_moments
 from jnorm._state import BatchStats, update_batch_stats
+from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
+
+
+def _check_common(
+    layer: str,
+    epsilon: Any,
+    dtype: DTypeLike | None,
+    axis_name: AxisName,
+    axis_index_groups: AxisIndexGroups,
+) -> None:
+    """The checks every layer function shares: epsilon, output dtype, the mapped axis."""
+    check_epsilon(epsilon, layer=layer)
+    check_dtype(dtype, layer=layer)
+    check_axis_name(axis_name, axis_index_groups, layer=layer)
+
+
+def _one_axis(axis: Axes, ndim: int, name: str) -> tuple[int]:
+    """A single axis (group norm's channels): an int, or a sequence of one."""
+    axes = canonicalize_axes(axis, ndim, name=name)
+    if len(axes) != 1:
+        raise ValueError(f"`{name}`={axis!r} must name exactly one axis. Pass an int.")
+    return (axes[0],)
 
 
 def _apply(
@@ -34,11 +72,14 @@ def _apply(
     epsilon: float,
     mask: jax.Array | None,
     center: bool = True,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, Any]:
-    """Statistics over `stat_axes`, then the generic scheme with params on `feature_axes`."""
+    """Statistics over `stat_axes`, then the generic scheme with params on `feature_axes`.
+
+    Every argument has been checked by the public function that calls this.
+    """
     scale = feature_param(scale, x.shape, feature_axes, name="scale")
     bias = feature_param(bias, x.shape, feature_axes, name="bias")
     return normalize_with_moments(
@@ -46,14 +87,6 @@ def _apply(
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
     )
 
-
-def _as_input(x: Any, name: str = "x") -> jax.Array:
-    x = jnp.asarray(x)
-    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
-        raise TypeError(f"`{name}` must be a numeric array, got dtype {x.dtype}.")
-    if x.ndim == 0:
-        raise ValueError(f"`{name}` must have at least one dimension, got a scalar.")
-    return x
 
 
 def layer_norm(
@@ -65,9 +98,9 @@ def layer_norm(
     feature_axes: Axes | None = None,
     epsilon: float = 1e-6,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
+    dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""Layer normalization (Ba et al. 2016): each example normalized over its own features.
 
@@ -96,11 +129,13 @@ def layer_norm(
       >>> [round(v, 4) for v in y[0].tolist()]
       [-1.2247, 0.0, 1.2247]
     """
-    x = _as_input(x)
-    stat_axes = canonicalize_axes(axis, x.ndim, name="axis")
+    x = as_input(x, layer="layer_norm")
+    stat_axes = canonicalize_axes(axis, x.ndim, name="axis", allow_empty=False)
     feat = stat_axes if feature_axes is None else canonicalize_axes(
         feature_axes, x.ndim, name="feature_axes"
     )
+    _check_common("layer_norm", epsilon, dtype, axis_name, axis_index_groups)
+    mask = check_mask(mask, x.shape)
     return _apply(
         x, stat_axes, feat, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
         axis_index_groups=axis_index_groups, dtype=dtype,
@@ -115,9 +150,9 @@ def rms_norm(
     feature_axes: Axes | None = None,
     epsilon: float = 1e-6,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
+    dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""RMS normalization (Zhang & Sennrich 2019): layer norm without mean subtraction.
 
@@ -134,31 +169,18 @@ def rms_norm(
       >>> [round(v, 5) for v in y[0].tolist()]
       [0.84853, 1.13137]
     """
-    x = _as_input(x)
-    stat_axes = canonicalize_axes(axis, x.ndim, name="axis")
+    x = as_input(x, layer="rms_norm")
+    stat_axes = canonicalize_axes(axis, x.ndim, name="axis", allow_empty=False)
     feat = stat_axes if feature_axes is None else canonicalize_axes(
         feature_axes, x.ndim, name="feature_axes"
     )
+    _check_common("rms_norm", epsilon, dtype, axis_name, axis_index_groups)
+    mask = check_mask(mask, x.shape)
     return _apply(
         x, stat_axes, feat, scale, None, epsilon=epsilon, mask=mask, center=False,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
     )[0]
 
-
-def _spatial_axes(x: jax.Array, channel_axes: tuple[int, ...], layer: str) -> tuple[int, ...]:
-    if 0 in channel_axes:
-        raise ValueError(
-            f"{layer}: `channel_axis` includes axis 0, which is the batch axis. Put the channels "
-            "on another axis (e.g. -1 for NHWC, 1 for NCHW)."
-        )
-    spatial = tuple(i for i in range(1, x.ndim) if i not in channel_axes)
-    if not spatial:
-        raise ValueError(
-            f"{layer}: an input of shape {x.shape} has no spatial axis (it is (N, C)), so each "
-            "statistic would cover a single value. Give the input spatial axes, e.g. (N, H, W, "
-            "C), or use layer_norm for (N, C) features."
-        )
-    return spatial
 
 
 def instance_norm(
@@ -169,9 +191,9 @@ def instance_norm(
     channel_axis: Axes = -1,
     epsilon: float = 1e-6,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
+    dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""Instance normalization (Ulyanov et al. 2016): one channel of one example at a time.
 
@@ -189,37 +211,16 @@ def instance_norm(
       >>> [round(v, 5) for v in jnorm.instance_norm(x, epsilon=0.0)[0, :, :, 0].ravel().tolist()]
       [-1.34164, -0.44721, 0.44721, 1.34164]
     """
-    x = _as_input(x)
+    x = as_input(x, layer="instance_norm")
     channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
-    spatial = _spatial_axes(x, channels, "instance_norm")
+    spatial = spatial_axes(x, channels, "instance_norm")
+    _check_common("instance_norm", epsilon, dtype, axis_name, axis_index_groups)
+    mask = check_mask(mask, x.shape)
     return _apply(
         x, spatial, channels, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
         axis_index_groups=axis_index_groups, dtype=dtype,
     )[0]
 
-
-def resolve_groups(channels: int, num_groups: int | None, group_size: int | None) -> int:
-    """The number of groups from exactly one of `num_groups` / `group_size`, checked."""
-    if (num_groups is None) == (group_size is None):
-        raise ValueError(
-            "group_norm: give exactly one of `num_groups` and `group_size` (to use "
-            "`group_size`, also pass `num_groups=None`, since num_groups defaults to 32)."
-        )
-    if group_size is not None:
-        if group_size <= 0 or channels % group_size:
-            raise ValueError(
-                f"group_norm: `group_size`={group_size} does not divide the {channels} "
-                f"channels. Pick a divisor of {channels}."
-            )
-        return channels // group_size
-    assert num_groups is not None
-    if num_groups <= 0 or channels % num_groups:
-        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
-        raise ValueError(
-            f"group_norm: `num_groups`={num_groups} does not divide the {channels} channels. "
-            f"Pick one of {divisors}, or pass `group_size`."
-        )
-    return num_groups
 
 
 def group_norm(
@@ -233,9 +234,9 @@ def group_norm(
     reduction_axes: Axes | None = None,
     epsilon: float = 1e-6,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
+    dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""Group normalization (Wu & He 2018): the channels of one group of one example.
 
@@ -266,11 +267,11 @@ def group_norm(
       >>> round(float(y[..., :2].mean()), 6), round(float(y[..., :2].std()), 6)
       (0.0, 1.0)
     """
-    x = _as_input(x)
-    (ch,) = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    x = as_input(x, layer="group_norm")
+    (ch,) = _one_axis(channel_axis, x.ndim, "channel_axis")
     if reduction_axes is None:
         if ch == 0:
-            _spatial_axes(x, (ch,), "group_norm")  # raises: axis 0 is the batch axis
+            spatial_axes(x, (ch,), "group_norm")  # raises: axis 0 is the batch axis
         others = tuple(i for i in range(1, x.ndim) if i != ch)
     else:
         others = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes")
@@ -287,6 +288,7 @@ def group_norm(
             "axis would normalize single values. Use fewer groups, or give the input spatial "
             "axes (N, H, W, C)."
         )
+    _check_common("group_norm", epsilon, dtype, axis_name, axis_index_groups)
     mask = check_mask(mask, x.shape)
     # Split C into (G, C/G): the statistics cover `others` and the within-group axis ch + 1.
     split = x.shape[:ch] + (groups, channels // groups) + x.shape[ch + 1:]
@@ -294,69 +296,18 @@ def group_norm(
     xs = x.reshape(split)
     y, _ = _apply(
         xs, moved + (ch + 1,), (ch, ch + 1),
-        None if scale is None else _grouped(scale, channels, groups, "scale"),
-        None if bias is None else _grouped(bias, channels, groups, "bias"),
+        None if scale is None else grouped_param(scale, channels, groups, "scale"),
+        None if bias is None else grouped_param(bias, channels, groups, "bias"),
         epsilon=epsilon, mask=None if mask is None else mask.reshape(split),
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
     )
     return y.reshape(x.shape)
 
 
-def _grouped(param: jax.Array, channels: int, groups: int, name: str) -> jax.Array:
-    param = jnp.asarray(param)
-    if param.shape != (channels,):
-        raise ValueError(
-            f"`{name}` has shape {param.shape}, expected ({channels},): one value per channel."
-        )
-    return param.reshape(groups, channels // groups)
 
 
 
-def check_batch_state(
-    x: jax.Array, state: BatchStats, axis: Axes, momentum: float | None, *, training: bool
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validates the arguments every batch-statistics layer shares.
 
-    Returns ``(feature_axes, statistics_axes)``.
-    """
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(
-            f"`training` must be a Python bool, got {type(training).__name__}. It selects the "
-            "computation at trace time; to switch inside jit, mark it static "
-            "(static_argnames) or use lax.cond with two calls."
-        )
-    if not isinstance(state, BatchStats):
-        raise TypeError(
-            f"`state` must be a jnorm.BatchStats, got {type(state).__name__}; create one with "
-            "jnorm.BatchStats.init(num_features)."
-        )
-    features = canonicalize_axes(axis, x.ndim, name="axis")
-    feature_shape = tuple(x.shape[a] for a in features)
-    for name, field in (("state.mean", state.mean), ("state.var", state.var)):
-        if jnp.shape(field) != feature_shape:
-            raise ValueError(
-                f"`{name}` has shape {jnp.shape(field)}, but the input of shape {x.shape} has "
-                f"feature shape {feature_shape} on `axis`={axis!r}. Create the state with "
-                f"BatchStats.init({feature_shape if len(feature_shape) > 1 else feature_shape[0]})"
-                " or pass the matching `axis`."
-            )
-    if momentum is not None and isinstance(momentum, (int, float)) and not 0 <= momentum <= 1:
-        raise ValueError(
-            f"`momentum` must lie in [0, 1] (the weight of the old value), got {momentum}. "
-            "PyTorch's momentum m is jnorm's 1 - m."
-        )
-    return features, complement_axes(features, x.ndim)
-
-
-def check_batch_size(x: jax.Array, stat_axes: tuple[int, ...], axis_name: Any, *,
-                     layer: str) -> None:
-    """Training on batch statistics needs more than one value per feature."""
-    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
-        raise ValueError(
-            f"{layer} in training needs more than one value per channel, but the input of "
-            f"shape {x.shape} has one per feature (statistics over axes {stat_axes}). Use a "
-            "larger batch, training=False, or a per-example norm (layer_norm, group_norm)."
-        )
 
 def batch_norm(
     x: jax.Array,
@@ -369,11 +320,11 @@ def batch_norm(
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
     unbiased_running_var: bool = False,
     skip_nonfinite: bool = False,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
     virtual_batch_size: int | None = None,
 ) -> tuple[jax.Array, BatchStats]:
     r"""Batch normalization (Ioffe & Szegedy 2015) with explicit running statistics.
@@ -440,16 +391,16 @@ def batch_norm(
       >>> y[:, 0].tolist(), s.mean.tolist(), s.var.tolist()  # var: mean of 1 and 4
       ([-1.0, 1.0, -1.0, 1.0], [6.5], [2.5])
     """
-    x = _as_input(x)
-    if virtual_batch_size is not None and (
-        not isinstance(virtual_batch_size, (int, np.integer))
-        or isinstance(virtual_batch_size, bool) or virtual_batch_size < 1
-    ):
-        raise ValueError(
-            f"`virtual_batch_size` must be a positive int (examples per ghost batch) or None, "
-            f"got {virtual_batch_size!r}."
+    x = as_input(x, layer="batch_norm")
+    check_training(training, layer="batch_norm")
+    features, stat_axes = batch_axes(x, state, axis, cls=BatchStats, layer="batch_norm")
+    check_momentum(momentum, layer="batch_norm")
+    _check_common("batch_norm", epsilon, dtype, axis_name, axis_index_groups)
+    if virtual_batch_size is not None:
+        virtual_batch_size = check_positive_int(
+            virtual_batch_size, "virtual_batch_size", layer="batch_norm"
         )
-    features, stat_axes = check_batch_state(x, state, axis, momentum, training=training)
+    mask = check_mask(mask, x.shape)
     if not training:
         shape = [1] * x.ndim
         for a in features:
@@ -463,7 +414,7 @@ def batch_norm(
         return y, state
     if virtual_batch_size is not None:
         return _ghost_batch_norm(
-            x, state, scale, bias, features, stat_axes, int(virtual_batch_size),
+            x, state, scale, bias, features, stat_axes, virtual_batch_size,
             momentum=momentum, epsilon=epsilon, mask=mask, axis_name=axis_name,
             axis_index_groups=axis_index_groups, unbiased_running_var=unbiased_running_var,
             skip_nonfinite=skip_nonfinite, dtype=dtype,
@@ -511,7 +462,7 @@ def _ghost_batch_norm(
             "the padding out with `mask`."
         )
     xs = x.reshape((n // size, size, *x.shape[1:]))
-    mask = check_mask(kw["mask"], x.shape)
+    mask = kw["mask"]  # checked by batch_norm
     sub_stat = tuple(a + 1 for a in stat_axes)  # within one sub-batch; axis 0 counts them
     sub_feat = tuple(a + 1 for a in features)
     if kw["axis_name"] is None and int(np.prod([xs.shape[a] for a in sub_stat])) <= 1:

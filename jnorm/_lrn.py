@@ -39,7 +39,6 @@ difference would be cheaper for wide windows but loses the small windows after l
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import jax
@@ -47,27 +46,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm._axes import canonicalize_axes
-from jnorm._layers import _as_input
+from jnorm._checks import (
+    as_input,
+    canonicalize_axes,
+    check_dtype,
+    check_nonnegative,
+    check_positive_int,
+)
 from jnorm._normalize import output_dtype
 from jnorm._stats import accumulation_dtype
+from jnorm._typing import DTypeLike
 
 __all__ = ["local_response_norm", "lrn_tensorflow_args"]
 
 _CONVENTIONS = ("torch", "tensorflow")
 
-
-def _check_real(value: Any, name: str, *, positive: bool = False) -> None:
-    """Checks Python numbers only (traced values are accepted as they are)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"local_response_norm: `{name}` must be a number, got a bool.")
-    if isinstance(value, numbers.Real):
-        ok = np.isfinite(value) and (value > 0 if positive else value >= 0)
-        if not ok:
-            raise ValueError(
-                f"local_response_norm: `{name}` must be finite and "
-                f"{'> 0' if positive else '>= 0'}, got {value!r}."
-            )
 
 
 def local_response_norm(
@@ -79,7 +72,7 @@ def local_response_norm(
     k: Any = 1.0,
     channel_axis: int = -1,
     convention: str = "torch",
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""Local response normalization across channels (Krizhevsky et al. 2012, Section 3.3).
 
@@ -123,24 +116,22 @@ def local_response_norm(
       >>> [round(v, 4) for v in yt[0].tolist()]  # (1 + sum)^-0.5, alpha not divided
       [0.4082, 0.5164, 0.8018]
     """
-    x = _as_input(x)
+    x = as_input(x, layer="local_response_norm")
     if convention not in _CONVENTIONS:
         raise ValueError(
             f"local_response_norm: `convention` must be one of {_CONVENTIONS}, got "
             f"{convention!r}."
         )
-    if isinstance(size, (bool, np.bool_)) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"local_response_norm: `size` must be an int >= 1, got {size!r}.")
-    size = int(size)
+    size = check_positive_int(size, "size", layer="local_response_norm")
     if convention == "tensorflow" and size % 2 == 0:
         raise ValueError(
             f"local_response_norm: `size`={size} is even; the TensorFlow convention's window is "
             "2 * depth_radius + 1 channels. Use jnorm.lrn_tensorflow_args(depth_radius, ...) or "
             "convention='torch' for an even window."
         )
-    _check_real(alpha, "alpha")
-    _check_real(beta, "beta")
-    _check_real(k, "k")
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        check_nonnegative(value, name, layer="local_response_norm")
+    check_dtype(dtype, layer="local_response_norm")
     (ch,) = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
     acc = accumulation_dtype(x.dtype)
     if not jnp.issubdtype(acc, jnp.floating):
@@ -174,12 +165,8 @@ def lrn_tensorflow_args(
       >>> jnorm.lrn_tensorflow_args(2)
       {'size': 5, 'alpha': 1.0, 'beta': 0.5, 'k': 1.0, 'convention': 'tensorflow'}
     """
-    if (
-        isinstance(depth_radius, (bool, np.bool_))
-        or not isinstance(depth_radius, numbers.Integral)
-        or depth_radius < 0
-    ):
-        raise ValueError(f"lrn_tensorflow_args: `depth_radius` must be an int >= 0, got "
-                         f"{depth_radius!r}.")
-    return {"size": 2 * int(depth_radius) + 1, "alpha": alpha, "beta": beta, "k": bias,
+    depth_radius = check_positive_int(
+        depth_radius, "depth_radius", minimum=0, layer="lrn_tensorflow_args"
+    )
+    return {"size": 2 * depth_radius + 1, "alpha": alpha, "beta": beta, "k": bias,
             "convention": "tensorflow"}

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jnorm._checks import check_epsilon
 from jnorm._stats import (
     Moments,
     _spread,
@@ -108,8 +109,7 @@ def normalize(
       [[-1.0, 1.0]]
     """
     x = jnp.asarray(x)
-    if isinstance(epsilon, (int, float, np.floating)) and not epsilon >= 0:
-        raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
+    check_epsilon(epsilon, layer="normalize")
     out = output_dtype(x.dtype, dtype)
     compute = accumulation_dtype(x.dtype)
     real = jnp.finfo(compute).dtype

@@ -28,14 +28,26 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jnorm._axes import Axes, feature_param
-from jnorm._layers import _as_input, batch_norm, check_batch_size, check_batch_state
+from jnorm._checks import (
+    as_input,
+    batch_axes,
+    check_axis_name,
+    check_batch_size,
+    check_dtype,
+    check_epsilon,
+    check_mask,
+    check_momentum,
+    check_nonnegative,
+    check_training,
+    feature_param,
+)
+from jnorm._layers import batch_norm
 from jnorm._normalize import normalize
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import shifted_moments
+from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
 __all__ = ["batch_renorm", "batch_renorm_schedule"]
 
@@ -68,10 +80,11 @@ def batch_renorm_schedule(
     if not (warmup_steps >= 0 and r_max_steps > warmup_steps and d_max_steps > warmup_steps):
         raise ValueError(
             "batch_renorm_schedule needs 0 <= warmup_steps < r_max_steps and warmup_steps < "
-            f"d_max_steps, got {warmup_steps}, {r_max_steps}, {d_max_steps}."
+            f"d_max_steps, got {warmup_steps}, {r_max_steps}, {d_max_steps}. Pass steps in "
+            "that order."
         )
-    if r_max < 1 or d_max < 0:
-        raise ValueError(f"`r_max` must be >= 1 and `d_max` >= 0, got {r_max}, {d_max}.")
+    check_nonnegative(r_max, "r_max", minimum=1.0, layer="batch_renorm_schedule")
+    check_nonnegative(d_max, "d_max", layer="batch_renorm_schedule")
     step = jnp.asarray(step, jnp.float32)
 
     def ramp(end: int) -> jax.Array:
@@ -94,9 +107,9 @@ def batch_renorm(
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, BatchStats]:
     r"""Batch Renormalization (Ioffe 2017, arXiv:1702.03275, Algorithm 1).
 
@@ -133,22 +146,21 @@ def batch_renorm(
       >>> bool(jnp.allclose(y, y_eval))  # r, d unclipped: training output = inference output
       True
     """
-    x = _as_input(x)
-    features, stat_axes = check_batch_state(x, state, axis, momentum, training=training)
+    x = as_input(x, layer="batch_renorm")
+    check_training(training, layer="batch_renorm")
+    features, stat_axes = batch_axes(x, state, axis, cls=BatchStats, layer="batch_renorm")
+    check_momentum(momentum, layer="batch_renorm")
+    check_epsilon(epsilon, layer="batch_renorm")
+    check_dtype(dtype, layer="batch_renorm")
     if not training:
         return batch_norm(
             x, state, scale, bias, training=False, axis=axis, epsilon=epsilon, dtype=dtype
         )
-    for name, val, lo in (("r_max", r_max, 1.0), ("d_max", d_max, 0.0)):
-        if isinstance(val, (int, float, np.floating)) and not val >= lo:
-            raise ValueError(
-                f"`{name}` must be >= {lo:g}, got {val!r} (r_max=1, d_max=0 is batch norm)."
-            )
-        if np.ndim(val) != 0:
-            raise ValueError(f"`{name}` must be a scalar, got shape {np.shape(val)}.")
-    if isinstance(epsilon, (int, float)) and not epsilon >= 0:
-        raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
+    check_nonnegative(r_max, "r_max", minimum=1.0, layer="batch_renorm")
+    check_nonnegative(d_max, "d_max", layer="batch_renorm")
+    check_axis_name(axis_name, axis_index_groups, layer="batch_renorm")
     check_batch_size(x, stat_axes, axis_name, layer="batch_renorm")
+    mask = check_mask(mask, x.shape)
     m = shifted_moments(
         x, stat_axes, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups
     )

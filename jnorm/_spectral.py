@@ -21,21 +21,19 @@ same ``u``):
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jnorm._checks import check_kernel, check_nonnegative, check_positive_int
 from jnorm._stats import accumulation_dtype
-from jnorm._weight import as_kernel
 
 __all__ = ["spectral_norm", "spectral_norm_init"]
 
 
 def _matrix(kernel: Any, name: str) -> tuple[jax.Array, jax.Array]:
-    kernel = as_kernel(kernel, name)
+    kernel = check_kernel(kernel, layer=name)
     acc = accumulation_dtype(kernel.dtype)
     return kernel, kernel.reshape(-1, kernel.shape[-1]).astype(acc)
 
@@ -102,14 +100,8 @@ def spectral_norm(
       (True, (3, 3, 4, 8), (8,))
     """
     kernel, w = _matrix(kernel, "spectral_norm")
-    if (
-        isinstance(n_steps, (bool, np.bool_))
-        or not isinstance(n_steps, numbers.Integral)
-        or n_steps < 0
-    ):
-        raise ValueError(f"spectral_norm: `n_steps` must be an int >= 0, got {n_steps!r}.")
-    if isinstance(epsilon, numbers.Real) and not (np.isfinite(epsilon) and epsilon >= 0):
-        raise ValueError(f"spectral_norm: `epsilon` must be finite and >= 0, got {epsilon!r}.")
+    n_steps = check_positive_int(n_steps, "n_steps", minimum=0, layer="spectral_norm")
+    check_nonnegative(epsilon, "epsilon", layer="spectral_norm")
     u = jnp.asarray(u)
     out_features = kernel.shape[-1]
     if u.shape != (out_features,):

@@ -9,6 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnorm._checks import (
+    check_batch_moments,
+    check_dtype,
+    check_feature_shape,
+    check_momentum,
+    check_state,
+)
+
 __all__ = ["BatchStats", "from_torch_batch_norm", "momentum_from_torch", "update_batch_stats"]
 
 _INT32_MAX = np.iinfo(np.int32).max
@@ -40,13 +48,8 @@ class BatchStats(NamedTuple):
     @classmethod
     def init(cls, num_features: int | Sequence[int], dtype: Any = jnp.float32) -> BatchStats:
         """Fresh statistics: mean 0, variance 1, count 0, of shape ``num_features``."""
-        shape = (num_features,) if isinstance(num_features, (int, np.integer)) else tuple(
-            num_features
-        )
-        if any(int(s) < 1 for s in shape):
-            raise ValueError(f"`num_features` must be positive, got {num_features!r}.")
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+        shape = check_feature_shape(num_features, layer="BatchStats.init")
+        check_dtype(dtype, layer="BatchStats.init", floating=True)
         return cls(jnp.zeros(shape, dtype), jnp.ones(shape, dtype), jnp.zeros((), jnp.int32))
 
 
@@ -73,6 +76,10 @@ def update_batch_stats(
     statistics are not finite when ``skip_nonfinite``. ``count`` grows by one if any feature was
     updated.
     """
+    check_state(state, BatchStats, {"mean": state.mean.shape, "var": state.var.shape},
+                init="BatchStats.init(num_features)", layer="update_batch_stats")
+    check_batch_moments(state, mean, var, count)
+    check_momentum(momentum, layer="update_batch_stats")
     n = count.astype(state.mean.dtype)
     if unbiased_running_var:
         var = var * jnp.where(n > 1, n / jnp.maximum(n - 1, jnp.ones_like(n)), jnp.ones_like(n))

@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jnorm._axes import Axes, canonicalize_axes, check_mask
+from jnorm._checks import canonicalize_axes, check_mask
+from jnorm._typing import Axes
 
 __all__ = ["Moments", "accumulation_dtype", "moments", "shifted_moments"]
 

@@ -22,32 +22,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jnorm._axes import Axes, canonicalize_axes, complement_axes
+from jnorm._checks import canonicalize_axes, check_epsilon, check_kernel, complement_axes
 from jnorm._normalize import normalize
 from jnorm._stats import shifted_moments
+from jnorm._typing import Axes
 
 __all__ = ["kernel_norm", "scaled_standardize_weight", "standardize_weight", "weight_norm"]
 
 
-def as_kernel(kernel: Any, name: str) -> jax.Array:
-    """Checks that `kernel` is a floating Dense/Conv kernel (at least 2-D) and returns it."""
-    kernel = jnp.asarray(kernel)
-    if not jnp.issubdtype(kernel.dtype, jnp.floating):
-        raise TypeError(f"{name}: `kernel` must be a floating array, got {kernel.dtype}.")
-    if kernel.ndim < 2:
-        raise ValueError(
-            f"{name}: `kernel` must have at least 2 dimensions (fan-in and output), got shape "
-            f"{kernel.shape}. Dense kernels are [I, O], Conv kernels [kh, kw, I, O]."
-        )
-    return kernel
-
 
 def _fan_in(kernel: Any, feature_axes: Axes, name: str) -> tuple[jax.Array, tuple, tuple, int]:
-    kernel = as_kernel(kernel, name)
+    kernel = check_kernel(kernel, layer=name)
     feat = canonicalize_axes(feature_axes, kernel.ndim, name="feature_axes")
     red = complement_axes(feat, kernel.ndim)
     if not red:
-        raise ValueError(f"{name}: `feature_axes`={feature_axes!r} leaves no fan-in axis.")
+        raise ValueError(
+            f"{name}: `feature_axes`={feature_axes!r} leaves no fan-in axis of the kernel of "
+            f"shape {kernel.shape}. Name only the output-unit axes (usually -1)."
+        )
     n = 1
     for a in red:
         n *= kernel.shape[a]
@@ -91,6 +83,7 @@ def standardize_weight(
       [[-1.0, -1.0], [1.0, 1.0]]
     """
     kernel, _, red, _ = _fan_in(kernel, feature_axes, "standardize_weight")
+    check_epsilon(epsilon, layer="standardize_weight")
     m = shifted_moments(kernel, red)
     return normalize(kernel, m.mean_shifted, m.var, epsilon=epsilon, shift=m.shift)
 
@@ -124,6 +117,7 @@ def scaled_standardize_weight(
       True
     """
     kernel, feat, red, n = _fan_in(kernel, feature_axes, "scaled_standardize_weight")
+    check_epsilon(epsilon, layer="scaled_standardize_weight")
     m = shifted_moments(kernel, red)
     g = jnp.asarray(nonlinearity_gain, m.var.dtype)
     if gain is not None:
@@ -156,6 +150,7 @@ def weight_norm(
       [[6.0], [8.0]]
     """
     v, feat, red, n = _fan_in(v, feature_axes, "weight_norm")
+    check_epsilon(epsilon, layer="weight_norm")
     m = shifted_moments(v, red, center=False)
     scale = None
     if g is not None:

@@ -36,13 +36,24 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jnorm._axes import canonicalize_axes
+from jnorm._checks import (
+    as_input,
+    canonicalize_axes,
+    check_dtype,
+    check_epsilon,
+    check_momentum,
+    check_positive_int,
+    check_state,
+    check_training,
+    feature_param,
+    resolve_groups,
+)
 from jnorm._normalize import normalize, output_dtype
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import shifted_moments
+from jnorm._typing import DTypeLike
 
 __all__ = ["WhiteningStats", "decorrelated_batch_norm", "iter_norm", "whitening_matrix"]
 
@@ -77,23 +88,19 @@ class WhiteningStats(NamedTuple):
         cls, num_features: int, *, group_size: int | None = None, dtype: Any = jnp.float32
     ) -> WhiteningStats:
         """Fresh statistics: mean 0, identity whitening matrices, count 0."""
-        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
-            raise ValueError(f"`num_features` must be a positive int, got {num_features!r}.")
-        g = _group_size(int(num_features), group_size)
+        num_features = check_positive_int(num_features, "num_features",
+                                           layer="WhiteningStats.init")
+        check_dtype(dtype, layer="WhiteningStats.init", floating=True)
+        g = _group_size(int(num_features), group_size, layer="WhiteningStats.init")
         eye = jnp.broadcast_to(jnp.eye(g, dtype=dtype), (num_features // g, g, g))
         return cls(jnp.zeros((num_features,), dtype), eye, jnp.zeros((), jnp.int32))
 
 
-def _group_size(channels: int, group_size: int | None) -> int:
+def _group_size(channels: int, group_size: int | None, *, layer: str) -> int:
+    """Features whitened together: all (None) or `group_size`, which must divide them."""
     if group_size is None:
         return channels
-    if not isinstance(group_size, (int, np.integer)) or group_size < 1 or channels % group_size:
-        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
-        raise ValueError(
-            f"`group_size`={group_size!r} must divide the {channels} features; pick one of "
-            f"{divisors} (None whitens all features together)."
-        )
-    return int(group_size)
+    return channels // resolve_groups(channels, None, group_size, layer=layer)
 
 
 def whitening_matrix(
@@ -119,14 +126,16 @@ def whitening_matrix(
       [[0.5, 0.0], [0.0, 0.3333]]
     """
     if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
-        raise ValueError(f"`cov` must be [..., G, G] square matrices, got shape {cov.shape}.")
+        raise ValueError(
+            f"whitening_matrix: `cov` must be [..., G, G] square matrices, got shape "
+            f"{cov.shape}. Pass covariance matrices."
+        )
     if method == "zca":
         lam, d = jnp.linalg.eigh(cov)
         inv_sqrt = lax.rsqrt(lam)
         return jnp.einsum("...ik,...k,...jk->...ij", d, inv_sqrt, d, precision=_HIGHEST)
     if method == "newton_schulz":
-        if not isinstance(iterations, (int, np.integer)) or iterations < 1:
-            raise ValueError(f"`iterations` must be a positive int, got {iterations!r}.")
+        iterations = check_positive_int(iterations, "iterations", layer="whitening_matrix")
         trace = jnp.trace(cov, axis1=-2, axis2=-1)[..., None, None]
         cov_n = cov / trace
         eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
@@ -142,7 +151,9 @@ def whitening_matrix(
 
         (_, p), _ = lax.scan(step, (cov_n, eye), None, length=int(iterations))
         return p * lax.rsqrt(trace)
-    raise ValueError(f"`method` must be 'zca' or 'newton_schulz', got {method!r}.")
+    raise ValueError(
+        f"whitening_matrix: `method` must be 'zca' or 'newton_schulz', got {method!r}."
+    )
 
 
 def _whitening_norm(
@@ -161,43 +172,26 @@ def _whitening_norm(
     dtype: Any,
     name: str,
 ) -> tuple[jax.Array, WhiteningStats]:
-    x = jnp.asarray(x)
-    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
-        raise TypeError(f"{name}: `x` must be a real numeric array, got dtype {x.dtype}.")
+    x = as_input(x, layer=name)
     if x.ndim < 2:
         raise ValueError(
-            f"{name}: `x` must have a batch axis and a feature axis, got shape {x.shape}."
+            f"{name}: `x` must have a batch axis and a feature axis, got shape {x.shape}. "
+            "Pass at least (N, C)."
         )
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(
-            f"{name}: `training` must be a Python bool, got {type(training).__name__}; mark it "
-            "static under jit."
-        )
-    if not isinstance(state, WhiteningStats):
-        raise TypeError(
-            f"{name}: `state` must be a jnorm.WhiteningStats, got {type(state).__name__}; create "
-            "one with jnorm.WhiteningStats.init(num_features, group_size=...)."
-        )
-    if isinstance(epsilon, (int, float)) and not epsilon >= 0:
-        raise ValueError(f"{name}: `epsilon` must be >= 0, got {epsilon!r}.")
-    if momentum is not None and isinstance(momentum, (int, float)) and not 0 <= momentum <= 1:
-        raise ValueError(
-            f"{name}: `momentum` must lie in [0, 1] (weight of the old value), got {momentum}."
-        )
-    if method == "newton_schulz" and (
-        not isinstance(iterations, (int, np.integer)) or iterations < 1
-    ):
-        raise ValueError(f"{name}: `iterations` must be a positive int, got {iterations!r}.")
+    check_training(training, layer=name)
     (ch,) = canonicalize_axes(axis, x.ndim, name="axis")
     c = x.shape[ch]
-    g = _group_size(c, group_size)
+    g = _group_size(c, group_size, layer=name)
     k = c // g
-    if state.mean.shape != (c,) or state.whitening.shape != (k, g, g):
-        raise ValueError(
-            f"{name}: `state` has mean {state.mean.shape} and whitening {state.whitening.shape}, "
-            f"but {c} features in groups of {g} need ({c},) and ({k}, {g}, {g}); create it with "
-            f"WhiteningStats.init({c}, group_size={group_size})."
-        )
+    check_state(
+        state, WhiteningStats, {"mean": (c,), "whitening": (k, g, g)},
+        init=f"WhiteningStats.init({c}, group_size={group_size})", layer=name,
+    )
+    check_momentum(momentum, layer=name)
+    check_epsilon(epsilon, layer=name)
+    check_dtype(dtype, layer=name)
+    if method == "newton_schulz":
+        check_positive_int(iterations, "iterations", layer=name)
     out = output_dtype(x.dtype, dtype)
     xm = jnp.moveaxis(x, ch, -1)
     moved_shape = xm.shape
@@ -234,22 +228,14 @@ def _whitening_norm(
     xw = jnp.einsum("mkj,kij->mki", xg, u, precision=_HIGHEST).reshape(moved_shape)
     xw = jnp.moveaxis(xw, -1, ch)
     # The learned affine step a * x_hat + b, by the one affine kernel (mean 0, variance 1).
-    bshape = [1] * x.ndim
-    bshape[ch] = c
     y = normalize(
         xw, jnp.zeros((), acc), jnp.ones((), acc),
-        None if scale is None else _param(scale, c, "scale", name).reshape(bshape),
-        None if bias is None else _param(bias, c, "bias", name).reshape(bshape),
+        feature_param(scale, x.shape, (ch,), name="scale"),
+        feature_param(bias, x.shape, (ch,), name="bias"),
         epsilon=0.0, dtype=out,
     )
     return y, new_state
 
-
-def _param(p: Any, c: int, arg: str, name: str) -> jax.Array:
-    p = jnp.asarray(p)
-    if p.shape != (c,):
-        raise ValueError(f"{name}: `{arg}` has shape {p.shape}; expected ({c},), one per feature.")
-    return p
 
 
 def decorrelated_batch_norm(
@@ -263,7 +249,7 @@ def decorrelated_batch_norm(
     axis: int = -1,
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, WhiteningStats]:
     r"""Decorrelated batch norm with ZCA whitening (Huang et al. 2018, arXiv:1804.08450).
 
@@ -325,7 +311,7 @@ def iter_norm(
     axis: int = -1,
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, WhiteningStats]:
     r"""Iterative normalization, IterNorm (Huang et al. 2019, arXiv:1904.03441).
 

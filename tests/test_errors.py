@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jnorm
@@ -55,10 +56,10 @@ def _trace(f):
                                                                    r"no spatial axis"),
         (lambda: jnorm.normalize(X, jnp.ones(3), 1.0, epsilon=1e-5),
          r"`mean` of shape \(1, 1, 1, 3\) does not broadcast"),
-        (lambda: jnorm.normalize(X, 0.0, 1.0, epsilon=-1.0), r"`epsilon` must be >= 0"),
+        (lambda: jnorm.normalize(X, 0.0, 1.0, epsilon=-1.0), r"`epsilon` must be finite and >= 0"),
         (lambda: jnorm.moments(X, 1, axis_index_groups=[[0]]), r"without `axis_name`"),
         (lambda: jnorm.layer_norm(jnp.float32(1.0)), r"at least one dimension"),
-        (lambda: jnorm.BatchStats.init(0), r"`num_features` must be positive"),
+        (lambda: jnorm.BatchStats.init(0), r"`num_features`=0 must be a positive int"),
     ],
 )
 def test_error_names_argument_and_fix(call, match):
@@ -87,3 +88,68 @@ def test_torch_conversion_errors():
         jnorm.from_torch_batch_norm([0.0, 0.0], [1.0])
     with pytest.raises(ValueError, match=r"torch `weight` has shape"):
         jnorm.from_torch_batch_norm([0.0, 0.0], [1.0, 1.0], weight=[1.0])
+
+
+# Bad arguments that used to be accepted silently, or failed with errors that did not name the
+# argument (issue 13). Each must now fail at trace time and name the argument.
+S4 = jnorm.BatchStats.init(4)
+BN = dict(training=True)
+M15 = jnp.array(1.5)  # concrete arrays, made outside the traced function as a user would
+NEG = jnp.array(-1.0)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: jnorm.batch_norm(X, S4, momentum=np.float32(1.5), **BN), r"`momentum` must lie"),
+        (lambda: jnorm.batch_norm(X, S4, momentum=M15, **BN), r"`momentum` must lie"),
+        (lambda: jnorm.batch_norm(X, S4, momentum=True, **BN), r"`momentum`=True is a bool"),
+        (lambda: jnorm.evonorm_b0(X, S4, momentum=5.0, **BN), r"evonorm_b0: `momentum` must lie"),
+        (lambda: jnorm.batch_renorm(X, S4, momentum=-0.1, **BN), r"`momentum` must lie"),
+        (lambda: jnorm.update_batch_stats(S4, jnp.zeros(4), jnp.ones(4), jnp.ones(4),
+                                          momentum=2.0), r"`momentum` must lie"),
+        (lambda: jnorm.layer_norm(X, epsilon=NEG), r"`epsilon` must be finite"),
+        (lambda: jnorm.layer_norm(X, epsilon=float("inf")), r"`epsilon` must be finite"),
+        (lambda: jnorm.batch_norm(X, S4, epsilon=float("nan"), **BN), r"`epsilon` must be finite"),
+        (lambda: jnorm.group_norm(X, epsilon=-1.0, num_groups=2), r"`epsilon` must be finite"),
+        (lambda: jnorm.standardize_weight(jnp.ones((3, 4)), epsilon=-1.0),
+         r"standardize_weight: `epsilon`"),
+        (lambda: jnorm.layer_norm(X, axis=[1.5]), r"`axis`=\[1.5\] must be an int"),
+        (lambda: jnorm.layer_norm(X, axis=()), r"`axis`=\(\) names no axis"),
+        (lambda: jnorm.layer_norm(X, axis=True), r"`axis` must be an int"),
+        (lambda: jnorm.group_norm(X, num_groups=True), r"`num_groups`=True does not divide"),
+        (lambda: jnorm.group_norm(X, num_groups=2.0), r"`num_groups`=2.0 does not divide"),
+        (lambda: jnorm.evonorm_s0(X, num_groups=2.0), r"evonorm_s0: `num_groups`=2.0"),
+        (lambda: jnorm.batch_norm(X, jnorm.BatchStats(jnp.zeros(4, jnp.int32),
+                                                      jnp.ones(4, jnp.int32), jnp.array(0)),
+                                  **BN), r"`state.mean` has dtype int32"),
+        (lambda: jnorm.batch_norm(X, S4._replace(count=jnp.zeros(4, jnp.int32)), **BN),
+         r"`state.count` must be an integer scalar"),
+        (lambda: jnorm.layer_norm(X, dtype=jnp.int32), r"`dtype`=.*int32.* is not a floating"),
+        (lambda: jnorm.batch_norm(X, S4, dtype=jnp.int8, **BN), r"`dtype`=.* is not a floating"),
+        (lambda: jnorm.update_batch_stats(S4, jnp.zeros(1), jnp.ones(1), jnp.ones(1),
+                                          momentum=0.9), r"`mean` has shape \(1,\).*\(4,\)"),
+        (lambda: jnorm.update_batch_stats(S4, jnp.zeros(4), jnp.ones(3), jnp.ones(4),
+                                          momentum=0.9), r"`var` has shape \(3,\)"),
+        (lambda: jnorm.update_batch_stats(S4, jnp.zeros(4), jnp.ones(4), jnp.ones(2),
+                                          momentum=0.9), r"`count` has shape \(2,\)"),
+        (lambda: jnorm.BatchStats.init(4.0), r"`num_features`=4.0 must be a positive int"),
+        (lambda: jnorm.BatchStats.init(4, dtype=jnp.int32), r"`dtype`=.* is not a floating"),
+        (lambda: jnorm.layer_norm(X, axis_name="batch"), r"`axis_name`='batch' is not bound"),
+        (lambda: jnorm.batch_norm(X, S4, axis_name="i", **BN), r"`axis_name`='i' is not bound"),
+        (lambda: jnorm.local_response_norm(X, alpha=True), r"`alpha`=True is a bool"),
+        (lambda: jnorm.batch_norm(X, S4, virtual_batch_size=2.0, **BN),
+         r"`virtual_batch_size` must be a positive int"),
+    ],
+)
+def test_formerly_silent_errors_name_the_argument(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _trace(call)
+
+
+def test_traced_hyperparameters_are_still_accepted():
+    # A learned epsilon or a scheduled momentum is traced under jit: it cannot be checked at
+    # trace time, and must not be rejected.
+    f = jax.jit(lambda e, m: jnorm.batch_norm(X, S4, epsilon=e, momentum=m, **BN)[1].mean)
+    assert f(1e-5, 0.9).shape == (4,)
+    assert jax.jit(lambda e: jnorm.layer_norm(X, epsilon=e))(1e-3).shape == X.shape

@@ -1,0 +1,503 @@
+"""Every argument check of jnorm, with one message style: the argument, the value, the fix.
+
+The public functions validate their arguments here, at their entry and at trace time (all
+checks look at static shapes, dtypes and Python values only), and then pass plain canonical
+values down to the statistics, the affine kernel and the state update, which check nothing.
+
+A value that is traced (inside ``jit``, e.g. a learned ``epsilon``) cannot be checked and is
+accepted as it is; a concrete value -- a Python number, a NumPy scalar, a concrete
+``jax.Array`` -- is checked whatever its type.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
+
+__all__ = [
+    "as_input",
+    "batch_axes",
+    "canonicalize_axes",
+    "check_axis_name",
+    "check_batch_moments",
+    "check_batch_size",
+    "check_dtype",
+    "check_epsilon",
+    "check_feature_shape",
+    "check_kernel",
+    "check_mask",
+    "check_momentum",
+    "check_nonnegative",
+    "check_positive_int",
+    "check_state",
+    "check_training",
+    "complement_axes",
+    "feature_param",
+    "grouped_param",
+    "resolve_groups",
+    "spatial_axes",
+]
+
+
+def _where(layer: str | None) -> str:
+    return f"{layer}: " if layer else ""
+
+
+def _concrete(value: Any) -> np.ndarray | None:
+    """`value` as a NumPy array if it is known at trace time, None if it is traced."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(value)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
+
+
+# --- axes -----------------------------------------------------------------------------------
+
+
+def canonicalize_axes(
+    axes: Axes, ndim: int, *, name: str = "axis", allow_empty: bool = True
+) -> tuple[int, ...]:
+    """Returns `axes` as a sorted tuple of non-negative ints, checking each is in range.
+
+    Negative axes count from the end, as in NumPy, but only within ``[-ndim, ndim)``: an axis
+    outside that range is an error rather than silently wrapped. Only ints count as axes
+    (``1.5`` and ``True`` are errors, not axis 1).
+
+    >>> canonicalize_axes(-1, 4)
+    (3,)
+    >>> canonicalize_axes((0, -2), 3, name="reduction_axes")
+    (0, 1)
+    """
+    fix = f"Pass an int or a sequence of ints in [{-ndim}, {ndim - 1}]."
+    if _is_int(axes):
+        seq: tuple[int, ...] = (operator.index(axes),)
+    else:
+        if isinstance(axes, (str, bytes)) or not isinstance(axes, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"`{name}` must be an int or a sequence of ints, got {axes!r}. {fix}"
+            )
+        if not all(_is_int(a) for a in axes):
+            raise TypeError(
+                f"`{name}`={axes!r} must be an int or a sequence of ints, not "
+                f"{[type(a).__name__ for a in axes]}. {fix}"
+            )
+        seq = tuple(operator.index(a) for a in axes)
+    if not seq and not allow_empty:
+        raise ValueError(
+            f"`{name}`={axes!r} names no axis, so every statistic would cover a single value "
+            f"(the output would be the bias alone). {fix}"
+        )
+    out = []
+    for a in seq:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"`{name}`={axes!r} is out of range for an input with {ndim} dimensions: each "
+                f"axis must lie in [{-ndim}, {ndim - 1}]. Pass an axis that exists in the input."
+            )
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(
+            f"`{name}`={axes!r} names the same axis twice (axes are taken modulo {ndim}); "
+            "list each axis once."
+        )
+    return tuple(sorted(out))
+
+
+def complement_axes(axes: Sequence[int], ndim: int) -> tuple[int, ...]:
+    """All axes of an `ndim`-dimensional array that are not in `axes` (which must be canonical).
+
+    >>> complement_axes((3,), 4)
+    (0, 1, 2)
+    """
+    return tuple(i for i in range(ndim) if i not in axes)
+
+
+def spatial_axes(x: jax.Array, channel_axes: tuple[int, ...], layer: str) -> tuple[int, ...]:
+    """The axes of an image layer's statistics: all but the batch axis 0 and the channels."""
+    if 0 in channel_axes:
+        raise ValueError(
+            f"{layer}: `channel_axis` includes axis 0, which is the batch axis. Put the channels "
+            "on another axis (e.g. -1 for NHWC, 1 for NCHW)."
+        )
+    spatial = tuple(i for i in range(1, x.ndim) if i not in channel_axes)
+    if not spatial:
+        raise ValueError(
+            f"{layer}: an input of shape {x.shape} has no spatial axis (it is (N, C)), so each "
+            "statistic would cover a single value. Give the input spatial axes, e.g. (N, H, W, "
+            "C), or use layer_norm for (N, C) features."
+        )
+    return spatial
+
+
+def check_axis_name(
+    axis_name: AxisName, axis_index_groups: AxisIndexGroups = None, *, layer: str | None = None
+) -> None:
+    """`axis_name` must be bound by an enclosing ``pmap``/``shard_map``/``vmap``."""
+    if axis_name is None:
+        if axis_index_groups is not None:
+            raise ValueError(
+                f"{_where(layer)}`axis_index_groups`={axis_index_groups!r} was given without "
+                "`axis_name`; name the mapped axis the groups index into, or drop "
+                "`axis_index_groups`."
+            )
+        return
+    try:
+        lax.axis_size(axis_name)
+    except NameError:
+        raise ValueError(
+            f"{_where(layer)}`axis_name`={axis_name!r} is not bound here: no enclosing pmap, "
+            "shard_map or vmap maps an axis of that name. Call this function inside the mapped "
+            "function (e.g. jax.vmap(f, axis_name=...)), or pass axis_name=None."
+        ) from None
+
+
+# --- inputs and parameters ----------------------------------------------------------------
+
+
+def as_input(x: Any, name: str = "x", *, layer: str | None = None) -> jax.Array:
+    """`x` as a jax array of numbers with at least one dimension."""
+    x = jnp.asarray(x)
+    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
+        raise TypeError(
+            f"{_where(layer)}`{name}` must be a numeric array, got dtype {x.dtype}. Convert it "
+            "with jnp.asarray(..., jnp.float32)."
+        )
+    if x.ndim == 0:
+        raise ValueError(
+            f"{_where(layer)}`{name}` must have at least one dimension, got a scalar. Give it "
+            "a batch or feature axis, e.g. x[None]."
+        )
+    return x
+
+
+def check_dtype(dtype: DTypeLike | None, *, name: str = "dtype", layer: str | None = None,
+                floating: bool = False) -> None:
+    """A dtype must be None (the input's) or inexact (real `floating` if asked): an integer
+    dtype would truncate normalized values."""
+    if dtype is None:
+        return
+    try:
+        ok = jnp.issubdtype(dtype, jnp.floating if floating else jnp.inexact)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(
+            f"{_where(layer)}`{name}`={dtype!r} is not a floating dtype: normalized values "
+            "would be truncated. Pass a floating dtype (jnp.float32, jnp.bfloat16, ...) or None "
+            "for the input's."
+        )
+
+
+def check_kernel(kernel: Any, *, layer: str, name: str = "kernel") -> jax.Array:
+    """A floating Dense/Conv kernel with at least 2 dimensions (fan-in and output units)."""
+    kernel = jnp.asarray(kernel)
+    if not jnp.issubdtype(kernel.dtype, jnp.floating):
+        raise TypeError(
+            f"{layer}: `{name}` must be a floating array, got {kernel.dtype}. Convert it with "
+            ".astype(jnp.float32)."
+        )
+    if kernel.ndim < 2:
+        raise ValueError(
+            f"{layer}: `{name}` must have at least 2 dimensions (fan-in and output), got shape "
+            f"{kernel.shape}. Dense kernels are [I, O], Conv kernels [kh, kw, I, O]."
+        )
+    return kernel
+
+
+def feature_param(
+    param: jax.Array | None,
+    shape: Sequence[int],
+    feature_axes: Sequence[int],
+    *,
+    name: str,
+) -> jax.Array | None:
+    """Checks a per-feature parameter and reshapes it to broadcast against `shape`.
+
+    `param` must have exactly the feature shape ``tuple(shape[a] for a in feature_axes)``;
+    the result has ones on the other axes. ``None`` passes through.
+    """
+    if param is None:
+        return None
+    param = jnp.asarray(param)
+    feature_shape = tuple(shape[a] for a in feature_axes)
+    if param.shape != feature_shape:
+        raise ValueError(
+            f"`{name}` has shape {param.shape}, but the input of shape {tuple(shape)} has feature "
+            f"shape {feature_shape} (its axes {tuple(feature_axes)}). Create `{name}` with shape "
+            f"{feature_shape}, or pass the feature axes that match it."
+        )
+    bshape = [1] * len(shape)
+    for a in feature_axes:
+        bshape[a] = shape[a]
+    return param.reshape(bshape)
+
+
+def grouped_param(param: Any, channels: int, groups: int, name: str) -> jax.Array:
+    """A per-channel parameter ``[C]`` reshaped to ``[G, C/G]``."""
+    param = jnp.asarray(param)
+    if param.shape != (channels,):
+        raise ValueError(
+            f"`{name}` has shape {param.shape}, expected ({channels},): one value per channel."
+        )
+    return param.reshape(groups, channels // groups)
+
+
+def check_mask(mask: jax.Array | None, shape: Sequence[int]) -> jax.Array | None:
+    """Checks that `mask` broadcasts to `shape` and returns it as a boolean array of that shape.
+
+    A mask that is already a boolean array of `shape` passes through unchanged, so checking it
+    twice costs nothing.
+    """
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    try:
+        np.broadcast_shapes(mask.shape, tuple(shape))
+    except ValueError:
+        raise ValueError(
+            f"`mask` has shape {mask.shape}, which does not broadcast to the input shape "
+            f"{tuple(shape)}. Give it the input's shape, or size 1 on the axes it does not vary "
+            "along."
+        ) from None
+    if np.broadcast_shapes(mask.shape, tuple(shape)) != tuple(shape):
+        raise ValueError(
+            f"`mask` of shape {mask.shape} would enlarge the input of shape {tuple(shape)}; "
+            "it must broadcast to the input's shape."
+        )
+    if mask.dtype != jnp.bool_:
+        mask = mask != 0
+    return jnp.broadcast_to(mask, tuple(shape))
+
+
+# --- hyperparameters ----------------------------------------------------------------------
+
+
+def check_training(training: Any, *, layer: str | None = None) -> None:
+    """`training` selects the computation at trace time, so it must be a Python bool."""
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(
+            f"{_where(layer)}`training` must be a Python bool, got {type(training).__name__}. "
+            "It selects the computation at trace time; to switch inside jit, mark it static "
+            "(static_argnames) or use lax.cond with two calls."
+        )
+
+
+def _real_scalar(value: Any, name: str, layer: str | None, fix: str) -> float | None:
+    """The value of a real scalar hyperparameter, None if traced; bools and arrays rejected."""
+    if _is_bool(value):
+        raise TypeError(f"{_where(layer)}`{name}`={value!r} is a bool, not a number. {fix}")
+    arr = _concrete(value)
+    if arr is None:
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"{_where(layer)}`{name}` must be a scalar, got shape {jnp.shape(value)}. {fix}"
+            )
+        return None
+    if arr.ndim != 0 or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(
+            f"{_where(layer)}`{name}` must be a real scalar, got {value!r} (shape {arr.shape}, "
+            f"dtype {arr.dtype}). {fix}"
+        )
+    return float(arr)
+
+
+def check_nonnegative(value: Any, name: str, *, layer: str | None = None,
+                      positive: bool = False, minimum: float = 0.0) -> None:
+    """A real scalar that must be finite and ``>= minimum`` (``> minimum`` if `positive`)."""
+    bound = f"> {minimum:g}" if positive else f">= {minimum:g}"
+    v = _real_scalar(value, name, layer, f"Pass a finite number {bound}.")
+    if v is not None and not (np.isfinite(v) and (v > minimum if positive else v >= minimum)):
+        raise ValueError(
+            f"{_where(layer)}`{name}` must be finite and {bound}, got {value!r}. Pass a finite "
+            f"number {bound}."
+        )
+
+
+def check_epsilon(epsilon: Any, *, layer: str | None = None) -> None:
+    """``epsilon`` is added to a variance: a finite real scalar ``>= 0`` (traced ones pass)."""
+    v = _real_scalar(epsilon, "epsilon", layer, "Pass a small number such as 1e-5.")
+    if v is not None and not (np.isfinite(v) and v >= 0):
+        raise ValueError(
+            f"{_where(layer)}`epsilon` must be finite and >= 0 (it is added to the variance), "
+            f"got {epsilon!r}. Pass a small number such as 1e-5."
+        )
+
+
+def check_momentum(momentum: Any, *, layer: str | None = None) -> None:
+    """``momentum`` is the weight of the old running value: in ``[0, 1]``, or None."""
+    if momentum is None:
+        return
+    fix = ("Pass a number in [0, 1], e.g. 0.99, or None for a cumulative average; PyTorch's "
+           "momentum m is jnorm's 1 - m (jnorm.momentum_from_torch).")
+    v = _real_scalar(momentum, "momentum", layer, fix)
+    if v is not None and not 0 <= v <= 1:
+        raise ValueError(
+            f"{_where(layer)}`momentum` must lie in [0, 1] (the weight of the old value), got "
+            f"{momentum!r}. {fix}"
+        )
+
+
+def check_feature_shape(num_features: Any, *, layer: str) -> tuple[int, ...]:
+    """A feature count ``C`` or a feature shape ``(d1, d2, ...)`` of positive ints."""
+    seq = (num_features,) if _is_int(num_features) else num_features
+    if not isinstance(seq, Sequence) or not seq or not all(_is_int(d) and d >= 1 for d in seq):
+        raise ValueError(
+            f"{layer}: `num_features`={num_features!r} must be a positive int (the number of "
+            "features) or a tuple of positive ints (the feature shape). Pass e.g. x.shape[-1]."
+        )
+    return tuple(int(d) for d in seq)
+
+
+def check_positive_int(value: Any, name: str, *, layer: str | None = None,
+                       minimum: int = 1) -> int:
+    """An int ``>= minimum`` (bools and floats such as ``2.0`` are errors); returns it."""
+    if not _is_int(value) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(
+            f"{_where(layer)}`{name}` must be {kind}, got {value!r}. Pass {kind}."
+        )
+    return int(value)
+
+
+def resolve_groups(
+    channels: int, num_groups: int | None, group_size: int | None,
+    *, layer: str = "group_norm",
+) -> int:
+    """The number of groups from exactly one of `num_groups` / `group_size`, checked."""
+    if (num_groups is None) == (group_size is None):
+        raise ValueError(
+            f"{layer}: give exactly one of `num_groups` and `group_size` (to use "
+            "`group_size`, also pass `num_groups=None`, since num_groups defaults to 32)."
+        )
+    divisors = [d for d in range(1, channels + 1) if channels % d == 0]
+    if group_size is not None:
+        if not _is_int(group_size) or group_size <= 0 or channels % group_size:
+            raise ValueError(
+                f"{layer}: `group_size`={group_size!r} does not divide the {channels} "
+                f"channels. Pick one of {divisors}."
+            )
+        return channels // int(group_size)
+    if not _is_int(num_groups) or num_groups <= 0 or channels % num_groups:
+        raise ValueError(
+            f"{layer}: `num_groups`={num_groups!r} does not divide the {channels} channels. "
+            f"Pick one of {divisors}, or pass `group_size`."
+        )
+    return int(num_groups)
+
+
+def check_batch_size(x: jax.Array, stat_axes: tuple[int, ...], axis_name: AxisName, *,
+                     layer: str) -> None:
+    """Training on batch statistics needs more than one value per feature."""
+    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
+        raise ValueError(
+            f"{layer} in training needs more than one value per channel, but the input of "
+            f"shape {x.shape} has one per feature (statistics over axes {stat_axes}). Use a "
+            "larger batch, training=False, or a per-example norm (layer_norm, group_norm)."
+        )
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+def check_state(
+    state: Any,
+    cls: type,
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    init: str,
+    name: str = "state",
+    layer: str | None = None,
+) -> None:
+    """A running-statistics pytree: its type, float fields of `shapes`, an int32 scalar count.
+
+    Args:
+      state: the value given.
+      cls: the expected type (``BatchStats``, ``WhiteningStats``).
+      shapes: expected shape of each floating field.
+      init: the call that creates a matching state, for the message.
+      name: the argument's name.
+      layer: the public function, for the message.
+    """
+    where = _where(layer)
+    if not isinstance(state, cls):
+        raise TypeError(
+            f"{where}`{name}` must be a jnorm.{cls.__name__}, got {type(state).__name__}; "
+            f"create one with jnorm.{init}."
+        )
+    for field, shape in shapes.items():
+        value = getattr(state, field)
+        if jnp.shape(value) != tuple(shape):
+            raise ValueError(
+                f"{where}`{name}.{field}` has shape {jnp.shape(value)}, but {tuple(shape)} is "
+                f"expected here. Create the state with jnorm.{init} or pass the matching axes."
+            )
+        if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            raise TypeError(
+                f"{where}`{name}.{field}` has dtype {jnp.result_type(value)}; running statistics "
+                f"must be floating (an integer state truncates them and its momentum to 0). "
+                f"Create the state with jnorm.{init}."
+            )
+    count = state.count
+    if jnp.shape(count) != () or not jnp.issubdtype(jnp.result_type(count), jnp.integer):
+        raise ValueError(
+            f"{where}`{name}.count` must be an integer scalar (the number of updates), got shape "
+            f"{jnp.shape(count)} and dtype {jnp.result_type(count)}. Create the state with "
+            f"jnorm.{init}."
+        )
+
+
+def batch_axes(
+    x: jax.Array, state: Any, axis: Axes, *, cls: type, layer: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Checks a batch-statistics layer's ``state`` against ``x`` and its feature ``axis``.
+
+    `cls` is :class:`jnorm.BatchStats` (passed in: the state lives a tier above the checks).
+    Returns ``(feature_axes, statistics_axes)``.
+    """
+    features = canonicalize_axes(axis, x.ndim, name="axis")
+    feature_shape = tuple(x.shape[a] for a in features)
+    num = feature_shape[0] if len(feature_shape) == 1 else feature_shape
+    check_state(state, cls, {"mean": feature_shape, "var": feature_shape},
+                init=f"BatchStats.init({num})", layer=layer)
+    return features, complement_axes(features, x.ndim)
+
+
+def check_batch_moments(state: Any, mean: Any, var: Any, count: Any) -> None:
+    """Statistics handed to a state update must have the state's shapes (no broadcasting).
+
+    ``count`` is one number for all features (shape ``()``) or one per feature.
+    """
+    for field, value in (("mean", mean), ("var", var)):
+        expected = jnp.shape(getattr(state, field))
+        if jnp.shape(value) != expected:
+            raise ValueError(
+                f"update_batch_stats: `{field}` has shape {jnp.shape(value)}, but `state.{field}` "
+                f"has shape {expected}; batch statistics are not broadcast to the state. Pass "
+                f"one value per feature, shape {expected} (e.g. jnorm.moments(x, axes=...))."
+            )
+    if jnp.shape(count) not in ((), jnp.shape(state.mean)):
+        raise ValueError(
+            f"update_batch_stats: `count` has shape {jnp.shape(count)}; pass one count for all "
+            f"features (shape ()) or one per feature (shape {jnp.shape(state.mean)})."
+        )

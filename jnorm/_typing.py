@@ -1,0 +1,29 @@
+"""Type aliases shared by every module (one place, so the signatures agree).
+
+Axis arguments follow one naming scheme across jnorm (see README, "Axis arguments"):
+
+* ``axis`` / ``axes``: the axes the **statistics** are taken over (``moments``, ``layer_norm``,
+  ``rms_norm``), except in the batch-statistics layers (``batch_norm``, ``batch_renorm``,
+  ``decorrelated_batch_norm``, ``iter_norm``), whose ``axis`` is the **feature** axis, as in
+  flax's and Keras' BatchNorm (the statistics are taken over all other axes);
+* ``feature_axes``: the axes learned parameters vary along;
+* ``channel_axis``: the one channel axis of image layers (statistics over the spatial axes);
+* ``reduction_axes``: group norm's non-channel statistics axes (flax's name);
+* ``axis_name``, ``axis_index_groups``: the mapped (device) axis of ``pmap``/``shard_map``/
+  ``vmap`` that statistics are also reduced over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+from jax.typing import ArrayLike, DTypeLike
+
+__all__ = ["ArrayLike", "Axes", "AxisIndexGroups", "AxisName", "DTypeLike"]
+
+#: One axis or several, as ints (negative counts from the end).
+Axes = int | Sequence[int]
+#: A mapped axis name (any hashable, e.g. ``"batch"``), several of them, or None.
+AxisName = Hashable | Sequence[Hashable] | None
+#: Groups of device indices along ``axis_name`` reduced separately, or None (all together).
+AxisIndexGroups = Sequence[Sequence[int]] | None
