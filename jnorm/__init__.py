@@ -6,10 +6,14 @@ the scheme, and the layer functions choose the axes. Flax linen modules live in
 :mod:`jnorm.linen` (importing :mod:`jnorm` does not import flax).
 """
 
+from jnorm._checkpoint import restore_state as restore_state
+from jnorm._checkpoint import save_state as save_state
 from jnorm._frn import evonorm_b0 as evonorm_b0
 from jnorm._frn import evonorm_s0 as evonorm_s0
 from jnorm._frn import filter_response_norm as filter_response_norm
 from jnorm._frn import tlu as tlu
+from jnorm._inference import fold_batch_norm as fold_batch_norm
+from jnorm._inference import precise_batch_stats as precise_batch_stats
 from jnorm._layers import batch_norm as batch_norm
 from jnorm._layers import group_norm as group_norm
 from jnorm._layers import instance_norm as instance_norm
@@ -23,17 +27,13 @@ from jnorm._renorm import batch_renorm_schedule as batch_renorm_schedule
 from jnorm._spectral import spectral_norm as spectral_norm
 from jnorm._spectral import spectral_norm_init as spectral_norm_init
 from jnorm._state import BatchStats as BatchStats
-from jnorm._state import from_torch_batch_norm as from_torch_batch_norm
-from jnorm._state import momentum_from_torch as momentum_from_torch
 from jnorm._state import update_batch_stats as update_batch_stats
 from jnorm._stats import moments as moments
-from jnorm._tools import fold_batch_norm as fold_batch_norm
-from jnorm._tools import from_torch_state_dict as from_torch_state_dict
-from jnorm._tools import precise_batch_stats as precise_batch_stats
-from jnorm._tools import restore_state as restore_state
-from jnorm._tools import save_state as save_state
-from jnorm._tools import to_torch_state_dict as to_torch_state_dict
-from jnorm._tools import torch_norm_kwargs as torch_norm_kwargs
+from jnorm._torch import from_torch_batch_norm as from_torch_batch_norm
+from jnorm._torch import from_torch_state_dict as from_torch_state_dict
+from jnorm._torch import momentum_from_torch as momentum_from_torch
+from jnorm._torch import to_torch_state_dict as to_torch_state_dict
+from jnorm._torch import torch_norm_kwargs as torch_norm_kwargs
 from jnorm._weight import kernel_norm as kernel_norm
 from jnorm._weight import scaled_standardize_weight as scaled_standardize_weight
 from jnorm._weight import standardize_weight as standardize_weight

@@ -17,7 +17,7 @@ from jnorm._checks import (
     check_state,
 )
 
-__all__ = ["BatchStats", "from_torch_batch_norm", "momentum_from_torch", "update_batch_stats"]
+__all__ = ["BatchStats", "update_batch_stats"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -99,59 +99,3 @@ def update_batch_stats(
     return BatchStats(
         jnp.where(ok, new_mean, state.mean), jnp.where(ok, new_var, state.var), new_count
     )
-
-
-def momentum_from_torch(momentum: float | None) -> float | None:
-    """Converts PyTorch's BatchNorm ``momentum`` (weight of the *new* value) to jnorm's.
-
-    >>> momentum_from_torch(0.1)
-    0.9
-    """
-    return None if momentum is None else 1.0 - float(momentum)
-
-
-def from_torch_batch_norm(
-    running_mean: Any,
-    running_var: Any,
-    num_batches_tracked: Any = None,
-    weight: Any = None,
-    bias: Any = None,
-) -> tuple[dict[str, jax.Array], BatchStats]:
-    """Converts a PyTorch BatchNorm's buffers and parameters to jnorm's params and state.
-
-    Accepts anything ``numpy.asarray`` takes (NumPy arrays, CPU torch tensors via
-    ``.detach().numpy()``). PyTorch stores the *unbiased* running variance and uses it as is in
-    eval mode, so the state is copied unchanged: eval outputs match PyTorch's. To keep training
-    with PyTorch's conventions, call :func:`jnorm.batch_norm` with ``unbiased_running_var=True``
-    and ``momentum=momentum_from_torch(torch_momentum)``.
-
-    Returns:
-      ``(params, state)``: ``params`` holds ``scale``/``bias`` (those given), ``state`` the
-      running statistics with ``count = num_batches_tracked`` (clipped to int32).
-
-    Examples:
-      >>> import numpy as np, jnorm
-      >>> params, state = jnorm.from_torch_batch_norm(np.zeros(2), np.ones(2), 7, np.ones(2))
-      >>> sorted(params), int(state.count)
-      (['scale'], 7)
-    """
-    mean = jnp.asarray(np.asarray(running_mean), jnp.float32)
-    var = jnp.asarray(np.asarray(running_var), jnp.float32)
-    if mean.shape != var.shape or mean.ndim != 1:
-        raise ValueError(
-            f"`running_mean` {mean.shape} and `running_var` {var.shape} must be vectors of the "
-            "same length (one value per channel)."
-        )
-    n = 0 if num_batches_tracked is None else int(np.asarray(num_batches_tracked))
-    state = BatchStats(mean, var, jnp.asarray(min(max(n, 0), _INT32_MAX), jnp.int32))
-    params: dict[str, jax.Array] = {}
-    for name, value in (("scale", weight), ("bias", bias)):
-        if value is not None:
-            arr = jnp.asarray(np.asarray(value), jnp.float32)
-            if arr.shape != mean.shape:
-                raise ValueError(
-                    f"torch `{'weight' if name == 'scale' else 'bias'}` has shape {arr.shape}, "
-                    f"expected {mean.shape} like `running_mean`."
-                )
-            params[name] = arr
-    return params, state

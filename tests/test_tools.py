@@ -164,7 +164,8 @@ def test_torch_batch_norm_state_dict_conventions():
         s1.mean, 0.9 * sd["features.1.running_mean"] + 0.1 * xb.mean(1), rtol=1e-5, atol=1e-6)
     # round trip, and the n/(n-1) conversion both ways
     back = jnorm.to_torch_state_dict(params, state, prefix="features.1.")
-    assert set(back) == set(sd) and back["features.1.num_batches_tracked"].dtype == np.int64
+    assert set(back) == set(sd)
+    assert str(back["features.1.num_batches_tracked"].dtype).endswith("int64")
     for key in sd:
         np.testing.assert_array_equal(back[key], sd[key])
     _, biased = jnorm.from_torch_state_dict(sd, prefix="features.1.", batch_size=32)
@@ -172,6 +173,52 @@ def test_torch_batch_norm_state_dict_conventions():
     again = jnorm.to_torch_state_dict(params, biased, prefix="features.1.", batch_size=32)
     np.testing.assert_allclose(again["features.1.running_var"], sd["features.1.running_var"],
                                rtol=1e-6)
+
+
+def test_from_torch_copies_the_values():
+    # Converted state must not share memory with the arrays it came from (the old code returned
+    # views: a later in-place update of the torch buffers changed jnorm's state).
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    params, state = jnorm.from_torch_batch_norm(rm, rv, 2, w, b)
+    sd = {"weight": w, "bias": b, "running_mean": rm, "running_var": rv}
+    params2, state2 = jnorm.from_torch_state_dict(sd)
+    params3, _ = jnorm.from_torch_state_dict({"weight": w, "bias": b})  # LayerNorm-like
+    for a in (rm, rv, w, b):
+        a += 5.0  # what torch's BatchNorm does to its buffers in place during training
+    for got in (state.mean, state2.mean, params["bias"], params2["bias"], params3["bias"]):
+        np.testing.assert_array_equal(got, np.zeros(3))
+    for got in (state.var, state2.var, params["scale"], params2["scale"], params3["scale"]):
+        np.testing.assert_array_equal(got, np.ones(3))
+
+
+def test_torch_round_trip_with_torch_modules():
+    torch = pytest.importorskip("torch")
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        bn(torch.randn(4, 3, 5, 5) * 2 + 1)  # one training step moves the running statistics
+    params, state = jnorm.from_torch_state_dict(bn.state_dict())
+    np.testing.assert_allclose(state.mean, bn.running_mean.numpy(), rtol=1e-6)
+    assert int(state.count) == 1
+    with torch.no_grad():
+        bn.running_mean.add_(100.0)  # in place: the converted state must not follow
+        bn.weight.mul_(0.0)
+    assert float(jnp.max(jnp.abs(state.mean))) < 100.0
+    assert float(jnp.min(params["scale"])) == 1.0
+    _, state_b = jnorm.from_torch_batch_norm(bn.running_mean, bn.running_var,
+                                             bn.num_batches_tracked)  # tensors directly
+    np.testing.assert_allclose(state_b.mean, bn.running_mean.numpy())
+    # to_torch_state_dict's result loads into torch as is (strict: every key, torch tensors)
+    fresh = torch.nn.BatchNorm2d(3)
+    fresh.load_state_dict(jnorm.to_torch_state_dict(params, state))
+    np.testing.assert_allclose(fresh.running_mean.numpy(), np.asarray(state.mean))
+    np.testing.assert_allclose(fresh.weight.detach().numpy(), [1.0, 2.0, 3.0])
+    assert int(fresh.num_batches_tracked) == 1
+    ln = torch.nn.LayerNorm(4)
+    ln.load_state_dict(jnorm.to_torch_state_dict({"scale": jnp.full(4, 2.0),
+                                                  "bias": jnp.ones(4)}))
+    np.testing.assert_allclose(ln.weight.detach().numpy(), 2.0)
 
 
 def test_torch_layer_and_group_norm_conventions():

@@ -1,9 +1,9 @@
-r"""Tools around batch norm: PreciseBN, folding into Dense/Conv, PyTorch and orbax interop.
+r"""Inference tools for batch norm: PreciseBN population statistics and folding.
 
-None of these compute new normalization math: population statistics are averages of the batch
-statistics that jnorm's layers already compute, folding applies :func:`jnorm.normalize` to a
-kernel and a bias, and the converters move arrays between naming conventions. ``import jnorm``
-does not import flax or orbax; the functions that need them import them when called.
+Neither computes new normalization math: population statistics are averages of the batch
+statistics that jnorm's layers already compute, and folding applies :func:`jnorm.normalize` to
+a kernel and a bias. ``import jnorm`` does not import flax; the linen form of
+:func:`precise_batch_stats` only recognises a module when flax is already imported.
 """
 
 from __future__ import annotations
@@ -17,23 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnorm._checks import check_epsilon, check_kernel
 from jnorm._normalize import normalize
-from jnorm._state import BatchStats, from_torch_batch_norm
 
-__all__ = [
-    "fold_batch_norm",
-    "from_torch_state_dict",
-    "precise_batch_stats",
-    "restore_state",
-    "save_state",
-    "to_torch_state_dict",
-    "torch_norm_kwargs",
-]
+__all__ = ["fold_batch_norm", "precise_batch_stats"]
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
-
-
-# ----------------------------------------------------------------------------------- PreciseBN
 
 
 def _leaf_name(path: tuple) -> str:
@@ -239,9 +228,6 @@ def _precise(
     return jax.tree_util.tree_unflatten(treedef, out_leaves)
 
 
-# ------------------------------------------------------------------------------------- Folding
-
-
 def fold_batch_norm(
     kernel: jax.Array,
     bias: jax.Array | None,
@@ -277,12 +263,8 @@ def fold_batch_norm(
       >>> k.tolist(), b.tolist()  # (2x + 1 - 3) / 2 = x - 1
       ([[1.0]], [-1.0])
     """
-    kernel = jnp.asarray(kernel)
-    if kernel.ndim < 2:
-        raise ValueError(
-            f"`kernel` must have at least 2 dimensions with output features last, got shape "
-            f"{kernel.shape}."
-        )
+    kernel = check_kernel(kernel, layer="fold_batch_norm")
+    check_epsilon(epsilon, layer="fold_batch_norm")
     o = kernel.shape[-1]
     named = {"mean": mean, "var": var, "bias": bias, "scale": scale, "bn_bias": bn_bias}
     for name, arr in named.items():
@@ -297,192 +279,3 @@ def fold_batch_norm(
     )
     new_bias = normalize(b, mean, var, scale, bn_bias, epsilon=epsilon, dtype=kernel.dtype)
     return new_kernel, new_bias
-
-
-# ------------------------------------------------------------------------------------- PyTorch
-
-
-def torch_norm_kwargs(layer: str, **torch_kwargs: Any) -> dict[str, Any]:
-    """Converts a PyTorch norm layer's constructor arguments to the jnorm function's keywords.
-
-    ================  =======================================  ====================================
-    PyTorch           its convention                           jnorm keyword
-    ================  =======================================  ====================================
-    ``momentum=0.1``  weight of the *new* value; None: cum.    ``momentum=0.9`` (old value); None
-    ``eps``           1e-5 for all three layers                ``epsilon`` (same value)
-    running var       unbiased, ``n / (n - 1)``                ``unbiased_running_var=True``
-    channels          axis 1 (NCHW)                            ``axis=1`` / ``channel_axis=1``
-    normalized_shape  trailing dims of LayerNorm               ``axis=(-k, ..., -1)``
-    ================  =======================================  ====================================
-
-    ``layer`` is ``"batch_norm"``, ``"layer_norm"`` or ``"group_norm"``. Arguments without a
-    jnorm counterpart (``affine``, ``elementwise_affine``, ``track_running_stats``,
-    ``num_features``, ``num_channels``, ``device``, ``dtype``) are ignored.
-
-    Examples:
-      >>> import jnorm
-      >>> jnorm.torch_norm_kwargs("batch_norm", momentum=0.1)
-      {'axis': 1, 'epsilon': 1e-05, 'momentum': 0.9, 'unbiased_running_var': True}
-      >>> jnorm.torch_norm_kwargs("layer_norm", normalized_shape=(4, 5), eps=1e-6)
-      {'axis': (-2, -1), 'epsilon': 1e-06}
-    """
-    ignored = {"affine", "elementwise_affine", "track_running_stats", "num_features",
-               "num_channels", "device", "dtype", "bias"}
-    kw = {k: v for k, v in torch_kwargs.items() if k not in ignored}
-    eps = float(kw.pop("eps", 1e-5))
-    if layer == "batch_norm":
-        momentum = kw.pop("momentum", 0.1)
-        out: dict[str, Any] = {
-            "axis": 1, "epsilon": eps,
-            "momentum": None if momentum is None else round(1.0 - float(momentum), 12),
-            "unbiased_running_var": True,
-        }
-    elif layer == "layer_norm":
-        if "normalized_shape" not in kw:
-            raise ValueError("torch_norm_kwargs('layer_norm', ...) needs `normalized_shape`.")
-        shape = kw.pop("normalized_shape")
-        k = 1 if isinstance(shape, int) else len(tuple(shape))
-        out = {"axis": tuple(range(-k, 0)), "epsilon": eps}
-    elif layer == "group_norm":
-        if "num_groups" not in kw:
-            raise ValueError("torch_norm_kwargs('group_norm', ...) needs `num_groups`.")
-        out = {"num_groups": int(kw.pop("num_groups")), "channel_axis": 1, "epsilon": eps}
-    else:
-        raise ValueError(
-            f"`layer` must be 'batch_norm', 'layer_norm' or 'group_norm', got {layer!r}."
-        )
-    if kw:
-        raise TypeError(f"torch_norm_kwargs({layer!r}): unknown PyTorch arguments {sorted(kw)}.")
-    return dict(sorted(out.items()))
-
-
-def from_torch_state_dict(
-    state_dict: Mapping[str, Any], *, prefix: str = "", batch_size: int | None = None
-) -> tuple[dict[str, jax.Array], BatchStats | None]:
-    """Reads a PyTorch BatchNorm/LayerNorm/GroupNorm ``state_dict`` into jnorm params (+ state).
-
-    Keys ``prefix + "weight"`` / ``"bias"`` become ``scale`` / ``bias`` (any shape: LayerNorm's
-    is ``normalized_shape``, which is what :func:`jnorm.layer_norm` expects); a BatchNorm's
-    ``running_mean``, ``running_var`` and ``num_batches_tracked`` become a
-    :class:`jnorm.BatchStats`. Values may be NumPy arrays or CPU tensors (anything
-    ``numpy.asarray`` reads; call ``.detach()`` first), so torch need not be installed.
-
-    PyTorch keeps the *unbiased* running variance and uses it as is in eval, so by default it is
-    copied unchanged (eval outputs match PyTorch). To continue training with jnorm's default
-    biased running variance, pass the training ``batch_size`` ``n``: the variance is multiplied
-    by ``(n - 1) / n``. Hyperparameters are not in a state dict; see :func:`torch_norm_kwargs`.
-
-    Examples:
-      >>> import numpy as np, jnorm
-      >>> sd = {"bn.weight": np.ones(2), "bn.bias": np.zeros(2), "bn.running_mean": np.zeros(2),
-      ...       "bn.running_var": np.full(2, 2.0), "bn.num_batches_tracked": np.array(3)}
-      >>> params, state = jnorm.from_torch_state_dict(sd, prefix="bn.", batch_size=4)
-      >>> sorted(params), state.var.tolist(), int(state.count)
-      (['bias', 'scale'], [1.5, 1.5], 3)
-    """
-    def get(name: str) -> Any:
-        return state_dict.get(prefix + name)
-
-    weight, bias = get("weight"), get("bias")
-    if get("running_mean") is not None or get("running_var") is not None:
-        if get("running_mean") is None or get("running_var") is None:
-            raise ValueError(
-                f"state dict has only one of {prefix}running_mean / {prefix}running_var; a "
-                "BatchNorm state dict has both."
-            )
-        params, state = from_torch_batch_norm(
-            get("running_mean"), get("running_var"), get("num_batches_tracked"), weight, bias
-        )
-        if batch_size is not None:
-            state = state._replace(var=state.var * _bessel(batch_size, inverse=True))
-        return params, state
-    if weight is None and bias is None:
-        raise ValueError(
-            f"no '{prefix}weight', '{prefix}bias' or '{prefix}running_mean' key in the state dict "
-            f"(keys: {sorted(state_dict)[:8]}...); check `prefix`."
-        )
-    if batch_size is not None:
-        raise ValueError("`batch_size` only applies to BatchNorm state dicts (running_var).")
-    out = {}
-    if weight is not None:
-        out["scale"] = jnp.asarray(np.asarray(weight), jnp.float32)
-    if bias is not None:
-        out["bias"] = jnp.asarray(np.asarray(bias), jnp.float32)
-    return out, None
-
-
-def _bessel(n: int, *, inverse: bool) -> float:
-    if not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"`batch_size` must be an int >= 2 (values per channel), got {n!r}.")
-    return (n - 1) / n if inverse else n / (n - 1)
-
-
-def to_torch_state_dict(
-    params: Mapping[str, Any],
-    state: BatchStats | None = None,
-    *,
-    prefix: str = "",
-    batch_size: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Writes jnorm params (+ batch norm state) as a PyTorch norm layer's ``state_dict``.
-
-    The inverse of :func:`from_torch_state_dict`: ``scale``/``bias`` become ``weight``/``bias``
-    (float32 NumPy arrays; ``torch.from_numpy`` them), a state becomes ``running_mean``,
-    ``running_var`` and ``num_batches_tracked`` (int64). The variance is copied as is (eval
-    outputs match) unless ``batch_size`` ``n`` is given: then jnorm's biased running variance
-    is multiplied by ``n / (n - 1)``, PyTorch's convention for continued training.
-
-    Examples:
-      >>> import jax.numpy as jnp, jnorm
-      >>> sd = jnorm.to_torch_state_dict({"scale": jnp.ones(2)}, jnorm.BatchStats.init(2))
-      >>> sorted(sd), sd["num_batches_tracked"].dtype
-      (['num_batches_tracked', 'running_mean', 'running_var', 'weight'], dtype('int64'))
-    """
-    unknown = set(params) - {"scale", "bias"}
-    if unknown:
-        raise ValueError(
-            f"`params` may hold only 'scale' and 'bias' (one norm layer), got {sorted(unknown)}."
-        )
-    out: dict[str, np.ndarray] = {}
-    if "scale" in params:
-        out[prefix + "weight"] = np.asarray(params["scale"], np.float32)
-    if "bias" in params:
-        out[prefix + "bias"] = np.asarray(params["bias"], np.float32)
-    if state is not None:
-        if not isinstance(state, BatchStats):
-            raise TypeError(f"`state` must be a jnorm.BatchStats, got {type(state).__name__}.")
-        var = np.asarray(state.var, np.float32)
-        if batch_size is not None:
-            var = (var * np.float32(_bessel(batch_size, inverse=False))).astype(np.float32)
-        out[prefix + "running_mean"] = np.asarray(state.mean, np.float32)
-        out[prefix + "running_var"] = var
-        out[prefix + "num_batches_tracked"] = np.asarray(state.count, np.int64)
-    elif batch_size is not None:
-        raise ValueError("`batch_size` only applies with a batch norm `state`.")
-    return out
-
-
-# --------------------------------------------------------------------------------------- orbax
-
-
-def save_state(directory: Any, state: Any) -> None:
-    """Saves a jnorm state pytree (BatchStats, WhiteningStats, dicts of them) with orbax.
-
-    ``directory`` must be an absolute path that does not exist yet. Restore with
-    :func:`restore_state` and a template of the same structure (e.g. a freshly initialised
-    state), which gives back the NamedTuple types.
-    """
-    import orbax.checkpoint as ocp
-
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(directory, state)
-        ckpt.wait_until_finished()
-
-
-def restore_state(directory: Any, like: Any) -> Any:
-    """Restores a state saved by :func:`save_state` into the structure and dtypes of ``like``."""
-    import orbax.checkpoint as ocp
-
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype), like)
-    with ocp.StandardCheckpointer() as ckpt:
-        return ckpt.restore(directory, abstract)
