@@ -1,4 +1,4 @@
-"""`python -m jnorm.bench --quick` runs and reports what it promises (no timing assertions)."""
+"""`python -m benchmarks.bench --quick` runs and reports what it promises (no timing checks)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from jnorm import bench
+from benchmarks import bench
 
 
 @pytest.fixture(scope="module")
 def report():
     out = subprocess.run(
-        [sys.executable, "-m", "jnorm.bench", "--quick", "--json", "--pallas", "64x128"],
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--json", "--pallas", "64x128"],
         capture_output=True, text=True, check=True, timeout=600,
     )
     return json.loads(out.stdout)

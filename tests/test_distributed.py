@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 import jnorm
 import jnorm.linen as jnn
-from jnorm.bench_collectives import count_collectives
+from benchmarks.bench_collectives import count_collectives
 
 D = 8  # devices
 R = 3  # rows per device

@@ -1,4 +1,4 @@
-"""``python -m jnorm.bench``: jnorm against flax.linen, side by side, on whatever device JAX has.
+"""``python -m benchmarks.bench``: jnorm against flax.linen, side by side, on any JAX device.
 
 For every layer (layer, RMS, batch, group and instance norm) at a given shape, three
 implementations are compiled with :func:`jax.jit` and timed *interleaved round-robin in one
@@ -30,7 +30,7 @@ Reported per layer, mode and implementation:
 Only the public API is used, as a user would. On a CPU, run it with tcmalloc: glibc's malloc
 returns large blocks to the OS and page-faults every big temporary again on each call::
 
-    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python -m jnorm.bench
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python -m benchmarks.bench
 
 Options: ``--quick`` (tiny shapes, a few rounds: seconds, for tests), ``--json`` (one JSON
 document on stdout instead of the table), ``--shapes layer_norm=4096x1024,...`` (override the
@@ -655,9 +655,9 @@ def _pallas_shapes(text: str | None) -> list[tuple[int, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point of ``python -m jnorm.bench``."""
+    """Command-line entry point of ``python -m benchmarks.bench``."""
     parser = argparse.ArgumentParser(
-        prog="python -m jnorm.bench",
+        prog="python -m benchmarks.bench",
         description="jnorm vs flax.linen normalization layers: medians of interleaved runs.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few rounds")

@@ -1,6 +1,6 @@
 """How many collectives one batch-norm call costs, read from the compiled HLO.
 
-``python -m jnorm.bench_collectives`` compiles :func:`jnorm.batch_norm` (training) in the
+``python -m benchmarks.bench_collectives`` compiles :func:`jnorm.batch_norm` (training) in the
 data-parallel styles jnorm supports and prints the collective ops XLA emits for each. The target
 for the synced styles (``axis_name`` under ``shard_map`` or ``pmap``) is **one** collective per
 forward call: every device packs ``(count, shift, mean, M2)`` into one array and a single
