@@ -1,0 +1,186 @@
+"""The registry's tests: every public normalization, its float64 oracle, jit/vmap/grad, bad
+arguments and its modules, plus the coverage test that fails for a public name the registry
+does not know (see tests/registry.py)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pathlib
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jnorm
+import jnorm.linen as jnn
+from tests.registry import LINEN_SUPPORT, NNX_SUPPORT, REGISTRY, SUPPORT, Entry
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODULE_CASES = [(e, mc) for e in REGISTRY for mc in e.linen]
+
+
+def _y(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _rel(got, ref) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def _with(flag: str) -> list[Entry]:
+    return [e for e in REGISTRY if flag in e.flags]
+
+
+# ----------------------------------------------------------------------------------- coverage
+
+
+def _public_classes(module, base) -> set[str]:
+    return {n for n, obj in vars(module).items()
+            if not n.startswith("_") and inspect.isclass(obj) and issubclass(obj, base)
+            and obj.__module__ == module.__name__}
+
+
+def test_every_public_name_is_registered():
+    covered = {e.name for e in REGISTRY} | set(SUPPORT)
+    covered |= {c for e in REGISTRY for c in e.companions}
+    missing = set(jnorm.__all__) - covered
+    assert not missing, f"public names without a tests/registry.py entry: {sorted(missing)}"
+    stale = covered - set(jnorm.__all__)
+    assert not stale, f"registry names that jnorm does not export: {sorted(stale)}"
+    for name, path in SUPPORT.items():  # the named test module really calls it
+        assert re.search(rf"\b{name}\(", (ROOT / path).read_text()), (name, path)
+
+
+def test_every_linen_module_is_registered():
+    covered = {mc.cls for e in REGISTRY for mc in e.linen} | set(LINEN_SUPPORT)
+    missing = _public_classes(jnn, nn.Module) - covered
+    assert not missing, f"jnorm.linen modules without a registry module case: {sorted(missing)}"
+
+
+def test_every_nnx_module_is_registered():
+    try:
+        jnnx = importlib.import_module("jnorm.nnx")
+    except ModuleNotFoundError:
+        pytest.skip("jnorm.nnx does not exist yet")
+    from flax import nnx
+
+    covered = {c for e in REGISTRY for c in e.nnx} | set(NNX_SUPPORT)
+    missing = _public_classes(jnnx, nnx.Module) - covered
+    assert not missing, f"jnorm.nnx modules without a registry entry: {sorted(missing)}"
+
+
+# ------------------------------------------------------------------------------- accuracy
+
+
+@pytest.mark.parametrize("entry", REGISTRY, ids=repr)
+def test_float32_matches_float64_oracle(entry: Entry):
+    x, p = entry.data(), entry.args()
+    y = _y(entry.call(jnp.asarray(x), p))
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    ref = entry.ref(x.astype(np.float64), {k: np.asarray(v, np.float64) for k, v in p.items()})
+    assert _rel(y, ref) <= entry.rtol
+
+
+@pytest.mark.parametrize("entry", _with("half"), ids=repr)
+def test_bfloat16_returns_bfloat16_close_to_oracle(entry: Entry):
+    x = entry.data().astype(jnp.bfloat16)
+    p = entry.args()
+    y = _y(entry.call(jnp.asarray(x), p))
+    assert y.dtype == jnp.bfloat16
+    x64 = np.asarray(x.astype(np.float32), np.float64)
+    assert _rel(y.astype(jnp.float32), entry.ref(x64, p)) <= 2e-2
+
+
+# ------------------------------------------------------------------------ transformations
+
+
+@pytest.mark.parametrize("entry", REGISTRY, ids=repr)
+def test_jit_and_vmap_equal_eager(entry: Entry):
+    p = entry.args()
+    xs = jnp.stack([jnp.asarray(entry.data(seed)) for seed in (0, 1)])
+    f = lambda x: entry.call(x, p)  # noqa: E731
+    eager = [f(x) for x in xs]
+    jitted = jax.jit(f)(xs[0])
+    batched = jax.vmap(f)(xs)
+    for i in range(2):
+        for got, ref in zip(jax.tree.leaves(jax.tree.map(lambda a, i=i: a[i], batched)),
+                            jax.tree.leaves(eager[i]), strict=True):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    for got, ref in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager[0]), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("entry", _with("grad"), ids=repr)
+def test_gradients_match_finite_differences_float64(entry: Entry):
+    with jax.enable_x64(True):
+        x = jnp.asarray(entry.data(), jnp.float64)
+        p = {k: jnp.asarray(v, jnp.float64) for k, v in entry.args().items()}
+        w = jnp.asarray(np.random.default_rng(7).standard_normal(entry.shape))
+        check_grads(lambda x: jnp.sum(_y(entry.call(x, p)) * w), (x,), order=1,
+                    modes=("rev",), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------- errors
+
+
+def _error_cases(entry: Entry):
+    x = jnp.asarray(entry.data())
+    p = entry.args()
+    scalar = x[(0,) * x.ndim]
+    if "stateful" in entry.flags:
+        cases = [(lambda: entry.fn(scalar, entry.state(x), training=True), r"`x`")]
+    else:
+        cases = [(lambda: entry.call(scalar, p), r"`(x|kernel)`")]
+    if "epsilon" in entry.flags:
+        cases += [(lambda: entry.call(x, {**p, "epsilon": -1.0}), r"`epsilon` must be finite"),
+                  (lambda: entry.call(x, {**p, "epsilon": float("inf")}), r"`epsilon`")]
+    if "momentum" in entry.flags:
+        cases += [(lambda: entry.call(x, {**p, "momentum": 5.0}), r"`momentum` must lie"),
+                  (lambda: entry.call(x, {**p, "momentum": True}), r"`momentum`=True")]
+    if "dtype" in entry.flags:
+        cases.append((lambda: entry.call(x, {**p, "dtype": jnp.int32}), r"`dtype`=.*floating"))
+    if "mask" in entry.flags:
+        cases.append((lambda: entry.call(x, {**p, "mask": jnp.ones((7,), bool)}), r"`mask`"))
+    if "training" in entry.flags:
+        state = entry.state(x)
+        cases.append((lambda: jax.jit(lambda t: entry.fn(x, state, training=t))(True),
+                      r"`training` must be a Python bool.*static"))
+    return cases + [(lambda f=f: f(x), m) for f, m in entry.errors]
+
+
+@pytest.mark.parametrize("entry", REGISTRY, ids=repr)
+def test_bad_arguments_fail_at_trace_time_naming_the_argument(entry: Entry):
+    for call, match in _error_cases(entry):
+        with pytest.raises((ValueError, TypeError), match=match):
+            jax.eval_shape(call)
+
+
+# -------------------------------------------------------------------------------- modules
+
+
+@pytest.mark.parametrize(("entry", "mc"), MODULE_CASES,
+                         ids=[f"{e.name}-{mc.cls}" for e, mc in MODULE_CASES])
+def test_linen_module_equals_function(entry: Entry, mc):
+    cls = getattr(jnn, mc.cls)
+    module = cls(nn.Dense(5), **mc.kwargs) if mc.wraps_dense else cls(**mc.kwargs)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((3, 4)), jnp.float32) \
+        if mc.wraps_dense else jnp.asarray(entry.data())
+    v = module.init(jax.random.key(0), x, **mc.call_kwargs)
+    leaves, treedef = jax.tree.flatten(v.get("params", {}))
+    rng = np.random.default_rng(4)  # move the params off their initial values
+    v = {**v, "params": jax.tree.unflatten(treedef, [
+        a + jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype) for a in leaves])}
+    if mc.mutable:
+        y, updates = module.apply(v, x, **mc.call_kwargs, mutable=["batch_stats"])
+        y_ref, state_ref = mc.fn(v, x)
+        for key, value in updates["batch_stats"].items():
+            np.testing.assert_allclose(value, state_ref[key], rtol=1e-6, atol=1e-6)
+    else:
+        y, y_ref = module.apply(v, x, **mc.call_kwargs), mc.fn(v, x)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
