@@ -62,6 +62,17 @@ def _one_axis(axis: Axes, ndim: int, name: str) -> tuple[int]:
     return (axes[0],)
 
 
+def _checked_apply(
+    layer: str, x: jax.Array, stat_axes: tuple[int, ...], feature_axes: tuple[int, ...],
+    scale: jax.Array | None, bias: jax.Array | None, **kw: Any,
+) -> jax.Array:
+    """A per-example layer once its axes are known: the shared checks, then :func:`_apply`."""
+    _check_common(layer, kw["epsilon"], kw.get("dtype"), kw.get("axis_name"),
+                  kw.get("axis_index_groups"))
+    kw["mask"] = check_mask(kw["mask"], x.shape)
+    return _apply(x, stat_axes, feature_axes, scale, bias, **kw)[0]
+
+
 def _apply(
     x: jax.Array,
     stat_axes: tuple[int, ...],
@@ -86,7 +97,6 @@ def _apply(
         x, stat_axes, scale, bias, epsilon=epsilon, center=center, mask=mask,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
     )
-
 
 
 def layer_norm(
@@ -134,12 +144,10 @@ def layer_norm(
     feat = stat_axes if feature_axes is None else canonicalize_axes(
         feature_axes, x.ndim, name="feature_axes"
     )
-    _check_common("layer_norm", epsilon, dtype, axis_name, axis_index_groups)
-    mask = check_mask(mask, x.shape)
-    return _apply(
-        x, stat_axes, feat, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
-        axis_index_groups=axis_index_groups, dtype=dtype,
-    )[0]
+    return _checked_apply(
+        "layer_norm", x, stat_axes, feat, scale, bias, epsilon=epsilon, mask=mask,
+        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+    )
 
 
 def rms_norm(
@@ -174,13 +182,10 @@ def rms_norm(
     feat = stat_axes if feature_axes is None else canonicalize_axes(
         feature_axes, x.ndim, name="feature_axes"
     )
-    _check_common("rms_norm", epsilon, dtype, axis_name, axis_index_groups)
-    mask = check_mask(mask, x.shape)
-    return _apply(
-        x, stat_axes, feat, scale, None, epsilon=epsilon, mask=mask, center=False,
+    return _checked_apply(
+        "rms_norm", x, stat_axes, feat, scale, None, epsilon=epsilon, mask=mask, center=False,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
-    )[0]
-
+    )
 
 
 def instance_norm(
@@ -214,13 +219,10 @@ def instance_norm(
     x = as_input(x, layer="instance_norm")
     channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
     spatial = spatial_axes(x, channels, "instance_norm")
-    _check_common("instance_norm", epsilon, dtype, axis_name, axis_index_groups)
-    mask = check_mask(mask, x.shape)
-    return _apply(
-        x, spatial, channels, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
-        axis_index_groups=axis_index_groups, dtype=dtype,
-    )[0]
-
+    return _checked_apply(
+        "instance_norm", x, spatial, channels, scale, bias, epsilon=epsilon, mask=mask,
+        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+    )
 
 
 def group_norm(
@@ -302,11 +304,6 @@ def group_norm(
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
     )
     return y.reshape(x.shape)
-
-
-
-
-
 
 
 def batch_norm(
