@@ -5,16 +5,16 @@ orbax is imported when a function is called, not by ``import jnorm``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnorm._typing import PathLike, PyTree
+
 __all__ = ["restore_state", "save_state"]
 
 
-def save_state(directory: Any, state: Any) -> None:
+def save_state(directory: PathLike, state: PyTree) -> None:
     """Saves a jnorm state pytree (BatchStats, WhiteningStats, dicts of them) with orbax.
 
     ``directory`` must be an absolute path that does not exist yet. Restore with
@@ -28,7 +28,7 @@ def save_state(directory: Any, state: Any) -> None:
         ckpt.wait_until_finished()
 
 
-def restore_state(directory: Any, like: Any) -> Any:
+def restore_state(directory: PathLike, like: PyTree) -> PyTree:
     """Restores a state saved by :func:`save_state` into the structure and dtypes of ``like``."""
     import orbax.checkpoint as ocp
 

@@ -17,8 +17,6 @@ inputs); shapes follow the legend of :mod:`jnorm._layers` (``N, H, W, C``).
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -38,7 +36,7 @@ from jnorm._checks import (
 from jnorm._normalize import normalize, output_dtype
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import accumulation_dtype, shifted_moments
-from jnorm._typing import DTypeLike
+from jnorm._typing import DTypeLike, Scalar
 
 __all__ = ["evonorm_b0", "evonorm_s0", "filter_response_norm", "tlu"]
 
@@ -49,7 +47,7 @@ def filter_response_norm(
     bias: jax.Array | None = None,
     *,
     channel_axis: int = -1,
-    epsilon: Any = 1e-6,
+    epsilon: Scalar = 1e-6,
     dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""Filter Response Normalization (Singh & Krishnan 2019, arXiv:1911.09737, Eq. 1-3).

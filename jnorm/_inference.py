@@ -19,6 +19,7 @@ import numpy as np
 
 from jnorm._checks import check_epsilon, check_kernel
 from jnorm._normalize import normalize
+from jnorm._typing import PyTree
 
 __all__ = ["fold_batch_norm", "precise_batch_stats"]
 
@@ -48,13 +49,13 @@ def _is_linen_module(obj: Any) -> bool:
 
 
 def precise_batch_stats(
-    forward: Any,
-    stats: Any,
+    forward: Callable[[PyTree, Any], PyTree] | Any,
+    stats: PyTree,
     batches: Iterable[Any],
     *,
     num_batches: int | None = None,
     **apply_kwargs: Any,
-) -> Any:
+) -> PyTree:
     r"""PreciseBN (Wu & Johnson 2021, arXiv:2105.07576, Sec. 3.1): population statistics.
 
     The running averages a model ends training with are an EMA over batches computed by

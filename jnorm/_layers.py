@@ -36,14 +36,14 @@ from jnorm._checks import (
 )
 from jnorm._normalize import normalize, normalize_with_moments
 from jnorm._state import BatchStats, update_batch_stats
-from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
+from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Scalar
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
 
 
 def _check_common(
     layer: str,
-    epsilon: Any,
+    epsilon: Scalar,
     dtype: DTypeLike | None,
     axis_name: AxisName,
     axis_index_groups: AxisIndexGroups,

@@ -55,7 +55,7 @@ from jnorm._checks import (
 )
 from jnorm._normalize import output_dtype
 from jnorm._stats import accumulation_dtype
-from jnorm._typing import DTypeLike
+from jnorm._typing import DTypeLike, Scalar
 
 __all__ = ["local_response_norm", "lrn_tensorflow_args"]
 
@@ -67,9 +67,9 @@ def local_response_norm(
     x: jax.Array,
     *,
     size: int = 5,
-    alpha: Any = 1e-4,
-    beta: Any = 0.75,
-    k: Any = 1.0,
+    alpha: Scalar = 1e-4,
+    beta: Scalar = 0.75,
+    k: Scalar = 1.0,
     channel_axis: int = -1,
     convention: str = "torch",
     dtype: DTypeLike | None = None,
@@ -153,7 +153,7 @@ def local_response_norm(
 
 
 def lrn_tensorflow_args(
-    depth_radius: int = 5, bias: Any = 1.0, alpha: Any = 1.0, beta: Any = 0.5
+    depth_radius: int = 5, bias: Scalar = 1.0, alpha: Scalar = 1.0, beta: Scalar = 0.5
 ) -> dict[str, Any]:
     """Keyword arguments for :func:`local_response_norm` that reproduce
     ``tf.nn.local_response_normalization(x, depth_radius, bias, alpha, beta)`` (TensorFlow's

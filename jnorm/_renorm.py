@@ -24,8 +24,6 @@ them with :func:`jnorm.normalize` and updates the running statistics with
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -47,13 +45,13 @@ from jnorm._layers import batch_norm
 from jnorm._normalize import normalize
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import shifted_moments
-from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
+from jnorm._typing import ArrayLike, Axes, AxisIndexGroups, AxisName, DTypeLike, Scalar
 
 __all__ = ["batch_renorm", "batch_renorm_schedule"]
 
 
 def batch_renorm_schedule(
-    step: Any,
+    step: ArrayLike,
     *,
     r_max: float = 3.0,
     d_max: float = 5.0,
@@ -101,8 +99,8 @@ def batch_renorm(
     bias: jax.Array | None = None,
     *,
     training: bool,
-    r_max: Any = 3.0,
-    d_max: Any = 5.0,
+    r_max: Scalar = 3.0,
+    d_max: Scalar = 5.0,
     axis: Axes = -1,
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,

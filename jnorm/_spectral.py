@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from jnorm._checks import check_kernel, check_nonnegative, check_positive_int
 from jnorm._stats import accumulation_dtype
+from jnorm._typing import DTypeLike
 
 __all__ = ["spectral_norm", "spectral_norm_init"]
 
@@ -67,7 +68,7 @@ def spectral_norm(
     *,
     n_steps: int = 1,
     epsilon: float = 1e-12,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     r"""Spectral normalization (Miyato et al. 2018, arXiv:1802.05957, Eq. 8, Algorithm 1).
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,7 @@ from jnorm._checks import (
     check_momentum,
     check_state,
 )
+from jnorm._typing import DTypeLike
 
 __all__ = ["BatchStats", "update_batch_stats"]
 
@@ -46,7 +47,7 @@ class BatchStats(NamedTuple):
     count: jax.Array  # shape=(), dtype=int32
 
     @classmethod
-    def init(cls, num_features: int | Sequence[int], dtype: Any = jnp.float32) -> BatchStats:
+    def init(cls, num_features: int | Sequence[int], dtype: DTypeLike = jnp.float32) -> BatchStats:
         """Fresh statistics: mean 0, variance 1, count 0, of shape ``num_features``."""
         shape = check_feature_shape(num_features, layer="BatchStats.init")
         check_dtype(dtype, layer="BatchStats.init", floating=True)

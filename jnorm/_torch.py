@@ -18,6 +18,7 @@ import numpy as np
 
 from jnorm._checks import check_positive_int
 from jnorm._state import BatchStats
+from jnorm._typing import TensorLike
 
 __all__ = [
     "from_torch_batch_norm",
@@ -52,11 +53,11 @@ def momentum_from_torch(momentum: float | None) -> float | None:
 
 
 def from_torch_batch_norm(
-    running_mean: Any,
-    running_var: Any,
-    num_batches_tracked: Any = None,
-    weight: Any = None,
-    bias: Any = None,
+    running_mean: TensorLike,
+    running_var: TensorLike,
+    num_batches_tracked: TensorLike = None,
+    weight: TensorLike = None,
+    bias: TensorLike = None,
 ) -> tuple[dict[str, jax.Array], BatchStats]:
     """Converts a PyTorch BatchNorm's buffers and parameters to jnorm's params and state.
 

@@ -15,11 +15,23 @@ Axis arguments follow one naming scheme across jnorm (see README, "Axis argument
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 from jax.typing import ArrayLike, DTypeLike
 
-__all__ = ["ArrayLike", "Axes", "AxisIndexGroups", "AxisName", "DTypeLike"]
+__all__ = [
+    "ArrayLike",
+    "Axes",
+    "AxisIndexGroups",
+    "AxisName",
+    "DTypeLike",
+    "PathLike",
+    "PyTree",
+    "Scalar",
+    "TensorLike",
+]
 
 #: One axis or several, as ints (negative counts from the end).
 Axes = int | Sequence[int]
@@ -27,3 +39,11 @@ Axes = int | Sequence[int]
 AxisName = Hashable | Sequence[Hashable] | None
 #: Groups of device indices along ``axis_name`` reduced separately, or None (all together).
 AxisIndexGroups = Sequence[Sequence[int]] | None
+#: A real scalar hyperparameter: a Python/NumPy number or a (possibly traced) 0-d array.
+Scalar = float | ArrayLike
+#: A pytree of arrays (e.g. a BatchStats, or a dict of them).
+PyTree = Any
+#: An array-like or a torch.Tensor (torch is not a dependency, so not spelled out).
+TensorLike = Any
+#: A filesystem path.
+PathLike = str | os.PathLike

@@ -85,7 +85,7 @@ class WhiteningStats(NamedTuple):
 
     @classmethod
     def init(
-        cls, num_features: int, *, group_size: int | None = None, dtype: Any = jnp.float32
+        cls, num_features: int, *, group_size: int | None = None, dtype: DTypeLike = jnp.float32
     ) -> WhiteningStats:
         """Fresh statistics: mean 0, identity whitening matrices, count 0."""
         num_features = check_positive_int(num_features, "num_features",
@@ -169,7 +169,7 @@ def _whitening_norm(
     axis: int,
     momentum: float | None,
     epsilon: float,
-    dtype: Any,
+    dtype: DTypeLike | None,
     name: str,
 ) -> tuple[jax.Array, WhiteningStats]:
     x = as_input(x, layer=name)
