@@ -317,7 +317,11 @@ def _bench_layer(
     compiled, temp, passes = _compile(lambda x: x * 2 + 1, (x,), size)
     entries.append(_Entry("copy", "copy", compiled, (x,), temp, passes))
 
-    _time(entries, rounds, warmup, inner)
+    if rounds:
+        _time(entries, rounds, warmup, inner)
+    else:  # compile only: the programs' passes and memory, no timing
+        for e in entries:
+            e.times.append(float("nan"))
     med = {(e.impl, e.mode): statistics.median(e.times) for e in entries}
     copy_t = med[("copy", "copy")]
     rows = []
@@ -338,7 +342,7 @@ def _bench_layer(
             "temp_mib": None if e.temp_bytes is None else e.temp_bytes / 2**20,
             "reads": None if e.passes is None else e.passes["reads"],
             "writes": None if e.passes is None else e.passes["writes"],
-            "rounds": len(e.times),
+            "rounds": len(e.times) if rounds else 0,
         })
     return rows
 
@@ -534,7 +538,8 @@ def run(
         :data:`QUICK_SHAPES` if `quick`).
       layers: a subset of :data:`LAYERS` (default: all).
       modes: a subset of ``("fwd", "fwd+bwd")``.
-      rounds: timed calls of each program, interleaved round-robin.
+      rounds: timed calls of each program, interleaved round-robin; 0 compiles only (passes
+        and memory; the times are NaN).
       warmup: untimed calls of each program first.
       quick: tiny shapes (seconds); timings then mean little.
       inner: calls per timed sample (default 1 on CPU, 20 on accelerators, where one call

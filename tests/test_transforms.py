@@ -69,7 +69,8 @@ def test_check_grads_float64_order2(case):
     with jax.enable_x64(True):
         x = jnp.asarray(data((3, 2, 2, 4), offset=1.0).astype(np.float64))
         s, b = (jnp.asarray(p.astype(np.float64)) for p in params(4))
-        check_grads(lambda x, s, b: case.call(x, s, b if case.has_bias else None),
+        # jit: the same derivative rules, compiled once instead of dispatched op by op (2x).
+        check_grads(jax.jit(lambda x, s, b: case.call(x, s, b if case.has_bias else None)),
                     (x, s, b), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
 
 
@@ -90,7 +91,7 @@ def test_check_grads_float64_without_some_params(case, affine):
         else:
             f = lambda x: case.call(x, None, None)  # noqa: E731
             args = (x,)
-        check_grads(f, args, order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+        check_grads(jax.jit(f), args, order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
@@ -156,5 +157,5 @@ def test_check_grads_with_mask_float64(case):
         x = jnp.asarray(data((3, 2, 2, 4), offset=1.0).astype(np.float64))
         mask = jnp.asarray(np.random.default_rng(5).random((3, 2, 2, 4)) > 0.3)
         s, b = (jnp.asarray(p.astype(np.float64)) for p in params(4))
-        check_grads(lambda x, s, b: case.call(x, s, b if case.has_bias else None, mask),
+        check_grads(jax.jit(lambda x, s, b: case.call(x, s, b if case.has_bias else None, mask)),
                     (x, s, b), order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
