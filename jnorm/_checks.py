@@ -30,6 +30,7 @@ __all__ = [
     "check_axis_name",
     "check_batch_moments",
     "check_batch_size",
+    "check_cumulative",
     "check_dtype",
     "check_epsilon",
     "check_feature_shape",
@@ -459,11 +460,14 @@ def check_state(
                 f"Create the state with jnorm.{init}."
             )
     count = state.count
-    if jnp.shape(count) != () or not jnp.issubdtype(jnp.result_type(count), jnp.integer):
+    per_feature = jnp.shape(getattr(state, next(iter(shapes))))
+    if jnp.shape(count) not in ((), per_feature) or not jnp.issubdtype(
+        jnp.result_type(count), jnp.integer
+    ):
         raise ValueError(
-            f"{where}`{name}.count` must be an integer scalar (the number of updates), got shape "
-            f"{jnp.shape(count)} and dtype {jnp.result_type(count)}. Create the state with "
-            f"jnorm.{init}."
+            f"{where}`{name}.count` must be an integer scalar (the number of updates) or one per "
+            f"feature (shape {per_feature}), got shape {jnp.shape(count)} and dtype "
+            f"{jnp.result_type(count)}. Create the state with jnorm.{init}."
         )
 
 
@@ -481,6 +485,19 @@ def batch_axes(
     check_state(state, cls, {"mean": feature_shape, "var": feature_shape},
                 init=f"BatchStats.init({num})", layer=layer)
     return features, complement_axes(features, x.ndim)
+
+
+def check_cumulative(state: Any, momentum: Any, *, partial: bool) -> None:
+    """Raises if cumulative averaging (``momentum=None``) could average in a feature's initial
+    values: a call-count ``state.count`` of shape ``()`` while a mask or ``skip_nonfinite``
+    (`partial`) can leave a feature without data in a batch."""
+    if momentum is None and partial and jnp.ndim(state.count) == 0 and jnp.ndim(state.mean):
+        raise ValueError(
+            "`momentum=None` (cumulative average) with a `mask` or `skip_nonfinite` needs a "
+            "count per feature, since a batch may hold no data for some features; `state.count` "
+            "has shape (). Create the state with "
+            f"BatchStats.init({tuple(jnp.shape(state.mean))}, per_feature_count=True)."
+        )
 
 
 def check_batch_moments(state: Any, mean: Any, var: Any, count: Any) -> None:

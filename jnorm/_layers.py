@@ -23,6 +23,7 @@ from jnorm._checks import (
     canonicalize_axes,
     check_axis_name,
     check_batch_size,
+    check_cumulative,
     check_dtype,
     check_epsilon,
     check_mask,
@@ -409,6 +410,7 @@ def batch_norm(
             epsilon=epsilon, dtype=dtype,
         )
         return y, state
+    check_cumulative(state, momentum, partial=mask is not None or skip_nonfinite)
     if virtual_batch_size is not None:
         return _ghost_batch_norm(
             x, state, scale, bias, features, stat_axes, virtual_batch_size,

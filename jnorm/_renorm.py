@@ -33,6 +33,7 @@ from jnorm._checks import (
     batch_axes,
     check_axis_name,
     check_batch_size,
+    check_cumulative,
     check_dtype,
     check_epsilon,
     check_mask,
@@ -42,7 +43,12 @@ from jnorm._checks import (
     feature_param,
 )
 from jnorm._layers import batch_norm
-from jnorm._normalize import normalize
+from jnorm._normalize import (
+    hide_masked_nonfinite,
+    normalize,
+    restore_masked,
+    var_of_empty_blocks,
+)
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import shifted_moments
 from jnorm._typing import ArrayLike, Axes, AxisIndexGroups, AxisName, DTypeLike, Scalar
@@ -158,7 +164,10 @@ def batch_renorm(
     check_nonnegative(d_max, "d_max", layer="batch_renorm")
     check_axis_name(axis_name, axis_index_groups, layer="batch_renorm")
     check_batch_size(x, stat_axes, axis_name, layer="batch_renorm")
+    check_cumulative(state, momentum, partial=mask is not None)
     mask = check_mask(mask, x.shape)
+    x_raw = x
+    x, keep = hide_masked_nonfinite(x, mask)
     m = shifted_moments(
         x, stat_axes, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups
     )
@@ -178,9 +187,11 @@ def batch_renorm(
     offset = d if gamma is None else gamma.astype(real) * d
     if beta is not None:
         offset = offset + beta.astype(real)
+    var = m.var if mask is None else var_of_empty_blocks(m)
     y = normalize(
-        x, m.mean_shifted, m.var, gain, offset, epsilon=epsilon, shift=m.shift, dtype=dtype
+        x, m.mean_shifted, var, gain, offset, epsilon=epsilon, shift=m.shift, dtype=dtype
     )
+    y = restore_masked(y, x_raw, keep)
     new_state = update_batch_stats(
         state,
         jnp.squeeze(m.mean, stat_axes),

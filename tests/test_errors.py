@@ -123,7 +123,7 @@ NEG = jnp.array(-1.0)
         (lambda: jnorm.batch_norm(X, jnorm.BatchStats(jnp.zeros(4, jnp.int32),
                                                       jnp.ones(4, jnp.int32), jnp.array(0)),
                                   **BN), r"`state.mean` has dtype int32"),
-        (lambda: jnorm.batch_norm(X, S4._replace(count=jnp.zeros(4, jnp.int32)), **BN),
+        (lambda: jnorm.batch_norm(X, S4._replace(count=jnp.zeros(3, jnp.int32)), **BN),
          r"`state.count` must be an integer scalar"),
         (lambda: jnorm.layer_norm(X, dtype=jnp.int32), r"`dtype`=.*int32.* is not a floating"),
         (lambda: jnorm.batch_norm(X, S4, dtype=jnp.int8, **BN), r"`dtype`=.* is not a floating"),
