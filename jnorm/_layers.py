@@ -145,14 +145,17 @@ def rms_norm(
     )[0]
 
 
-def _spatial_axes(x: jax.Array, channel_axes: tuple[int, ...], layer: str) -> tuple[int, ...]:
+def _spatial_axes(
+    x: jax.Array, channel_axes: tuple[int, ...], layer: str, strict: bool = True
+) -> tuple[int, ...]:
     if 0 in channel_axes:
         raise ValueError(
             f"{layer}: `channel_axis` includes axis 0, which is the batch axis. Put the channels "
-            "on another axis (e.g. -1 for NHWC, 1 for NCHW)."
+            "on another axis (e.g. -1 for NHWC, 1 for NCHW). (flax: The channel axes cannot "
+            "include the leading dimension as this is assumed to be the batch axis.)"
         )
     spatial = tuple(i for i in range(1, x.ndim) if i not in channel_axes)
-    if not spatial:
+    if not spatial and strict:
         raise ValueError(
             f"{layer}: an input of shape {x.shape} has no spatial axis (it is (N, C)), so each "
             "statistic would cover a single value. Give the input spatial axes, e.g. (N, H, W, "
@@ -172,6 +175,7 @@ def instance_norm(
     axis_name: Any = None,
     axis_index_groups: Any = None,
     dtype: Any = None,
+    strict: bool = True,
 ) -> jax.Array:
     r"""Instance normalization (Ulyanov et al. 2016): one channel of one example at a time.
 
@@ -183,6 +187,10 @@ def instance_norm(
     Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels where ``channel_axis``
     says); ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
 
+    An input without spatial axes (``(N, C)``, or ``channel_axis`` covering every non-batch
+    axis) has one value per statistic: it raises, unless ``strict=False``, which returns
+    ``bias`` (zero without one) there, as flax does (the modules use that).
+
     Examples:
       >>> import jax.numpy as jnp, jnorm
       >>> x = jnp.arange(8.0).reshape(1, 2, 2, 2)
@@ -191,7 +199,7 @@ def instance_norm(
     """
     x = _as_input(x)
     channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
-    spatial = _spatial_axes(x, channels, "instance_norm")
+    spatial = _spatial_axes(x, channels, "instance_norm", strict)
     return _apply(
         x, spatial, channels, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
         axis_index_groups=axis_index_groups, dtype=dtype,
@@ -349,9 +357,9 @@ def check_batch_state(
 
 
 def check_batch_size(x: jax.Array, stat_axes: tuple[int, ...], axis_name: Any, *,
-                     layer: str) -> None:
-    """Training on batch statistics needs more than one value per feature."""
-    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
+                     layer: str, strict: bool = True) -> None:
+    """Training on batch statistics needs more than one value per feature (if ``strict``)."""
+    if strict and axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
         raise ValueError(
             f"{layer} in training needs more than one value per channel, but the input of "
             f"shape {x.shape} has one per feature (statistics over axes {stat_axes}). Use a "
@@ -375,6 +383,7 @@ def batch_norm(
     skip_nonfinite: bool = False,
     dtype: Any = None,
     virtual_batch_size: int | None = None,
+    strict: bool = True,
 ) -> tuple[jax.Array, BatchStats]:
     r"""Batch normalization (Ioffe & Szegedy 2015) with explicit running statistics.
 
@@ -422,6 +431,9 @@ def batch_norm(
         ``virtual_batch_size`` times the axis size examples) and the running statistics stay
         equal on all devices; for device-sized virtual batches use ``axis_index_groups``.
         Ignored when ``training=False``.
+      strict: training with one value per feature (e.g. ``(1, 1, 1, C)``) raises; with
+        ``strict=False`` it returns ``bias`` and updates the running statistics with that
+        value and variance 0, as flax does (the modules use that).
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
@@ -468,7 +480,7 @@ def batch_norm(
             axis_index_groups=axis_index_groups, unbiased_running_var=unbiased_running_var,
             skip_nonfinite=skip_nonfinite, dtype=dtype,
         )
-    check_batch_size(x, stat_axes, axis_name, layer="batch_norm")
+    check_batch_size(x, stat_axes, axis_name, layer="batch_norm", strict=strict)
     y, m = _apply(
         x, stat_axes, features, scale, bias, epsilon=epsilon, mask=mask,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,

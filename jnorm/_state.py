@@ -73,14 +73,15 @@ def update_batch_stats(
     statistics are not finite when ``skip_nonfinite``. ``count`` grows by one if any feature was
     updated.
     """
-    n = count.astype(state.mean.dtype)
+    real = state.var.dtype  # real even when the mean is complex (flax stores complex means)
+    n = count.astype(real)
     if unbiased_running_var:
         var = var * jnp.where(n > 1, n / jnp.maximum(n - 1, jnp.ones_like(n)), jnp.ones_like(n))
     if momentum is None:
-        c = state.count.astype(state.mean.dtype)
+        c = state.count.astype(real)
         keep = c / (c + 1)
     else:
-        keep = jnp.asarray(momentum, state.mean.dtype)
+        keep = jnp.asarray(momentum, real)
     new_mean = keep * state.mean + (1 - keep) * mean.astype(state.mean.dtype)
     new_var = keep * state.var + (1 - keep) * var.astype(state.var.dtype)
     ok = n > 0
