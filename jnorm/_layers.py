@@ -189,7 +189,8 @@ def instance_norm(
 
     An input without spatial axes (``(N, C)``, or ``channel_axis`` covering every non-batch
     axis) has one value per statistic: it raises, unless ``strict=False``, which returns
-    ``bias`` (zero without one) there, as flax does (the modules use that).
+    ``bias`` (zero without one) there, as flax does (the modules use that); a mask changes
+    nothing then (flax returns NaN where it hides an element).
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
@@ -200,6 +201,8 @@ def instance_norm(
     x = _as_input(x)
     channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
     spatial = _spatial_axes(x, channels, "instance_norm", strict)
+    if not spatial:  # strict=False: each statistic is its own element, x - mean = 0 (masked too)
+        mask = None
     return _apply(
         x, spatial, channels, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
         axis_index_groups=axis_index_groups, dtype=dtype,
