@@ -82,7 +82,8 @@ def update_batch_stats(
         keep = c / (c + 1)
     else:
         keep = jnp.asarray(momentum, real)
-    new_mean = keep * state.mean + (1 - keep) * mean.astype(state.mean.dtype)
+    keep_mean = keep.astype(state.mean.dtype)  # complex means: complex weights (strict mode)
+    new_mean = keep_mean * state.mean + (1 - keep_mean) * mean.astype(state.mean.dtype)
     new_var = keep * state.var + (1 - keep) * var.astype(state.var.dtype)
     ok = n > 0
     if skip_nonfinite:
