@@ -136,8 +136,7 @@ def run_with_stats(
       ``force_float32_reductions=False`` stay half;
     * ``follow_input=False`` (nnx): the stored dtype never changes, as in flax.nnx.
 
-    With ``update=False`` (eval, or linen's ``init``) nothing is returned to store. Stored
-    values carry no gradient (``stop_gradient``), as flax's.
+    With ``update=False`` (eval, or linen's ``init``) nothing is returned to store.
     """
     first, second = _FIELDS[kind]
     dtypes_ = {k: jnp.asarray(v).dtype for k, v in stored.items()}
@@ -151,9 +150,9 @@ def run_with_stats(
     y, new = call(_STATE[kind](**values))
     if not update:
         return y, None
-    return y, {
-        k: jax.lax.stop_gradient(_cast(getattr(new, k), dtypes_[k])) for k in stored
-    }
+    # no stop_gradient: flax linen has none, and jnorm.precise_batch_stats differentiates the
+    # update (forward mode) to read its momentum; nnx.grad does not differentiate BatchStat
+    return y, {k: _cast(getattr(new, k), dtypes_[k]) for k in stored}
 
 
 def out_dtype(dtype: Any, x: jax.Array, *params: jax.Array | None) -> jnp.dtype:
