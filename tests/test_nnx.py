@@ -297,6 +297,14 @@ def test_split_merge_vmap_and_scan():
         again, jnp.stack([x, 2 * x])
     )
     assert out.shape == (2, *x.shape)
+    # axis_name: statistics combined over nnx.vmap's axis equal one BatchNorm on the whole batch
+    xs = jnp.asarray(X[:, :2, 0, :])  # 6 "devices" of 2 examples
+    synced = jnx.BatchNorm(8, axis_name="dev", rngs=nnx.Rngs(0))
+    whole = jnx.BatchNorm(8, rngs=nnx.Rngs(0))
+    shared = nnx.StateAxes({nnx.BatchStat: None, nnx.Param: None})
+    y = nnx.vmap(lambda m, xb: m(xb), in_axes=(shared, 0), axis_name="dev")(synced, xs)
+    np.testing.assert_allclose(y, whole(xs.reshape(12, 8)).reshape(6, 2, 8), atol=1e-5)
+    np.testing.assert_allclose(synced.var[...], whole.var[...], rtol=1e-6)
 
 
 def test_import_jnorm_does_not_import_flax():
