@@ -20,7 +20,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from tests.flax_suites.swap import linen  # jnorm: the swap (was: from flax import linen)
+from tests.flax_suites.swap import nnx_suite_linen as linen  # jnorm: the swap (was: from flax import linen)
 from tests.flax_suites.swap import nnx  # jnorm: the swap (was: from flax import nnx)
 from flax.typing import Dtype
 

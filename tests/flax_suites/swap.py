@@ -16,15 +16,20 @@ import jnorm.linen
 import jnorm.nnx
 
 SWAPPED = ("BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm")
+# The nnx suite compares nnx with linen, so it swaps jnorm's WeightNorm in on both sides too
+# (linen's NormalizationTest checks flax's own WeightNorm conventions, e.g. g = 1 at init).
+NNX_SUITE = (*SWAPPED, "WeightNorm")
 
 
 class _Swapped(types.ModuleType):
     """A module that is ``base`` except for the names taken from ``ours``."""
 
-    def __init__(self, base: types.ModuleType, ours: types.ModuleType) -> None:
+    def __init__(
+        self, base: types.ModuleType, ours: types.ModuleType, names: tuple[str, ...]
+    ) -> None:
         super().__init__(base.__name__, base.__doc__)
         self._base = base
-        self._ours = {name: getattr(ours, name) for name in SWAPPED}
+        self._ours = {name: getattr(ours, name) for name in names}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -32,5 +37,6 @@ class _Swapped(types.ModuleType):
         return self._ours[name] if name in self._ours else getattr(self._base, name)
 
 
-linen = _Swapped(flax.linen, jnorm.linen)
-nnx = _Swapped(flax.nnx, jnorm.nnx)
+linen = _Swapped(flax.linen, jnorm.linen, SWAPPED)  # for linen_test.py
+nnx_suite_linen = _Swapped(flax.linen, jnorm.linen, NNX_SUITE)  # for nnx_normalization_test.py
+nnx = _Swapped(flax.nnx, jnorm.nnx, NNX_SUITE)
