@@ -397,7 +397,9 @@ def initial_kernel_scale(m: Any, key: jax.Array, value: jax.Array) -> jax.Array:
 def spectral_kernel(
     m: Any, value: jax.Array, u: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(W / sigma, new u [1, O], sigma)`` for one param of :class:`SpectralNorm`."""
+    """``(W / sigma, new u [1, O], sigma)`` for one param of :class:`SpectralNorm` (``u`` and
+    ``sigma`` in the iteration's dtype: linen stores them in ``param_dtype``, nnx in the
+    variable's own dtype)."""
     if value.ndim > 2 and m.error_on_non_matrix:
         raise ValueError(
             f"SpectralNorm: a param is {value.ndim}-D but error_on_non_matrix is True."
@@ -407,7 +409,7 @@ def spectral_kernel(
     )
     if m.dtype is not None:
         w_sn = w_sn.astype(m.dtype)
-    return w_sn, new_u[None, :].astype(m.param_dtype), sigma.astype(m.param_dtype)
+    return w_sn, new_u[None, :], sigma
 
 
 def spectral_initial_u(m: Any, value: jax.Array) -> jax.Array:

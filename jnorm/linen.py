@@ -724,7 +724,8 @@ class SpectralNorm(Module):
             )
             w_sn, new_u, sigma = M.spectral_kernel(self, value, u_var.value)
             if update_stats or self.is_initializing():
-                u_var.value, sigma_var.value = new_u, sigma
+                u_var.value = new_u.astype(self.param_dtype)
+                sigma_var.value = sigma.astype(self.param_dtype)
             return w_sn
 
         return _wrap_kernels(self, transform, args, kwargs, keep_raw=True)

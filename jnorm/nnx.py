@@ -886,10 +886,11 @@ class SpectralNorm(nnx.Module):
         )
         stats: dict[tuple[Any, ...], nnx.BatchStat] = {}
         for path, var in _selected(layer_instance, ...):
-            u = M.spectral_initial_u(self, var[...])
-            _, u, sigma = M.spectral_kernel(self, var[...], u)
-            stats[(*path, "u")] = nnx.BatchStat(u)
-            stats[(*path, "sigma")] = nnx.BatchStat(sigma)
+            _, u, sigma = M.spectral_kernel(
+                self, var[...], M.spectral_initial_u(self, var[...])
+            )
+            stats[(*path, "u")] = nnx.BatchStat(u.astype(param_dtype))
+            stats[(*path, "sigma")] = nnx.BatchStat(sigma.astype(param_dtype))
         self.batch_stats = nnx.data(stats)
 
     def __call__(self, *args: Any, update_stats: bool | None = None, **kwargs: Any) -> Any:
@@ -904,8 +905,9 @@ class SpectralNorm(nnx.Module):
             new[path], u, sigma = M.spectral_kernel(
                 self, var[...], self.batch_stats[(*path, "u")][...]
             )
-            if update_stats:
-                self.batch_stats[(*path, "u")][...] = u
-                self.batch_stats[(*path, "sigma")][...] = sigma
+            if update_stats:  # stored in the variables' own dtypes, as flax.nnx does
+                for name, value in (("u", u), ("sigma", sigma)):
+                    stat = self.batch_stats[(*path, name)]
+                    stat[...] = value.astype(stat[...].dtype)
         with _replaced(new, variables):
             return self.layer_instance(*args, **kwargs)

@@ -2,8 +2,8 @@
 
 The files under ``tests/flax_suites/`` are flax 0.12.8's ``tests/linen/linen_test.py`` and
 ``tests/nnx/nn/normalization_test.py`` from its sdist, changed only in the import that swaps
-``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm`` and ``InstanceNorm`` (nnx suite: and
-``WeightNorm``) for jnorm's (see
+``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm`` and ``InstanceNorm`` (nnx suite: also
+``WeightNorm``, ``SpectralNorm``) for jnorm's (see
 ``tests/flax_suites/README.md``). Run alone with
 ``python -m pytest -q tests/test_flax_suites.py``.
 """

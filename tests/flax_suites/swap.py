@@ -16,9 +16,9 @@ import jnorm.linen
 import jnorm.nnx
 
 SWAPPED = ("BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm")
-# The nnx suite compares nnx with linen, so it swaps jnorm's WeightNorm in on both sides too
-# (linen's NormalizationTest checks flax's own WeightNorm conventions, e.g. g = 1 at init).
-NNX_SUITE = (*SWAPPED, "WeightNorm")
+# The nnx suite compares nnx with linen, so it swaps jnorm's wrappers in on both sides too
+# (linen's NormalizationTest checks flax's own wrapper conventions, e.g. g = 1 at init).
+NNX_SUITE = (*SWAPPED, "WeightNorm", "SpectralNorm")
 
 
 class _Swapped(types.ModuleType):
