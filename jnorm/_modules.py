@@ -36,6 +36,7 @@ from jnorm._state import BatchStats
 from jnorm._whitening import WhiteningStats
 
 __all__ = [
+    "MODULE_NAMES",
     "StatsKind",
     "batch_norm",
     "batch_renorm",
@@ -58,6 +59,25 @@ __all__ = [
     "weight_normed_kernel",
     "whitening_norm",
 ]
+
+# The modules jnorm.linen and jnorm.nnx both provide (each module's ``__all__``).
+MODULE_NAMES: tuple[str, ...] = (
+    "BatchNorm",
+    "BatchRenorm",
+    "DecorrelatedBatchNorm",
+    "EvoNormB0",
+    "EvoNormS0",
+    "FilterResponseNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "IterNorm",
+    "LayerNorm",
+    "LocalResponseNorm",
+    "RMSNorm",
+    "SpectralNorm",
+    "WeightNorm",
+    "WeightStandardization",
+)
 
 StatsKind = Literal["batch", "whitening"]
 _STATE: dict[str, type[NamedTuple]] = {"batch": BatchStats, "whitening": WhiteningStats}

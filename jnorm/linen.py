@@ -42,23 +42,7 @@ from flax.linen.module import Module, compact
 import jnorm._modules as M
 from jnorm._axes import Axes, canonicalize_axes
 
-__all__ = [
-    "BatchNorm",
-    "BatchRenorm",
-    "DecorrelatedBatchNorm",
-    "EvoNormB0",
-    "EvoNormS0",
-    "FilterResponseNorm",
-    "GroupNorm",
-    "InstanceNorm",
-    "IterNorm",
-    "LayerNorm",
-    "LocalResponseNorm",
-    "RMSNorm",
-    "SpectralNorm",
-    "WeightNorm",
-    "WeightStandardization",
-]
+__all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
 
 Dtype = Any
 Initializer = Any

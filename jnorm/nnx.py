@@ -46,23 +46,7 @@ import jnorm._modules as M
 from jnorm._axes import Axes
 from jnorm._layers import resolve_groups
 
-__all__ = [
-    "BatchNorm",
-    "BatchRenorm",
-    "DecorrelatedBatchNorm",
-    "EvoNormB0",
-    "EvoNormS0",
-    "FilterResponseNorm",
-    "GroupNorm",
-    "InstanceNorm",
-    "IterNorm",
-    "LayerNorm",
-    "LocalResponseNorm",
-    "RMSNorm",
-    "SpectralNorm",
-    "WeightNorm",
-    "WeightStandardization",
-]
+__all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
 
 Dtype = Any
 Initializer = Any

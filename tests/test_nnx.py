@@ -340,3 +340,12 @@ def test_linen_complex_mean_and_stored_dtypes_as_flax():
                     assert v["batch_stats"][k].dtype == jnp.dtype(
                         jnp.float32 if force else param_dtype), (cls, kw)
                     assert got["batch_stats"][k].dtype == want["batch_stats"][k].dtype, (cls, kw)
+
+
+def test_every_module_is_in_both_frameworks_and_tested_here():
+    assert jnx.__all__ == jnn.__all__
+    for name in jnx.__all__:
+        assert isinstance(getattr(jnx, name), type) and isinstance(getattr(jnn, name), type)
+    tested = {n for n, _ in EVERY} | {"WeightNorm", "WeightStandardization", "SpectralNorm",
+                                      "LocalResponseNorm"}
+    assert set(jnx.__all__) == tested  # a new module needs a row in EVERY (or test_wrappers)
