@@ -14,6 +14,14 @@ Differences from flax, all in accuracy's favour:
   float32 (``False`` only changes the parameter dtype used in the affine step, as in flax);
 * ``BatchNorm`` with ``axis_name`` combines devices by count, exactly, also with masks.
 
+Where flax returns a value jnorm's modules return the same: running statistics are stored in
+the dtype flax stores (a complex input keeps a complex running mean; ``float32``, or
+``param_dtype`` with ``force_float32_reductions=False``, promoted with the batch statistics'
+dtype), and inputs with a single value per statistic (``BatchNorm`` training on ``(1, 1, 1,
+C)``, ``InstanceNorm`` on ``(N, C)``) give the bias, as flax's do (jnorm's functions raise
+there unless ``strict=False``). The plumbing shared with :mod:`jnorm.nnx` is in
+``jnorm._modules``.
+
 ``BatchNorm(momentum=None)`` averages cumulatively (PyTorch's ``momentum=None``) and then keeps
 a ``count`` in ``batch_stats``; with a float momentum the collection holds only ``mean`` and
 ``var``, as flax's does.
