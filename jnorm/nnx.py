@@ -66,24 +66,39 @@ def _set_config(mdl: nnx.Module, **attributes: Any) -> None:
         setattr(mdl, name, value)
 
 
-def _init_affine(
-    mdl: nnx.Module, shape: tuple[int, ...], rngs: nnx.Rngs, *, use_scale: bool,
-    use_bias: bool | None, scale_init: Initializer, bias_init: Initializer, param_dtype: Dtype,
-    scale_metadata: Mapping[str, Any] = _NO_METADATA,
-    bias_metadata: Mapping[str, Any] = _NO_METADATA,
+_AFFINE_ARGS = ("scale_init", "bias_init", "scale_metadata", "bias_metadata")
+
+
+def _setup(
+    mdl: nnx.Module, arguments: Mapping[str, Any], stats: M.StatsKind | None = None
 ) -> None:
-    """``self.scale`` / ``self.bias``: ``nnx.Param`` of ``shape``, or None, as flax's
-    (``use_bias=None``: no ``bias`` attribute, as flax's RMSNorm)."""
-    mdl.scale = (
-        nnx.Param(scale_init(rngs.params(), shape, param_dtype), **scale_metadata)
-        if use_scale else nnx.data(None)
-    )
-    if use_bias is None:
-        return
-    mdl.bias = (
-        nnx.Param(bias_init(rngs.params(), shape, param_dtype), **bias_metadata)
-        if use_bias else nnx.data(None)
-    )
+    """The body of every constructor with ``num_features``: ``arguments`` is its ``locals()``.
+
+    Creates the running statistics (``stats``: ``nnx.BatchStat``, float32 as flax.nnx's),
+    ``scale`` / ``bias`` (``nnx.Param`` of ``(num_features,)`` from the initialisers and
+    metadata, or None, as flax's; no ``bias`` attribute at all without a ``use_bias``
+    argument, as flax's RMSNorm) and stores every other argument as an attribute of the same
+    name.
+    """
+    config = {k: v for k, v in arguments.items() if k not in ("self", "rngs", "__class__")}
+    init = {k: config.pop(k) for k in _AFFINE_ARGS if k in config}
+    rngs: nnx.Rngs = arguments["rngs"]
+    shape = (config["num_features"],)
+    if stats is not None:
+        for name, fresh in M.initial_stats(
+            stats, shape, dtype=jnp.float32, momentum=config["momentum"],
+            group_size=config.get("group_size"),
+        ).items():
+            setattr(mdl, name, nnx.BatchStat(fresh()))
+    dtype = config["param_dtype"]
+    mdl.scale = nnx.Param(
+        init["scale_init"](rngs.params(), shape, dtype), **init.get("scale_metadata", {})
+    ) if config["use_scale"] else nnx.data(None)
+    if "use_bias" in config:
+        mdl.bias = nnx.Param(
+            init["bias_init"](rngs.params(), shape, dtype), **init.get("bias_metadata", {})
+        ) if config["use_bias"] else nnx.data(None)
+    _set_config(mdl, **config)
 
 
 def _value(var: Any) -> jax.Array | None:
@@ -92,17 +107,6 @@ def _value(var: Any) -> jax.Array | None:
 
 def _affine(mdl: nnx.Module) -> tuple[jax.Array | None, jax.Array | None]:
     return _value(mdl.scale), _value(mdl.bias)
-
-
-def _init_stats(
-    mdl: nnx.Module, kind: M.StatsKind, shape: tuple[int, ...], momentum: float | None,
-    group_size: int | None = None,
-) -> None:
-    """The running statistics as ``nnx.BatchStat`` attributes, float32 as flax.nnx's."""
-    for name, init in M.initial_stats(
-        kind, shape, dtype=jnp.float32, momentum=momentum, group_size=group_size
-    ).items():
-        setattr(mdl, name, nnx.BatchStat(init()))
 
 
 def _running_stats(
@@ -189,21 +193,7 @@ class BatchNorm(_Stateful):
         skip_nonfinite: bool = False,
         virtual_batch_size: int | None = None,
     ) -> None:
-        _init_stats(self, "batch", (num_features,), momentum)
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-            scale_metadata=scale_metadata, bias_metadata=bias_metadata,
-        )
-        _set_config(
-            self, num_features=num_features, use_running_average=use_running_average,
-            axis=axis, momentum=momentum, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
-            axis_name=axis_name, axis_index_groups=axis_index_groups,
-            use_fast_variance=use_fast_variance, promote_dtype=promote_dtype,
-            unbiased_running_var=unbiased_running_var, skip_nonfinite=skip_nonfinite,
-            virtual_batch_size=virtual_batch_size,
-        )
+        _setup(self, locals(), "batch")
 
     def __call__(
         self, x: jax.Array, use_running_average: bool | None = None, *,
@@ -250,18 +240,7 @@ class LayerNorm(nnx.Module):
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-            scale_metadata=scale_metadata, bias_metadata=bias_metadata,
-        )
-        _set_config(
-            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
-            reduction_axes=reduction_axes, feature_axes=feature_axes, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
-            promote_dtype=promote_dtype,
-        )
+        _setup(self, locals())
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes ``x`` over ``reduction_axes``; params vary along ``feature_axes``."""
@@ -296,18 +275,7 @@ class RMSNorm(nnx.Module):
         rngs: nnx.Rngs,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=None,
-            scale_init=scale_init, bias_init=None, param_dtype=param_dtype,
-            scale_metadata=scale_metadata,
-        )
-        _set_config(
-            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, use_scale=use_scale, reduction_axes=reduction_axes,
-            feature_axes=feature_axes, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
-            promote_dtype=promote_dtype,
-        )
+        _setup(self, locals())
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Divides ``x`` by its root mean square over ``reduction_axes``."""
@@ -348,19 +316,10 @@ class GroupNorm(nnx.Module):
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
-        groups = resolve_groups(num_features, num_groups, group_size)
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-            scale_metadata=scale_metadata, bias_metadata=bias_metadata,
-        )
-        _set_config(
-            self, feature_axis=-1, num_groups=groups, group_size=num_features // groups,
-            epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias,
-            use_scale=use_scale, reduction_axes=reduction_axes, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
-            promote_dtype=promote_dtype,
-        )
+        num_groups = resolve_groups(num_features, num_groups, group_size)  # stored resolved,
+        group_size = num_features // num_groups  # both, as flax does
+        _setup(self, locals())
+        self.feature_axis = -1
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each group of channels of each example."""
@@ -398,18 +357,7 @@ class InstanceNorm(nnx.Module):
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-            scale_metadata=scale_metadata, bias_metadata=bias_metadata,
-        )
-        _set_config(
-            self, num_features=num_features, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, use_bias=use_bias, use_scale=use_scale,
-            feature_axes=feature_axes, axis_name=axis_name,
-            axis_index_groups=axis_index_groups, use_fast_variance=use_fast_variance,
-            promote_dtype=promote_dtype,
-        )
+        _setup(self, locals())
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each channel of each example over its spatial axes."""
@@ -458,17 +406,7 @@ class BatchRenorm(_Stateful):
         axis_index_groups: Any = None,
         rngs: nnx.Rngs,
     ) -> None:
-        _init_stats(self, "batch", (num_features,), momentum)
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-        )
-        _set_config(
-            self, num_features=num_features, use_running_average=use_running_average,
-            axis=axis, momentum=momentum, epsilon=epsilon, r_max=r_max, d_max=d_max,
-            dtype=dtype, param_dtype=param_dtype, axis_name=axis_name,
-            axis_index_groups=axis_index_groups,
-        )
+        _setup(self, locals(), "batch")
 
     def __call__(
         self, x: jax.Array, use_running_average: bool | None = None, *, r_max: Any = None,
@@ -520,16 +458,7 @@ class DecorrelatedBatchNorm(_Stateful):
         iterations: int | None = None,
         rngs: nnx.Rngs,
     ) -> None:
-        _init_stats(self, "whitening", (num_features,), momentum, group_size)
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-        )
-        _set_config(
-            self, num_features=num_features, use_running_average=use_running_average,
-            group_size=group_size, axis=axis, momentum=momentum, epsilon=epsilon, dtype=dtype,
-            param_dtype=param_dtype, iterations=iterations,
-        )
+        _setup(self, locals(), "whitening")
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Whitens ``x`` with batch (training) or running statistics."""
@@ -573,19 +502,12 @@ class FilterResponseNorm(nnx.Module):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-        )
+        _setup(self, locals())
         self.eps = (
             nnx.Param(jnp.zeros((), param_dtype)) if learned_epsilon else nnx.data(None)
         )
         self.tau = (
             nnx.Param(jnp.zeros((num_features,), param_dtype)) if use_tlu else nnx.data(None)
-        )
-        _set_config(
-            self, num_features=num_features, epsilon=epsilon, learned_epsilon=learned_epsilon,
-            use_tlu=use_tlu, dtype=dtype, param_dtype=param_dtype,
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -619,15 +541,8 @@ class EvoNormS0(nnx.Module):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-        )
+        _setup(self, locals())
         self.v = nnx.Param(jnp.ones((num_features,), param_dtype)) if use_v else nnx.data(None)
-        _set_config(
-            self, num_features=num_features, num_groups=num_groups, group_size=group_size,
-            epsilon=epsilon, use_v=use_v, dtype=dtype, param_dtype=param_dtype,
-        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies EvoNorm-S0 to ``x`` (``[N, ..., C]``)."""
@@ -659,17 +574,8 @@ class EvoNormB0(_Stateful):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        _init_stats(self, "batch", (num_features,), momentum)
-        _init_affine(
-            self, (num_features,), rngs, use_scale=use_scale, use_bias=use_bias,
-            scale_init=scale_init, bias_init=bias_init, param_dtype=param_dtype,
-        )
+        _setup(self, locals(), "batch")
         self.v = nnx.Param(jnp.ones((num_features,), param_dtype)) if use_v else nnx.data(None)
-        _set_config(
-            self, num_features=num_features, use_running_average=use_running_average,
-            momentum=momentum, epsilon=epsilon, use_v=use_v, dtype=dtype,
-            param_dtype=param_dtype,
-        )
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Applies EvoNorm-B0 with batch (training) or running (eval) variance."""
