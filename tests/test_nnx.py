@@ -98,6 +98,20 @@ def test_mask_and_custom_promote_dtype_as_flax():
         assert ours(x.astype(jnp.float16)).dtype == theirs(x.astype(jnp.float16)).dtype
 
 
+def test_complex_input_as_flax_nnx():
+    """flax.nnx keeps float32 statistics (the imaginary part of the mean is dropped)."""
+    x = jnp.asarray(X[:, 0, 0, :], jnp.complex64) * jnp.complex64(1 - 0.5j)
+    theirs, ours = _pair("BatchNorm", {"dtype": jnp.complex64})
+    with STANDARD, pytest.warns(np.exceptions.ComplexWarning):
+        y_theirs = theirs(x)
+    y_ours = ours(x)
+    assert y_ours.dtype == y_theirs.dtype == jnp.complex64
+    np.testing.assert_allclose(y_ours, y_theirs, atol=2e-6)
+    for k in ("mean", "var"):
+        assert getattr(ours, k)[...].dtype == getattr(theirs, k)[...].dtype == jnp.float32
+        np.testing.assert_allclose(getattr(ours, k)[...], getattr(theirs, k)[...], rtol=3e-6)
+
+
 # Every nnx module beside its linen twin and its function: bitwise equal on the same variables.
 def _linen_twin(name, kw):
     linen_kw = {k: v for k, v in kw.items() if k != "num_features"}
