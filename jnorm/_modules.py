@@ -102,10 +102,12 @@ def initial_stats(
 
     ``mean``/``var`` (``kind="batch"``) or ``mean``/``whitening`` (``"whitening"``), plus
     ``count`` only with ``momentum=None`` (cumulative averaging needs it; flax's collections
-    hold no count).
+    hold no count): per feature for ``"batch"`` (so masks and ``skip_nonfinite`` work), one
+    for ``"whitening"``.
     """
-    if kind == "batch":
-        fresh: Any = BatchStats.init(feature_shape, dtype)
+    if kind == "batch":  # cumulative averages count per feature, so masks work (a module's
+        # user cannot choose the state)
+        fresh: Any = BatchStats.init(feature_shape, dtype, per_feature_count=momentum is None)
     else:
         (c,) = feature_shape
         fresh = WhiteningStats.init(c, group_size=group_size, dtype=dtype)

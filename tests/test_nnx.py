@@ -363,3 +363,17 @@ def test_every_module_is_in_both_frameworks_and_tested_here():
     tested = {n for n, _ in EVERY} | {"WeightNorm", "WeightStandardization", "SpectralNorm",
                                       "LocalResponseNorm"}
     assert set(jnx.__all__) == tested  # a new module needs a row in EVERY (or test_wrappers)
+
+
+def test_cumulative_average_with_a_mask_counts_per_feature():
+    """momentum=None keeps a count per feature, so a mask hiding a feature leaves it alone."""
+    x = jnp.asarray(X[:, 0, 0, :])
+    mask = jnp.ones(x.shape, bool).at[:, 0].set(False)
+    ours = jnx.BatchNorm(8, momentum=None, rngs=nnx.Rngs(0))
+    ours(x, mask=mask)
+    twin = jnn.BatchNorm(use_running_average=False, momentum=None)
+    _, upd = twin.apply(twin.init(jax.random.key(0), x), x, mask=mask, mutable=["batch_stats"])
+    for stats in (upd["batch_stats"], {k: getattr(ours, k)[...] for k in ("mean", "count")}):
+        np.testing.assert_array_equal(stats["count"], [0] + [1] * 7)
+        assert float(stats["mean"][0]) == 0.0
+        np.testing.assert_allclose(stats["mean"][1:], x[:, 1:].mean(0), rtol=1e-6)
