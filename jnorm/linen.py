@@ -23,8 +23,8 @@ there unless ``strict=False``). The plumbing shared with :mod:`jnorm.nnx` is in
 ``jnorm._modules``.
 
 ``BatchNorm(momentum=None)`` averages cumulatively (PyTorch's ``momentum=None``) and then keeps
-a ``count`` in ``batch_stats``; with a float momentum the collection holds only ``mean`` and
-``var``, as flax's does.
+a ``count`` per feature in ``batch_stats`` (so masks work); with a float momentum the
+collection holds only ``mean`` and ``var``, as flax's does.
 
 Examples:
   >>> import jax, jax.numpy as jnp
