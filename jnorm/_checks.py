@@ -132,15 +132,21 @@ def complement_axes(axes: Sequence[int], ndim: int) -> tuple[int, ...]:
     return tuple(i for i in range(ndim) if i not in axes)
 
 
-def spatial_axes(x: jax.Array, channel_axes: tuple[int, ...], layer: str) -> tuple[int, ...]:
-    """The axes of an image layer's statistics: all but the batch axis 0 and the channels."""
+def spatial_axes(
+    x: jax.Array, channel_axes: tuple[int, ...], layer: str, strict: bool = True
+) -> tuple[int, ...]:
+    """The axes of an image layer's statistics: all but the batch axis 0 and the channels.
+
+    With ``strict=False`` (the modules, as flax) an input without spatial axes gives ``()``.
+    """
     if 0 in channel_axes:
         raise ValueError(
             f"{layer}: `channel_axis` includes axis 0, which is the batch axis. Put the channels "
-            "on another axis (e.g. -1 for NHWC, 1 for NCHW)."
+            "on another axis (e.g. -1 for NHWC, 1 for NCHW). (flax: The channel axes cannot "
+            "include the leading dimension as this is assumed to be the batch axis.)"
         )
     spatial = tuple(i for i in range(1, x.ndim) if i not in channel_axes)
-    if not spatial:
+    if not spatial and strict:
         raise ValueError(
             f"{layer}: an input of shape {x.shape} has no spatial axis (it is (N, C)), so each "
             "statistic would cover a single value. Give the input spatial axes, e.g. (N, H, W, "
@@ -408,9 +414,9 @@ def resolve_groups(
 
 
 def check_batch_size(x: jax.Array, stat_axes: tuple[int, ...], axis_name: AxisName, *,
-                     layer: str) -> None:
-    """Training on batch statistics needs more than one value per feature."""
-    if axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
+                     layer: str, strict: bool = True) -> None:
+    """Training on batch statistics needs more than one value per feature (if ``strict``)."""
+    if strict and axis_name is None and int(np.prod([x.shape[a] for a in stat_axes])) <= 1:
         raise ValueError(
             f"{layer} in training needs more than one value per channel, but the input of "
             f"shape {x.shape} has one per feature (statistics over axes {stat_axes}). Use a "
@@ -453,7 +459,8 @@ def check_state(
                 f"{where}`{name}.{field}` has shape {jnp.shape(value)}, but {tuple(shape)} is "
                 f"expected here. Create the state with jnorm.{init} or pass the matching axes."
             )
-        if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+        kind = jnp.inexact if field == "mean" else jnp.floating  # flax keeps complex means
+        if not jnp.issubdtype(jnp.result_type(value), kind):
             raise TypeError(
                 f"{where}`{name}.{field}` has dtype {jnp.result_type(value)}; running statistics "
                 f"must be floating (an integer state truncates them and its momentum to 0). "

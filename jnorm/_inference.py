@@ -225,7 +225,8 @@ def _precise(
         )
     for i, f in enumerate(is_float):
         if not f and names[i] == "count":
-            out_leaves[i] = jnp.asarray(min(n, _INT32_MAX), leaves[i].dtype)
+            # A per-feature count (momentum=None modules) keeps its shape.
+            out_leaves[i] = jnp.full(jnp.shape(leaves[i]), min(n, _INT32_MAX), leaves[i].dtype)
     return jax.tree_util.tree_unflatten(treedef, out_leaves)
 
 

@@ -200,6 +200,7 @@ def instance_norm(
     axis_name: AxisName = None,
     axis_index_groups: AxisIndexGroups = None,
     dtype: DTypeLike | None = None,
+    strict: bool = True,
 ) -> jax.Array:
     r"""Instance normalization (Ulyanov et al. 2016): one channel of one example at a time.
 
@@ -211,6 +212,11 @@ def instance_norm(
     Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels where ``channel_axis``
     says); ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
 
+    An input without spatial axes (``(N, C)``, or ``channel_axis`` covering every non-batch
+    axis) has one value per statistic: it raises, unless ``strict=False``, which returns
+    ``bias`` (zero without one) there, as flax does (the modules use that); a mask changes
+    nothing then (flax returns NaN where it hides an element).
+
     Examples:
       >>> import jax.numpy as jnp, jnorm
       >>> x = jnp.arange(8.0).reshape(1, 2, 2, 2)
@@ -219,7 +225,9 @@ def instance_norm(
     """
     x = as_input(x, layer="instance_norm")
     channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
-    spatial = spatial_axes(x, channels, "instance_norm")
+    spatial = spatial_axes(x, channels, "instance_norm", strict)
+    if not spatial:  # strict=False: each statistic is its own element, x - mean = 0 (masked too)
+        mask = None
     return _checked_apply(
         "instance_norm", x, spatial, channels, scale, bias, epsilon=epsilon, mask=mask,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
@@ -324,6 +332,7 @@ def batch_norm(
     skip_nonfinite: bool = False,
     dtype: DTypeLike | None = None,
     virtual_batch_size: int | None = None,
+    strict: bool = True,
 ) -> tuple[jax.Array, BatchStats]:
     r"""Batch normalization (Ioffe & Szegedy 2015) with explicit running statistics.
 
@@ -371,6 +380,9 @@ def batch_norm(
         ``virtual_batch_size`` times the axis size examples) and the running statistics stay
         equal on all devices; for device-sized virtual batches use ``axis_index_groups``.
         Ignored when ``training=False``.
+      strict: training with one value per feature (e.g. ``(1, 1, 1, C)``) raises; with
+        ``strict=False`` it returns ``bias`` and updates the running statistics with that
+        value and variance 0, as flax does (the modules use that).
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
@@ -418,7 +430,7 @@ def batch_norm(
             axis_index_groups=axis_index_groups, unbiased_running_var=unbiased_running_var,
             skip_nonfinite=skip_nonfinite, dtype=dtype,
         )
-    check_batch_size(x, stat_axes, axis_name, layer="batch_norm")
+    check_batch_size(x, stat_axes, axis_name, layer="batch_norm", strict=strict)
     y, m = _apply(
         x, stat_axes, features, scale, bias, epsilon=epsilon, mask=mask,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,

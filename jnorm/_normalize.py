@@ -162,7 +162,7 @@ def normalize_with_moments(
     backward pass: two row reductions, the parameter column sums, and one elementwise pass for
     the input gradient, with no full-size intermediate beyond what XLA fuses away.
 
-    `scale`, `bias` must already broadcast to `x` (see :func:`jnorm._axes.feature_param`).
+    `scale`, `bias` must already broadcast to `x` (see :func:`jnorm._checks.feature_param`).
     """
     x = jnp.asarray(x)
     if (

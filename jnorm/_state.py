@@ -94,18 +94,20 @@ def update_batch_stats(
                 init="BatchStats.init(num_features)", layer="update_batch_stats")
     check_batch_moments(state, mean, var, count)
     check_momentum(momentum, layer="update_batch_stats")
-    n = count.astype(state.mean.dtype)
+    real = state.var.dtype  # real even when the mean is complex (flax stores complex means)
+    n = count.astype(real)
     if unbiased_running_var:
         var = var * jnp.where(n > 1, n / jnp.maximum(n - 1, jnp.ones_like(n)), jnp.ones_like(n))
     mean = mean.astype(state.mean.dtype)
     var = var.astype(state.var.dtype)
     if momentum is None:
-        step = 1 / (state.count.astype(state.mean.dtype) + 1)
-        new_mean = state.mean + (mean - state.mean) * step
+        step = 1 / (state.count.astype(real) + 1)
+        new_mean = state.mean + (mean - state.mean) * step.astype(state.mean.dtype)
         new_var = state.var + (var - state.var) * step
     else:
-        keep = jnp.asarray(momentum, state.mean.dtype)
-        new_mean = keep * state.mean + (1 - keep) * mean
+        keep = jnp.asarray(momentum, real)
+        keep_mean = keep.astype(state.mean.dtype)  # complex means: complex weights (strict mode)
+        new_mean = keep_mean * state.mean + (1 - keep_mean) * mean
         new_var = keep * state.var + (1 - keep) * var
     ok = n > 0
     if skip_nonfinite:

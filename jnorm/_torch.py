@@ -258,7 +258,8 @@ def to_torch_state_dict(
             var = (var * np.float32(_bessel(batch_size, inverse=False))).astype(np.float32)
         out[prefix + "running_mean"] = np.asarray(state.mean, np.float32)
         out[prefix + "running_var"] = var
-        out[prefix + "num_batches_tracked"] = np.asarray(state.count, np.int64)
+        # torch counts calls: a per-feature count gives its largest entry.
+        out[prefix + "num_batches_tracked"] = np.asarray(np.max(state.count), np.int64)
     elif batch_size is not None:
         raise ValueError("`batch_size` only applies with a batch norm `state`.")
     if importlib.util.find_spec("torch") is None:

@@ -14,9 +14,17 @@ Differences from flax, all in accuracy's favour:
   float32 (``False`` only changes the parameter dtype used in the affine step, as in flax);
 * ``BatchNorm`` with ``axis_name`` combines devices by count, exactly, also with masks.
 
+Where flax returns a value jnorm's modules return the same: running statistics are stored in
+the dtype flax stores (a complex input keeps a complex running mean; ``float32``, or
+``param_dtype`` with ``force_float32_reductions=False``, promoted with the batch statistics'
+dtype), and inputs with a single value per statistic (``BatchNorm`` training on ``(1, 1, 1,
+C)``, ``InstanceNorm`` on ``(N, C)``) give the bias, as flax's do (jnorm's functions raise
+there unless ``strict=False``). The plumbing shared with :mod:`jnorm.nnx` is in
+``jnorm._modules``.
+
 ``BatchNorm(momentum=None)`` averages cumulatively (PyTorch's ``momentum=None``) and then keeps
-a ``count`` in ``batch_stats``; with a float momentum the collection holds only ``mean`` and
-``var``, as flax's does.
+a ``count`` per feature in ``batch_stats`` (so masks work); with a float momentum the
+collection holds only ``mean`` and ``var``, as flax's does.
 
 Examples:
   >>> import jax, jax.numpy as jnp
@@ -30,18 +38,20 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax.linen import dtypes, initializers, module
+from flax.linen import initializers, module
+from flax.linen import transforms as _transforms
 from flax.linen.module import Module, compact
 
-import jnorm._layers as F
-from jnorm._axes import Axes, canonicalize_axes
-from jnorm._state import BatchStats
+import jnorm._modules as M
+from jnorm._checks import canonicalize_axes
+from jnorm._typing import Axes
 
-__all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm"]
+__all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
 
 Dtype = Any
 Initializer = Any
@@ -62,16 +72,40 @@ def _affine_params(
     return scale, bias
 
 
-def _out_dtype(mdl: Module, x: jax.Array, *params: jax.Array | None) -> jnp.dtype:
-    """flax's rule: ``dtype`` if set, else the promoted dtype of the input and the params.
+def _running_stats(
+    mdl: Module, kind: M.StatsKind, feature_shape: tuple[int, ...],
+    use_running_average: bool, run: Any, group_size: int | None = None,
+) -> jax.Array:
+    """Creates (or reads) the ``batch_stats`` variables, runs ``run(stored, training=...,
+    update=...)`` and writes what it returns back: the chores of every stateful module.
 
-    Only a dtype is computed here, so it uses JAX's standard promotion lattice even when the
-    user runs with ``jax_numpy_dtype_promotion="strict"`` (the arrays are cast explicitly).
+    As in flax, statistics are created in float32 (``param_dtype`` when
+    ``force_float32_reductions=False``), follow the input's dtype when updated (a complex input
+    keeps a complex mean) and are not updated while the module is initialised.
     """
-    with jax.numpy_dtype_promotion("standard"):
-        return dtypes.canonicalize_dtype(
-            x, *[p for p in params if p is not None], dtype=mdl.dtype
-        )
+    dtype = M.stat_dtype(mdl.param_dtype, getattr(mdl, "force_float32_reductions", True))
+    cells = {
+        name: mdl.variable("batch_stats", name, init)
+        for name, init in M.initial_stats(
+            kind, feature_shape, dtype=dtype, momentum=mdl.momentum, group_size=group_size
+        ).items()
+    }
+    update = not use_running_average and not mdl.is_initializing()
+    y, new = run(
+        {name: cell.value for name, cell in cells.items()},
+        training=not use_running_average, update=update,
+    )
+    for name, value in (new or {}).items():
+        cells[name].value = value
+    return y
+
+
+def _use_running_average(mdl: Module, given: bool | None) -> bool:
+    return module.merge_param("use_running_average", mdl.use_running_average, given)
+
+
+def _feature_shape(x: jax.Array, axis: Axes, name: str) -> tuple[int, ...]:
+    return tuple(x.shape[a] for a in canonicalize_axes(axis, jnp.ndim(x), name=name))
 
 
 class BatchNorm(Module):
@@ -112,44 +146,16 @@ class BatchNorm(Module):
         mask: jax.Array | None = None,
     ) -> jax.Array:
         """Normalizes ``x`` with batch (training) or running (``use_running_average``) stats."""
-        use_running_average = module.merge_param(
-            "use_running_average", self.use_running_average, use_running_average
-        )
         x = jnp.asarray(x)
-        features = canonicalize_axes(self.axis, x.ndim, name="axis")
-        feature_shape = tuple(x.shape[a] for a in features)
-        stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, stat_dtype)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, stat_dtype)
-        ra_count = (
-            self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
-            if self.momentum is None else None
-        )
+        feature_shape = _feature_shape(x, self.axis, "axis")
         scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
-        state = BatchStats(
-            ra_mean.value, ra_var.value,
-            ra_count.value if ra_count is not None else jnp.zeros((), jnp.int32),
+        return _running_stats(
+            self, "batch", feature_shape, _use_running_average(self, use_running_average),
+            functools.partial(
+                M.batch_norm, self, x, scale, bias, mask=mask,
+                collective=not self.is_initializing(),
+            ),
         )
-        y, new_state = F.batch_norm(
-            x, state, scale, bias,
-            training=not use_running_average,
-            axis=features,
-            momentum=self.momentum,
-            epsilon=self.epsilon,
-            mask=mask,
-            axis_name=None if self.is_initializing() else self.axis_name,
-            axis_index_groups=None if self.is_initializing() else self.axis_index_groups,
-            unbiased_running_var=self.unbiased_running_var,
-            skip_nonfinite=self.skip_nonfinite,
-            dtype=_out_dtype(self, x, scale, bias),
-            virtual_batch_size=self.virtual_batch_size,
-        )
-        if not use_running_average and not self.is_initializing():
-            ra_mean.value = new_state.mean
-            ra_var.value = new_state.var
-            if ra_count is not None:
-                ra_count.value = new_state.count
-        return y
 
 
 class LayerNorm(Module):
@@ -179,15 +185,9 @@ class LayerNorm(Module):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes ``x`` over ``reduction_axes``; params vary along ``feature_axes``."""
         x = jnp.asarray(x)
-        feat = canonicalize_axes(self.feature_axes, x.ndim, name="feature_axes")
-        scale, bias = _affine_params(
-            self, tuple(x.shape[a] for a in feat), self.use_scale, self.use_bias
-        )
-        return F.layer_norm(
-            x, scale, bias, axis=self.reduction_axes, feature_axes=feat, epsilon=self.epsilon,
-            mask=mask, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            dtype=_out_dtype(self, x, scale, bias),
-        )
+        feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
+        scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
+        return M.layer_norm(self, x, scale, bias, mask)
 
 
 class RMSNorm(Module):
@@ -214,13 +214,9 @@ class RMSNorm(Module):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Divides ``x`` by its root mean square over ``reduction_axes``."""
         x = jnp.asarray(x)
-        feat = canonicalize_axes(self.feature_axes, x.ndim, name="feature_axes")
-        scale, _ = _affine_params(self, tuple(x.shape[a] for a in feat), self.use_scale, False)
-        return F.rms_norm(
-            x, scale, axis=self.reduction_axes, feature_axes=feat, epsilon=self.epsilon,
-            mask=mask, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            dtype=_out_dtype(self, x, scale),
-        )
+        feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
+        scale, _ = _affine_params(self, feature_shape, self.use_scale, False)
+        return M.rms_norm(self, x, scale, mask)
 
 
 class GroupNorm(Module):
@@ -252,24 +248,8 @@ class GroupNorm(Module):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each group of channels of each example."""
         x = jnp.asarray(x)
-        others = None
-        if self.reduction_axes is not None:
-            red = canonicalize_axes(self.reduction_axes, x.ndim, name="reduction_axes")
-            if x.ndim - 1 not in red:
-                raise ValueError(
-                    "GroupNorm: `reduction_axes` must include the last axis, which holds the "
-                    f"channels; got {self.reduction_axes!r}."
-                )
-            others = tuple(a for a in red if a != x.ndim - 1)
-        channels = x.shape[-1]
-        F.resolve_groups(channels, self.num_groups, self.group_size)
-        scale, bias = _affine_params(self, (channels,), self.use_scale, self.use_bias)
-        return F.group_norm(
-            x, scale, bias, num_groups=self.num_groups, group_size=self.group_size,
-            channel_axis=-1, reduction_axes=others, epsilon=self.epsilon, mask=mask,
-            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            dtype=_out_dtype(self, x, scale, bias),
-        )
+        scale, bias = _affine_params(self, (x.shape[-1],), self.use_scale, self.use_bias)
+        return M.group_norm(self, x, scale, bias, mask)
 
 
 class InstanceNorm(Module):
@@ -298,45 +278,14 @@ class InstanceNorm(Module):
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each channel of each example over its spatial axes."""
         x = jnp.asarray(x)
-        feat = canonicalize_axes(self.feature_axes, x.ndim, name="feature_axes")
-        scale, bias = _affine_params(
-            self, tuple(x.shape[a] for a in feat), self.use_scale, self.use_bias
-        )
-        return F.instance_norm(
-            x, scale, bias, channel_axis=feat, epsilon=self.epsilon, mask=mask,
-            axis_name=self.axis_name, axis_index_groups=self.axis_index_groups,
-            dtype=_out_dtype(self, x, scale, bias),
-        )
-
-
+        feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
+        scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
+        return M.instance_norm(self, x, scale, bias, mask)
 
 
 # --------------------------------------------------------------------------------------------
 # Beyond the anchors: whitening, batch renorm, FRN/EvoNorm, weight transforms (plumbing only;
-# the math is in jnorm._whitening, jnorm._renorm, jnorm._frn, jnorm._weight, jnorm._lrn and
-# jnorm._spectral).
-
-from flax.linen import transforms as _transforms  # noqa: E402
-
-import jnorm._frn as _frn  # noqa: E402
-import jnorm._lrn as _lrn  # noqa: E402
-import jnorm._renorm as _renorm  # noqa: E402
-import jnorm._spectral as _spectral  # noqa: E402
-import jnorm._weight as _weight  # noqa: E402
-import jnorm._whitening as _whitening  # noqa: E402
-
-__all__ += [
-    "BatchRenorm",
-    "DecorrelatedBatchNorm",
-    "EvoNormB0",
-    "EvoNormS0",
-    "FilterResponseNorm",
-    "IterNorm",
-    "LocalResponseNorm",
-    "SpectralNorm",
-    "WeightNorm",
-    "WeightStandardization",
-]
+# the math is in jnorm's functions, the plumbing shared with jnorm.nnx in jnorm._modules).
 
 
 class DecorrelatedBatchNorm(Module):
@@ -374,39 +323,14 @@ class DecorrelatedBatchNorm(Module):
     @compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Whitens ``x`` with batch (training) or running statistics."""
-        use_running_average = module.merge_param(
-            "use_running_average", self.use_running_average, use_running_average
-        )
         x = jnp.asarray(x)
-        (ch,) = canonicalize_axes(self.axis, x.ndim, name="axis")
-        c = x.shape[ch]
-        init = _whitening.WhiteningStats.init(c, group_size=self.group_size)
-        ra_mean = self.variable("batch_stats", "mean", lambda: init.mean)
-        ra_w = self.variable("batch_stats", "whitening", lambda: init.whitening)
-        ra_count = (
-            self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
-            if self.momentum is None else None
+        feature_shape = _feature_shape(x, self.axis, "axis")
+        scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
+        return _running_stats(
+            self, "whitening", feature_shape, _use_running_average(self, use_running_average),
+            functools.partial(M.whitening_norm, self, x, scale, bias),
+            group_size=self.group_size,
         )
-        scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
-        state = _whitening.WhiteningStats(
-            ra_mean.value, ra_w.value,
-            ra_count.value if ra_count is not None else jnp.zeros((), jnp.int32),
-        )
-        kwargs = dict(
-            training=not use_running_average, group_size=self.group_size, axis=ch,
-            momentum=self.momentum, epsilon=self.epsilon, dtype=_out_dtype(self, x, scale, bias),
-        )
-        if self.iterations is None:
-            y, new = _whitening.decorrelated_batch_norm(x, state, scale, bias, **kwargs)
-        else:
-            y, new = _whitening.iter_norm(
-                x, state, scale, bias, iterations=self.iterations, **kwargs
-            )
-        if not use_running_average and not self.is_initializing():
-            ra_mean.value, ra_w.value = new.mean, new.whitening
-            if ra_count is not None:
-                ra_count.value = new.count
-        return y
 
 
 class IterNorm(DecorrelatedBatchNorm):
@@ -466,37 +390,16 @@ class BatchRenorm(Module):
         r_max: Any = None, d_max: Any = None, mask: jax.Array | None = None,
     ) -> jax.Array:
         """Renormalizes ``x`` (training) or applies the running statistics (eval)."""
-        use_running_average = module.merge_param(
-            "use_running_average", self.use_running_average, use_running_average
-        )
         x = jnp.asarray(x)
-        features = canonicalize_axes(self.axis, x.ndim, name="axis")
-        feature_shape = tuple(x.shape[a] for a in features)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
-        ra_count = (
-            self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
-            if self.momentum is None else None
-        )
+        feature_shape = _feature_shape(x, self.axis, "axis")
         scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
-        state = BatchStats(
-            ra_mean.value, ra_var.value,
-            ra_count.value if ra_count is not None else jnp.zeros((), jnp.int32),
+        return _running_stats(
+            self, "batch", feature_shape, _use_running_average(self, use_running_average),
+            functools.partial(
+                M.batch_renorm, self, x, scale, bias, mask=mask, r_max=r_max, d_max=d_max,
+                collective=not self.is_initializing(),
+            ),
         )
-        y, new = _renorm.batch_renorm(
-            x, state, scale, bias, training=not use_running_average,
-            r_max=self.r_max if r_max is None else r_max,
-            d_max=self.d_max if d_max is None else d_max,
-            axis=features, momentum=self.momentum, epsilon=self.epsilon, mask=mask,
-            axis_name=None if self.is_initializing() else self.axis_name,
-            axis_index_groups=None if self.is_initializing() else self.axis_index_groups,
-            dtype=_out_dtype(self, x, scale, bias),
-        )
-        if not use_running_average and not self.is_initializing():
-            ra_mean.value, ra_var.value = new.mean, new.var
-            if ra_count is not None:
-                ra_count.value = new.count
-        return y
 
 
 class FilterResponseNorm(Module):
@@ -531,15 +434,14 @@ class FilterResponseNorm(Module):
         x = jnp.asarray(x)
         c = x.shape[-1]
         scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
-        eps: Any = self.epsilon
-        if self.learned_epsilon:
-            eps = eps + jnp.abs(self.param("eps", initializers.zeros, (), self.param_dtype))
-        y = _frn.filter_response_norm(
-            x, scale, bias, epsilon=eps, dtype=_out_dtype(self, x, scale, bias)
+        eps = (
+            self.param("eps", initializers.zeros, (), self.param_dtype)
+            if self.learned_epsilon else None
         )
-        if self.use_tlu:
-            y = _frn.tlu(y, self.param("tau", initializers.zeros, (c,), self.param_dtype))
-        return y
+        tau = (
+            self.param("tau", initializers.zeros, (c,), self.param_dtype) if self.use_tlu else None
+        )
+        return M.filter_response_norm(self, x, scale, bias, eps, tau)
 
 
 class EvoNormS0(Module):
@@ -569,10 +471,7 @@ class EvoNormS0(Module):
         c = x.shape[-1]
         scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
         v = self.param("v", initializers.ones, (c,), self.param_dtype) if self.use_v else None
-        return _frn.evonorm_s0(
-            x, scale, bias, v, num_groups=self.num_groups, group_size=self.group_size,
-            epsilon=self.epsilon, dtype=_out_dtype(self, x, scale, bias),
-        )
+        return M.evonorm_s0(self, x, scale, bias, v)
 
 
 class EvoNormB0(Module):
@@ -599,37 +498,46 @@ class EvoNormB0(Module):
     @compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Applies EvoNorm-B0 with batch (training) or running (eval) variance."""
-        use_running_average = module.merge_param(
-            "use_running_average", self.use_running_average, use_running_average
-        )
         x = jnp.asarray(x)
         c = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-        ra_count = (
-            self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
-            if self.momentum is None else None
-        )
         scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
         v = self.param("v", initializers.ones, (c,), self.param_dtype) if self.use_v else None
-        state = BatchStats(
-            ra_mean.value, ra_var.value,
-            ra_count.value if ra_count is not None else jnp.zeros((), jnp.int32),
+        return _running_stats(
+            self, "batch", (c,), _use_running_average(self, use_running_average),
+            functools.partial(M.evonorm_b0, self, x, scale, bias, v),
         )
-        y, new = _frn.evonorm_b0(
-            x, state, scale, bias, v, training=not use_running_average, momentum=self.momentum,
-            epsilon=self.epsilon, dtype=_out_dtype(self, x, scale, bias),
-        )
-        if not use_running_average and not self.is_initializing():
-            ra_mean.value, ra_var.value = new.mean, new.var
-            if ra_count is not None:
-                ra_count.value = new.count
-        return y
 
 
-def _kernel_filter(mdl: Module, path: tuple) -> tuple[bool, str]:
-    str_path = jax.tree_util.keystr(path[1:], simple=True, separator="/")  # drop "params"
-    return any(f in str_path for f in mdl.variable_filter), str_path
+def _wrap_kernels(
+    mdl: Module, transform: Any, args: tuple, kwargs: dict, *, keep_raw: bool = False
+) -> Any:
+    """Calls ``mdl.layer_instance(*args, **kwargs)`` with every param of the layer replaced by
+    ``transform(path, value)`` (``path`` like ``"kernel"`` or ``"sub/kernel"``).
+
+    With ``keep_raw`` the collections are mutable through the wrapper and the layer's own
+    (untransformed) params are what ``init`` stores -- flax's SpectralNorm stores transformed
+    ones."""
+    raw: dict[str, jax.Array] = {}
+
+    def trans_in(vs: Any) -> Any:
+        def one(path: tuple, value: jax.Array) -> jax.Array:
+            raw[jax.tree_util.keystr(path)] = value
+            str_path = jax.tree_util.keystr(path[1:], simple=True, separator="/")
+            return transform(str_path, value)  # path[0] is the collection ("params")
+
+        return jax.tree_util.tree_map_with_path(one, vs)
+
+    def trans_out(vs: Any) -> Any:
+        if not keep_raw:
+            return vs
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: raw.get(jax.tree_util.keystr(p), x), vs
+        )
+
+    return _transforms.map_variables(
+        lambda layer: layer(*args, **kwargs), trans_in_fn=trans_in, trans_out_fn=trans_out,
+        init=mdl.is_initializing(), mutable=keep_raw,
+    )(mdl.layer_instance)
 
 
 class WeightStandardization(Module):
@@ -662,27 +570,16 @@ class WeightStandardization(Module):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the wrapped layer with its kernel standardized."""
 
-        def transform(path: tuple, value: jax.Array) -> jax.Array:
-            use, str_path = _kernel_filter(self, path)
-            if not use or jnp.ndim(value) < 2:
+        def transform(path: str, value: jax.Array) -> jax.Array:
+            if not M.kernel_selected(path, value, self.variable_filter):
                 return value
-            if not self.scaled:
-                eps = 1e-5 if self.epsilon is None else self.epsilon
-                return _weight.standardize_weight(value, epsilon=eps)
             gain = self.param(
-                f"{self.layer_instance.name}/{str_path}/gain", initializers.ones,
+                f"{self.layer_instance.name}/{path}/gain", initializers.ones,
                 (value.shape[-1],), self.param_dtype,
-            )
-            return _weight.scaled_standardize_weight(
-                value, gain, nonlinearity_gain=self.nonlinearity_gain,
-                epsilon=1e-4 if self.epsilon is None else self.epsilon,
-            )
+            ) if self.scaled else None
+            return M.standardized_kernel(self, value, gain)
 
-        return _transforms.map_variables(
-            lambda layer: layer(*args, **kwargs),
-            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(transform, vs),
-            init=self.is_initializing(),
-        )(self.layer_instance)
+        return _wrap_kernels(self, transform, args, kwargs)
 
 
 class WeightNorm(Module):
@@ -693,7 +590,8 @@ class WeightNorm(Module):
     ``weight_norm`` does: the wrapped layer computes exactly what the bare layer would. Params:
     the layer's own (its kernel is ``v``) plus ``<layer>/<path>/scale`` (``g``, ``[O]``).
     Attributes: ``layer_instance``, ``epsilon`` (0.0), ``param_dtype``, ``variable_filter``
-    (``{"kernel"}``). Norms are over the fan-in (all kernel axes but the last), on
+    (``{"kernel"}``), ``scale_init`` (None: ``||v||`` as above; an initializer, e.g. flax's
+    ``ones``, gives flax's behaviour). Norms are over the fan-in (all kernel axes but the last), on
     :func:`jnorm.weight_norm`.
 
     Examples:
@@ -709,26 +607,22 @@ class WeightNorm(Module):
     epsilon: float = 0.0
     param_dtype: Dtype = jnp.float32
     variable_filter: Any = ("kernel",)
+    scale_init: Initializer | None = None
 
     @compact
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the wrapped layer with its kernel weight-normalized."""
 
-        def transform(path: tuple, value: jax.Array) -> jax.Array:
-            use, str_path = _kernel_filter(self, path)
-            if not use or jnp.ndim(value) < 2:
+        def transform(path: str, value: jax.Array) -> jax.Array:
+            if not M.kernel_selected(path, value, self.variable_filter):
                 return value
             g = self.param(
-                f"{self.layer_instance.name}/{str_path}/scale",
-                lambda _key: _weight.kernel_norm(value).astype(self.param_dtype),
+                f"{self.layer_instance.name}/{path}/scale",
+                lambda key: M.initial_kernel_scale(self, key, value),
             )
-            return _weight.weight_norm(value, g, epsilon=self.epsilon)
+            return M.weight_normed_kernel(self, value, g)
 
-        return _transforms.map_variables(
-            lambda layer: layer(*args, **kwargs),
-            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(transform, vs),
-            init=self.is_initializing(),
-        )(self.layer_instance)
+        return _wrap_kernels(self, transform, args, kwargs)
 
 
 class LocalResponseNorm(Module):
@@ -757,10 +651,7 @@ class LocalResponseNorm(Module):
     @compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalizes each activation by the squares of its neighbouring channels."""
-        return _lrn.local_response_norm(
-            x, size=self.size, alpha=self.alpha, beta=self.beta, k=self.k,
-            channel_axis=self.channel_axis, convention=self.convention, dtype=self.dtype,
-        )
+        return M.local_response_norm(self, x)
 
 
 class SpectralNorm(Module):
@@ -813,46 +704,21 @@ class SpectralNorm(Module):
     def __call__(self, *args: Any, update_stats: bool, **kwargs: Any) -> Any:
         """Calls the wrapped layer with its (>= 2-D) params divided by their spectral norms."""
 
-        raw: dict[str, jax.Array] = {}  # the layer's own params, restored on the way out
-
-        def transform(path: tuple, value: jax.Array) -> jax.Array:
+        def transform(path: str, value: jax.Array) -> jax.Array:
             value = jnp.asarray(value)
-            raw[jax.tree_util.keystr(path)] = value
             if value.ndim <= 1:
                 return value
-            if value.ndim > 2 and self.error_on_non_matrix:
-                raise ValueError(
-                    f"SpectralNorm: param {path!r} is {value.ndim}-D but error_on_non_matrix "
-                    "is True."
-                )
-            prefix = f"{self.layer_instance.name}/" + "/".join(
-                str(getattr(p, "key", p)) for p in path[1:]
-            )
+            prefix = f"{self.layer_instance.name}/{path}"
             u_var = self.variable(
-                self.collection_name, prefix + "/u",
-                lambda: _spectral.spectral_norm_init(value)[None, :].astype(self.param_dtype),
+                self.collection_name, prefix + "/u", lambda: M.spectral_initial_u(self, value)
             )
             sigma_var = self.variable(
-                self.collection_name, prefix + "/sigma",
-                lambda: jnp.zeros((), self.param_dtype),
+                self.collection_name, prefix + "/sigma", lambda: jnp.zeros((), self.param_dtype)
             )
-            w_sn, new_u, sigma = _spectral.spectral_norm(
-                value, u_var.value[0], n_steps=self.n_steps, epsilon=self.epsilon,
-            )
+            w_sn, new_u, sigma = M.spectral_kernel(self, value, u_var.value)
             if update_stats or self.is_initializing():
-                u_var.value = new_u[None, :].astype(self.param_dtype)
+                u_var.value = new_u.astype(self.param_dtype)
                 sigma_var.value = sigma.astype(self.param_dtype)
-            if self.dtype is not None:
-                w_sn = w_sn.astype(self.dtype)
             return w_sn
 
-        return _transforms.map_variables(
-            lambda layer: layer(*args, **kwargs),
-            trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(transform, vs),
-            # flax's writes the *normalized* kernel back into params at init: keep the raw one
-            trans_out_fn=lambda vs: jax.tree_util.tree_map_with_path(
-                lambda p, x: raw.get(jax.tree_util.keystr(p), x), vs
-            ),
-            init=self.is_initializing(),
-            mutable=True,
-        )(self.layer_instance)
+        return _wrap_kernels(self, transform, args, kwargs, keep_raw=True)

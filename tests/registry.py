@@ -10,8 +10,8 @@ public name of ``jnorm``, ``jnorm.linen`` or ``jnorm.nnx`` is in none of it.
 
 Adding a layer: add an :class:`Entry` (and its module cases); the coverage test fails until
 you do. Public names that are not normalizations (kernels, state types, tools) are listed in
-:data:`SUPPORT` with the test module that covers them. nnx modules: put their class names in
-``Entry.nnx`` (and module cases in ``nnx_cases``) once ``jnorm.nnx`` exists.
+:data:`SUPPORT` with the test module that covers them. nnx modules: their class names are in
+``Entry.nnx`` (the linen modules' names; ``tests/test_nnx.py`` tests them).
 
 Also the home of the five core layers' :class:`Case` objects (``CASES``, used by
 test_layers, test_properties and test_transforms).
@@ -602,7 +602,12 @@ SUPPORT: dict[str, str] = {
     "torch_norm_kwargs": "tests/test_tools.py",
     "momentum_from_torch": "tests/test_layers.py",
 }
+# jnorm.nnx has the same modules as jnorm.linen (jnorm._modules.MODULE_NAMES); tests/test_nnx.py
+# checks each one bitwise against its linen module on the same variables, and against flax.nnx.
+REGISTRY = tuple(
+    dataclasses.replace(e, nnx=tuple(dict.fromkeys(mc.cls for mc in e.linen))) for e in REGISTRY
+)
 #: Public classes of jnorm.linen that are not a normalization's module.
 LINEN_SUPPORT: dict[str, str] = {}
-#: Public classes of jnorm.nnx that are not a normalization's module (for the nnx helper).
+#: Public classes of jnorm.nnx that are not a normalization's module.
 NNX_SUPPORT: dict[str, str] = {}

@@ -101,11 +101,11 @@ def test_init_does_not_update_running_statistics():
 def test_momentum_none_tracks_count():
     m = jnn.BatchNorm(use_running_average=False, momentum=None)
     v = m.init(jax.random.key(0), jnp.asarray(X))
-    assert int(v["batch_stats"]["count"]) == 0
+    np.testing.assert_array_equal(v["batch_stats"]["count"], np.zeros(8))  # one per feature
     for i in range(3):
         _, up = m.apply(v, jnp.asarray(X) + i, mutable=["batch_stats"])
         v = {**v, **up}
-    assert int(v["batch_stats"]["count"]) == 3
+    np.testing.assert_array_equal(v["batch_stats"]["count"], np.full(8, 3))
     np.testing.assert_allclose(v["batch_stats"]["mean"],
                                X.astype(np.float64).reshape(-1, 8).mean(0) + 1.0, rtol=1e-5)
 
@@ -191,3 +191,23 @@ def test_flax_is_inaccurate_where_jnorm_is_not():
     err_flax = np.max(np.abs(np.asarray(nn.LayerNorm().apply(v, x)) - ref))
     err_ours = np.max(np.abs(np.asarray(jnn.LayerNorm().apply(v, x)) - ref))
     assert err_ours <= 1e-5 < 1e-2 < err_flax
+
+
+def test_single_value_per_statistic_returns_flax_value():
+    """flax's ImageNet ResNet init (a batch of 1 reaching (1, 1, 1, 512)) and InstanceNorm on
+    (N, C) work in flax; the modules return flax's value (the functions raise, strict)."""
+    one = jnp.asarray(X[:1, :1, :1, :])
+    for ours, theirs, x in (
+        (jnn.BatchNorm(use_running_average=False), nn.BatchNorm(use_running_average=False), one),
+        (jnn.InstanceNorm(bias_init=nn.initializers.constant(0.5)),
+         nn.InstanceNorm(bias_init=nn.initializers.constant(0.5)), jnp.asarray(X[:, 0, 0, :])),
+    ):
+        v = ours.init(jax.random.key(0), x)
+        with jax.numpy_dtype_promotion("standard"):
+            want, upd_theirs = theirs.apply(v, x, mutable=["batch_stats"])
+        got, upd_ours = ours.apply(v, x, mutable=["batch_stats"])
+        np.testing.assert_array_equal(got, want)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=3e-6), upd_ours,
+                     upd_theirs)
+    with pytest.raises(ValueError, match="The channel axes cannot include the leading"):
+        jnn.InstanceNorm(feature_axes=0).init(jax.random.key(0), jnp.asarray(X))

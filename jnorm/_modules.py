@@ -1,0 +1,439 @@
+"""The chores every jnorm module shares, for ``jnorm.linen`` and ``jnorm.nnx`` alike.
+
+Imported only by :mod:`jnorm.linen` and :mod:`jnorm.nnx` (never by ``jnorm/__init__``), so
+``import jnorm`` stays free of flax. Nothing here computes a normalization: the modules hand
+arrays to jnorm's functions, and this module decides what both frameworks must decide the same
+way:
+
+* which running statistics a module stores, their initial values and their stored dtype
+  (:func:`initial_stats`, :func:`run_with_stats`);
+* turning stored values into the functions' state pytree and the new state back into values
+  to store (one place for ``count``, dtypes and ``stop_gradient``);
+* the dtype a module returns (:func:`out_dtype`, flax's rule) and which of a wrapped layer's
+  params a kernel wrapper transforms (:func:`kernel_selected`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen import dtypes
+
+import jnorm._frn as _frn
+import jnorm._layers as F
+import jnorm._lrn as _lrn
+import jnorm._renorm as _renorm
+import jnorm._spectral as _spectral
+import jnorm._weight as _weight
+import jnorm._whitening as _whitening
+from jnorm._checks import canonicalize_axes, resolve_groups
+from jnorm._state import BatchStats
+from jnorm._whitening import WhiteningStats
+
+__all__ = [
+    "MODULE_NAMES",
+    "StatsKind",
+    "batch_norm",
+    "batch_renorm",
+    "evonorm_b0",
+    "evonorm_s0",
+    "filter_response_norm",
+    "group_norm",
+    "initial_stats",
+    "instance_norm",
+    "kernel_selected",
+    "layer_norm",
+    "local_response_norm",
+    "out_dtype",
+    "rms_norm",
+    "run_with_stats",
+    "spectral_kernel",
+    "standardized_kernel",
+    "stat_dtype",
+    "stat_names",
+    "weight_normed_kernel",
+    "whitening_norm",
+]
+
+# The modules jnorm.linen and jnorm.nnx both provide (each module's ``__all__``).
+MODULE_NAMES: tuple[str, ...] = (
+    "BatchNorm",
+    "BatchRenorm",
+    "DecorrelatedBatchNorm",
+    "EvoNormB0",
+    "EvoNormS0",
+    "FilterResponseNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "IterNorm",
+    "LayerNorm",
+    "LocalResponseNorm",
+    "RMSNorm",
+    "SpectralNorm",
+    "WeightNorm",
+    "WeightStandardization",
+)
+
+StatsKind = Literal["batch", "whitening"]
+_STATE: dict[str, type[NamedTuple]] = {"batch": BatchStats, "whitening": WhiteningStats}
+# The field that follows the input's dtype (complex stays complex) and the real-valued ones.
+_FIELDS: dict[str, tuple[str, str]] = {"batch": ("mean", "var"), "whitening": ("mean", "whitening")}
+
+
+def stat_dtype(param_dtype: Any, force_float32_reductions: bool) -> jnp.dtype:
+    """The dtype running statistics are created with: flax linen's rule."""
+    return jnp.dtype(jnp.float32 if force_float32_reductions else param_dtype)
+
+
+def initial_stats(
+    kind: StatsKind,
+    feature_shape: tuple[int, ...],
+    *,
+    dtype: Any,
+    momentum: float | None,
+    group_size: int | None = None,
+) -> dict[str, Callable[[], jax.Array]]:
+    """Name -> initialiser of every running statistic a module stores, in flax's order.
+
+    ``mean``/``var`` (``kind="batch"``) or ``mean``/``whitening`` (``"whitening"``), plus
+    ``count`` only with ``momentum=None`` (cumulative averaging needs it; flax's collections
+    hold no count): per feature for ``"batch"`` (so masks and ``skip_nonfinite`` work), one
+    for ``"whitening"``.
+    """
+    if kind == "batch":  # cumulative averages count per feature, so masks work (a module's
+        # user cannot choose the state)
+        fresh: Any = BatchStats.init(feature_shape, dtype, per_feature_count=momentum is None)
+    else:
+        (c,) = feature_shape
+        fresh = WhiteningStats.init(c, group_size=group_size, dtype=dtype)
+    return {name: functools.partial(getattr, fresh, name) for name in stat_names(kind, momentum)}
+
+
+def stat_names(kind: StatsKind, momentum: float | None) -> tuple[str, ...]:
+    """The names :func:`initial_stats` creates."""
+    return _FIELDS[kind] + (("count",) if momentum is None else ())
+
+
+def _real(dtype: jnp.dtype) -> jnp.dtype:
+    return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+
+
+def _batch_dtype(x: jax.Array, dtype: Any, force_float32_reductions: bool) -> jnp.dtype:
+    """The dtype of flax's batch statistics for input ``x`` (flax's ``_compute_stats``)."""
+    d = jnp.dtype(x.dtype if dtype is None else dtype)
+    return jnp.promote_types(d, jnp.float32) if force_float32_reductions else d
+
+
+def _cast(value: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    value = jnp.asarray(value)
+    if jnp.iscomplexobj(value) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        value = jnp.real(value)  # what assigning into a real variable keeps, without a warning
+    return value.astype(dtype)
+
+
+def run_with_stats(
+    kind: StatsKind,
+    stored: Mapping[str, jax.Array],
+    call: Callable[[Any], tuple[jax.Array, Any]],
+    *,
+    x: jax.Array,
+    update: bool,
+    dtype: Any = None,
+    force_float32_reductions: bool = True,
+    follow_input: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """Runs ``call(state)`` on the stored statistics; returns ``(y, values to store or None)``.
+
+    ``stored`` maps the names of :func:`initial_stats` to their current values. The state
+    handed to ``call`` has the dtypes the statistics will be stored in:
+
+    * ``follow_input=True`` (linen): flax linen's rule, ``stored = result_type(stored,
+      batch statistic)`` -- a complex input makes the running mean complex (its variance stays
+      real), a float64 input (x64) float64, and half statistics with
+      ``force_float32_reductions=False`` stay half;
+    * ``follow_input=False`` (nnx): the stored dtype never changes, as in flax.nnx.
+
+    With ``update=False`` (eval, or linen's ``init``) nothing is returned to store.
+    """
+    first, second = _FIELDS[kind]
+    dtypes_ = {k: jnp.asarray(v).dtype for k, v in stored.items()}
+    if follow_input:  # dtypes only: JAX's standard lattice, also under strict promotion
+        with jax.numpy_dtype_promotion("standard"):
+            batch = _batch_dtype(x, dtype, force_float32_reductions)
+            dtypes_[first] = jnp.promote_types(dtypes_[first], batch)
+            dtypes_[second] = jnp.promote_types(dtypes_[second], _real(batch))
+    values = {k: _cast(v, dtypes_[k]) for k, v in stored.items()}
+    values.setdefault("count", jnp.zeros((), jnp.int32))
+    y, new = call(_STATE[kind](**values))
+    if not update:
+        return y, None
+    # no stop_gradient: flax linen has none, and jnorm.precise_batch_stats differentiates the
+    # update (forward mode) to read its momentum; nnx.grad does not differentiate BatchStat
+    return y, {k: _cast(getattr(new, k), dtypes_[k]) for k in stored}
+
+
+def out_dtype(dtype: Any, x: jax.Array, *params: jax.Array | None) -> jnp.dtype:
+    """flax's rule: ``dtype`` if set, else the promoted dtype of the input and the params.
+
+    Only a dtype is computed here, so it uses JAX's standard promotion lattice even when the
+    user runs with ``jax_numpy_dtype_promotion="strict"`` (the arrays are cast explicitly).
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return dtypes.canonicalize_dtype(x, *[p for p in params if p is not None], dtype=dtype)
+
+
+def kernel_selected(path: str, value: Any, names: Collection[str]) -> bool:
+    """Whether a kernel wrapper transforms the param at ``path`` ("a/b/kernel"): a name in
+    ``names`` occurs in the path and the param has at least 2 dimensions."""
+    return any(n in path for n in names) and jnp.ndim(value) >= 2
+
+
+# --------------------------------------------------------------------------------------------
+# One call per layer: module attributes -> the function's keywords. ``m`` is a linen or an nnx
+# module; both spell their attributes as flax does, so the plumbing is written once here.
+# ``stored`` is the module's running statistics (name -> value); ``update`` whether to return
+# new values to store; ``collective`` whether ``axis_name`` applies (linen's init: no).
+
+
+def _shaped(p: jax.Array | None, x: jax.Array, axes: tuple[int, ...]) -> jax.Array | None:
+    """A param of the feature axes' shape (nnx creates ``(num_features,)``; flax reshapes)."""
+    if p is None:
+        return None
+    shape = tuple(x.shape[a] for a in axes)
+    return p.reshape(shape) if p.shape != shape and p.size == int(np.prod(shape)) else p
+
+
+def _running(
+    kind: StatsKind, m: Any, x: jax.Array, stored: Mapping[str, jax.Array],
+    call: Callable[[Any], tuple[jax.Array, Any]], update: bool, follow_input: bool,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    return run_with_stats(
+        kind, stored, call, x=x, update=update, dtype=m.dtype,
+        force_float32_reductions=getattr(m, "force_float32_reductions", True),
+        follow_input=follow_input,
+    )
+
+
+def batch_norm(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    stored: Mapping[str, jax.Array], *, training: bool, update: bool, collective: bool = True,
+    follow_input: bool = True, mask: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """:func:`jnorm.batch_norm` with ``m``'s attributes (flax's, plus jnorm's extras)."""
+    features = canonicalize_axes(m.axis, x.ndim, name="axis")
+    scale, bias = _shaped(scale, x, features), _shaped(bias, x, features)
+    return _running("batch", m, x, stored, lambda st: F.batch_norm(
+        x, st, scale, bias, training=training, axis=features, momentum=m.momentum,
+        epsilon=m.epsilon, mask=mask,
+        axis_name=m.axis_name if collective else None,
+        axis_index_groups=m.axis_index_groups if collective else None,
+        unbiased_running_var=getattr(m, "unbiased_running_var", False),
+        skip_nonfinite=getattr(m, "skip_nonfinite", False),
+        dtype=out_dtype(m.dtype, x, scale, bias),
+        virtual_batch_size=getattr(m, "virtual_batch_size", None), strict=False,
+    ), update, follow_input)
+
+
+def batch_renorm(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    stored: Mapping[str, jax.Array], *, training: bool, update: bool, collective: bool = True,
+    follow_input: bool = True, mask: jax.Array | None = None, r_max: Any = None,
+    d_max: Any = None,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """:func:`jnorm.batch_renorm` with ``m``'s attributes; ``r_max``/``d_max`` override them."""
+    features = canonicalize_axes(m.axis, x.ndim, name="axis")
+    scale, bias = _shaped(scale, x, features), _shaped(bias, x, features)
+    return _running("batch", m, x, stored, lambda st: _renorm.batch_renorm(
+        x, st, scale, bias, training=training,
+        r_max=m.r_max if r_max is None else r_max, d_max=m.d_max if d_max is None else d_max,
+        axis=features, momentum=m.momentum, epsilon=m.epsilon, mask=mask,
+        axis_name=m.axis_name if collective else None,
+        axis_index_groups=m.axis_index_groups if collective else None,
+        dtype=out_dtype(m.dtype, x, scale, bias),
+    ), update, follow_input)
+
+
+def whitening_norm(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    stored: Mapping[str, jax.Array], *, training: bool, update: bool, follow_input: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """:func:`jnorm.decorrelated_batch_norm` (``m.iterations`` None) or :func:`jnorm.iter_norm`."""
+    (ch,) = canonicalize_axes(m.axis, x.ndim, name="axis")
+    kwargs = dict(
+        training=training, group_size=m.group_size, axis=ch, momentum=m.momentum,
+        epsilon=m.epsilon, dtype=out_dtype(m.dtype, x, scale, bias),
+    )
+    if m.iterations is None:
+        def call(st: Any) -> tuple[jax.Array, Any]:
+            return _whitening.decorrelated_batch_norm(x, st, scale, bias, **kwargs)
+    else:
+        def call(st: Any) -> tuple[jax.Array, Any]:
+            return _whitening.iter_norm(x, st, scale, bias, iterations=m.iterations, **kwargs)
+    return _running("whitening", m, x, stored, call, update, follow_input)
+
+
+def evonorm_b0(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    v: jax.Array | None, stored: Mapping[str, jax.Array], *, training: bool, update: bool,
+    follow_input: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+    """:func:`jnorm.evonorm_b0` with ``m``'s attributes."""
+    return _running("batch", m, x, stored, lambda st: _frn.evonorm_b0(
+        x, st, scale, bias, v, training=training, momentum=m.momentum, epsilon=m.epsilon,
+        dtype=out_dtype(m.dtype, x, scale, bias),
+    ), update, follow_input)
+
+
+def layer_norm(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    mask: jax.Array | None = None, *, center: bool = True,
+) -> jax.Array:
+    """:func:`jnorm.layer_norm` (or :func:`jnorm.rms_norm`, ``center=False``) with ``m``'s
+    attributes."""
+    feat = canonicalize_axes(m.feature_axes, x.ndim, name="feature_axes")
+    scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
+    kwargs = dict(
+        axis=m.reduction_axes, feature_axes=feat, epsilon=m.epsilon, mask=mask,
+        axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
+        dtype=out_dtype(m.dtype, x, scale, bias),
+    )
+    if center:
+        return F.layer_norm(x, scale, bias, **kwargs)
+    return F.rms_norm(x, scale, **kwargs)
+
+
+def rms_norm(
+    m: Any, x: jax.Array, scale: jax.Array | None, mask: jax.Array | None = None
+) -> jax.Array:
+    """:func:`jnorm.rms_norm` with ``m``'s attributes."""
+    return layer_norm(m, x, scale, None, mask, center=False)
+
+
+def group_norm(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    mask: jax.Array | None = None, *, groups: tuple[int | None, int | None] | None = None,
+) -> jax.Array:
+    """:func:`jnorm.group_norm` with ``m``'s attributes; channels last, as in flax.
+
+    ``groups`` (``(num_groups, group_size)``) overrides ``m``'s pair (nnx stores both)."""
+    num_groups, group_size = (m.num_groups, m.group_size) if groups is None else groups
+    others = None
+    if m.reduction_axes is not None:
+        red = canonicalize_axes(m.reduction_axes, x.ndim, name="reduction_axes")
+        if x.ndim - 1 not in red:
+            raise ValueError(
+                "GroupNorm: `reduction_axes` must include the last axis, which holds the "
+                f"channels; got {m.reduction_axes!r}."
+            )
+        others = tuple(a for a in red if a != x.ndim - 1)
+    resolve_groups(x.shape[-1], num_groups, group_size)
+    return F.group_norm(
+        x, scale, bias, num_groups=num_groups, group_size=group_size,
+        channel_axis=-1, reduction_axes=others, epsilon=m.epsilon, mask=mask,
+        axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
+        dtype=out_dtype(m.dtype, x, scale, bias),
+    )
+
+
+def instance_norm(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """:func:`jnorm.instance_norm` with ``m``'s attributes; an ``(N, C)`` input returns the
+    bias, as flax's does (``strict=False``)."""
+    feat = canonicalize_axes(m.feature_axes, x.ndim, name="feature_axes")
+    scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
+    return F.instance_norm(
+        x, scale, bias, channel_axis=feat, epsilon=m.epsilon, mask=mask,
+        axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
+        dtype=out_dtype(m.dtype, x, scale, bias), strict=False,
+    )
+
+
+def filter_response_norm(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    eps: jax.Array | None, tau: jax.Array | None,
+) -> jax.Array:
+    """FRN (+ TLU when ``tau`` is given) with ``m``'s attributes; ``eps`` the learned part."""
+    epsilon: Any = m.epsilon if eps is None else m.epsilon + jnp.abs(eps)
+    y = _frn.filter_response_norm(
+        x, scale, bias, epsilon=epsilon, dtype=out_dtype(m.dtype, x, scale, bias)
+    )
+    return y if tau is None else _frn.tlu(y, tau)
+
+
+def evonorm_s0(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, v: jax.Array | None
+) -> jax.Array:
+    """:func:`jnorm.evonorm_s0` with ``m``'s attributes."""
+    return _frn.evonorm_s0(
+        x, scale, bias, v, num_groups=m.num_groups, group_size=m.group_size,
+        epsilon=m.epsilon, dtype=out_dtype(m.dtype, x, scale, bias),
+    )
+
+
+def local_response_norm(m: Any, x: jax.Array) -> jax.Array:
+    """:func:`jnorm.local_response_norm` with ``m``'s attributes."""
+    return _lrn.local_response_norm(
+        x, size=m.size, alpha=m.alpha, beta=m.beta, k=m.k, channel_axis=m.channel_axis,
+        convention=m.convention, dtype=m.dtype,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel wrappers: what happens to one selected kernel (the frameworks differ only in how they
+# reach the wrapped layer's params).
+
+
+def standardized_kernel(m: Any, value: jax.Array, gain: jax.Array | None) -> jax.Array:
+    """The kernel :class:`WeightStandardization` hands the layer (``gain`` when scaled)."""
+    if not m.scaled:
+        return _weight.standardize_weight(value, epsilon=1e-5 if m.epsilon is None else m.epsilon)
+    return _weight.scaled_standardize_weight(
+        value, gain, nonlinearity_gain=m.nonlinearity_gain,
+        epsilon=1e-4 if m.epsilon is None else m.epsilon,
+    )
+
+
+def weight_normed_kernel(m: Any, value: jax.Array, g: jax.Array | None) -> jax.Array:
+    """The kernel :class:`WeightNorm` hands the layer: ``g v / ||v||`` over the fan-in."""
+    w = _weight.weight_norm(
+        value, g, feature_axes=getattr(m, "feature_axes", -1), epsilon=m.epsilon
+    )
+    return w if getattr(m, "dtype", None) is None else w.astype(m.dtype)
+
+
+def initial_kernel_scale(m: Any, key: jax.Array, value: jax.Array) -> jax.Array:
+    """WeightNorm's ``g`` at init: ``||v||`` (the layer is unchanged) or ``m.scale_init``."""
+    feat = canonicalize_axes(getattr(m, "feature_axes", -1), value.ndim, name="feature_axes")
+    if getattr(m, "scale_init", None) is None:
+        return _weight.kernel_norm(value, feature_axes=feat).astype(m.param_dtype)
+    return m.scale_init(key, tuple(value.shape[a] for a in feat), m.param_dtype)
+
+
+def spectral_kernel(
+    m: Any, value: jax.Array, u: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(W / sigma, new u [1, O], sigma)`` for one param of :class:`SpectralNorm` (``u`` and
+    ``sigma`` in the iteration's dtype: linen stores them in ``param_dtype``, nnx in the
+    variable's own dtype)."""
+    if value.ndim > 2 and m.error_on_non_matrix:
+        raise ValueError(
+            f"SpectralNorm: a param is {value.ndim}-D but error_on_non_matrix is True."
+        )
+    w_sn, new_u, sigma = _spectral.spectral_norm(
+        value, u[0], n_steps=m.n_steps, epsilon=m.epsilon
+    )
+    if m.dtype is not None:
+        w_sn = w_sn.astype(m.dtype)
+    return w_sn, new_u[None, :], sigma
+
+
+def spectral_initial_u(m: Any, value: jax.Array) -> jax.Array:
+    """SpectralNorm's ``u`` at init: the exact top right singular vector, ``[1, O]``."""
+    return _spectral.spectral_norm_init(value)[None, :].astype(m.param_dtype)
