@@ -79,7 +79,13 @@ def run(ctx: Context) -> ExperimentResult:
 
     fig, ax = subplots(1, 3, figsize=(14, 3.9), layout="constrained")
     names = list(covs)
-    ax[0].bar(range(3), [covs[n] for n in names], color=[NORM_COLORS[n] for n in names])
+    for i, n in enumerate(names):  # markers, not bars: a bar has no meaningful base on a log axis
+        ax[0].plot([i], [covs[n]], "o", ms=9, color=NORM_COLORS[n])
+        ax[0].annotate(f"{covs[n]:.1e}", (i, covs[n]), textcoords="offset points",
+                       xytext=(0, 8), ha="center", fontsize=8)
+    ax[0].axhline(WHITE_TOL, color="k", ls=":", lw=1, label=f"criterion {WHITE_TOL:g}")
+    ax[0].legend(fontsize=7, loc="center right")
+    ax[0].set_xlim(-0.5, 2.5)
     ax[0].set_yscale("log")
     ax[0].set_xticks(range(3), [LABEL[n] for n in names], fontsize=8)
     ax[0].set_ylabel("max |cov(output) − I|")
@@ -98,7 +104,7 @@ def run(ctx: Context) -> ExperimentResult:
     numbers["whitening"] = white
     ax[1].set_yscale("log")
     ax[1].set_xlabel("epoch")
-    ax[1].set_ylabel("training loss (epoch mean, geometric mean over seeds)")
+    ax[1].set_ylabel("training loss (geometric mean over seeds)")
     ax[1].set_title("(b) MLP 2×64, batch 64, SGD momentum 0.9")
     ax[1].legend(fontsize=7)
 
@@ -128,7 +134,7 @@ def run(ctx: Context) -> ExperimentResult:
                   label=f"validity bar {ctx.valid_bar:.2f}")
     ax[2].set_ylabel("test accuracy (eval mode)")
     ax[2].set_title(f"(c) small batches, {rn_epochs} epochs, η = {LR}·B/64")
-    ax[2].legend(fontsize=7, loc="lower right")
+    ax[2].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4)
     fig.suptitle(f"Whitening vs standardisation; batch renorm vs batch norm ({seed_note(ctx)})")
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 

@@ -65,16 +65,15 @@ def run(ctx: Context) -> ExperimentResult:
                                          for a, s, d in zip(acc_m, acc_s, div)]
                         + [f"{acc_m.min():.3f}"])
         numbers[f"depth_{depth}"] = per
-        if any(per[n]["diverged_fraction"].any() for n in norms):
-            ax.plot([], [], "x", color="k", ms=8, mew=2, label="diverged (≥ 1 seed)")
+        ax.plot([], [], "x", color="k", ms=8, mew=2, label="diverged (≥ 1 seed)")
         ax.axhline(ctx.valid_bar, color="k", ls=":", lw=1,
                    label=f"validity bar {ctx.valid_bar:.2f}")
+        ax.axhline(ctx.chance, color="0.6", ls="--", lw=1, label=f"chance {ctx.chance:.2f}")
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("initial weight scale (× LeCun normal)")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"MLP, {depth} hidden layers of {DEPTH_WIDTH}")
-        ax.legend(loc="lower center", fontsize=7, framealpha=0.9)
         base = per["none"]
         for norm in norms[1:]:
             d = per[norm]
@@ -90,6 +89,8 @@ def run(ctx: Context) -> ExperimentResult:
                 c.greater, source=SOURCE), max(x["best_acc"] for x in per.values())))
     fig.suptitle(f"Test accuracy after {epochs} epochs vs initial weight scale, by depth "
                  f"({seed_note(ctx)})")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
     table = md_table(["depth", "norm"] + [f"×{s:g}" for s in scales] + ["worst"], rows)
     method = (f"MLPs with {', '.join(map(str, depths))} hidden layers of {DEPTH_WIDTH} units "

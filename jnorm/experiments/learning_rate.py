@@ -82,7 +82,6 @@ def run(ctx: Context) -> ExperimentResult:
         ax.set_xlabel("learning rate (plain SGD)")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"MLP, {depth} hidden layers of {DEPTH_WIDTH}")
-        ax.legend(loc="lower left", fontsize=7, framealpha=0.9)
 
         base = per["none"]
         for norm in norms[1:]:
@@ -117,6 +116,8 @@ def run(ctx: Context) -> ExperimentResult:
                 holds=bool(won), source=SOURCE), max(x["best_acc"] for x in per.values())))
     fig.suptitle(f"Test accuracy vs SGD learning rate after {cfg['epochs']} epochs, by depth "
                  f"({seed_note(ctx)})")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
     table = md_table(["depth", "norm"] + [f"η={r:g}" for r in rates] + ["best η"], rows)
     method = (f"MLPs with {', '.join(map(str, depths))} hidden layers of {DEPTH_WIDTH} units "

@@ -20,7 +20,7 @@ import numpy as np
 
 import jnorm
 
-from .common import Claim, Context, ExperimentResult, fmt_seeds, md_table, mean_std, seed_note
+from .common import Claim, Context, ExperimentResult, fmt_seeds, md_table, mean_std
 from .plotting import NORM_COLORS, save, styled, subplots
 from .training import loss_fn, train
 
@@ -139,13 +139,13 @@ def run(ctx: Context) -> ExperimentResult:
         ax[i, 1].set_title(f"{SETTINGS[setting]}: loss (faint: each mini-batch)")
         if setting == "all":
             ax[i, 1].set_yscale("log")
-        ax[i, 2].set_title("|ΔL| from applying the b update alone (relative; floor 1e-10)")
+        ax[i, 2].set_title("|ΔL| from the b update alone (relative; 0 drawn at 1e-10)")
         ax[i, 2].axhline(FLAT_TOL, color="k", ls=":", lw=1, label=f"criterion {FLAT_TOL:g}")
         for a in ax[i]:
             a.set_xlabel("SGD step")
-            a.legend(fontsize=7, loc="best")
+            a.legend(fontsize=7, loc="center right" if a is ax[i, 2] else "best")
     fig.suptitle("The naive method: b's updates are undone by the next normalization "
-                 f"(SGD η = {LR}, batch 64; {seed_note(ctx)}, one line per seed)")
+                 f"(SGD η = {LR}, batch 64; {len(ctx.seeds)} seed(s), one line per seed)")
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     n, r = traces["all", "naive"], traces["all", "batch"]

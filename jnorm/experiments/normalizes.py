@@ -178,7 +178,7 @@ def run(ctx: Context) -> ExperimentResult:
         ax2.hist(after[k].ravel(), bins=bins, color=NORM_COLORS[k], alpha=0.6, density=True,
                  label=f"after {k} norm")
         ax2.set_xlabel("activation value (range ±4 shown)")
-        ax2.legend(loc="upper right")
+        ax2.legend(loc="upper left", fontsize=7)
         if j == 0:
             ax2.set_ylabel("density")
     fig.suptitle("Top: cells that share the statistics of the black cell, measured from "

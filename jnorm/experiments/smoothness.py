@@ -77,7 +77,7 @@ def run(ctx: Context) -> ExperimentResult:
     t0 = time.perf_counter()
     k = ctx.data.num_classes
     epochs = ctx.pick(2, 3, 8)
-    depths = ctx.pick((2, 4), (2, 12), (2, 8, 16))
+    depths = ctx.pick((2,), (2, 12), (2, 8, 16))
     etas = jnp.asarray([m * LR for m in STEP_MULTIPLIERS], jnp.float32)
     x = jnp.asarray(ctx.data.x_train[:PROBE_BATCH])
     y = jnp.asarray(ctx.data.y_train[:PROBE_BATCH])
@@ -124,7 +124,7 @@ def run(ctx: Context) -> ExperimentResult:
             if j == 0:
                 ax[i, 0].set_ylabel(ylabels[m])
             ax[i, j].legend(fontsize=7, loc="best")
-    fig.suptitle(f"Landscape probes along training, plain SGD η = {LR}; probes at η ∈ "
+    fig.suptitle(f"Landscape probes along training, plain SGD η = {LR}\nprobes at η ∈ "
                  f"{[round(float(e), 3) for e in etas]} on {PROBE_BATCH} training images "
                  f"({seed_note(ctx)}; curves are seed means)")
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
