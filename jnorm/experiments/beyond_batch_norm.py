@@ -10,13 +10,11 @@ on real features, then train the same MLP with each at batch 64.
 the running averages, which should matter at small batches, where the batch statistics used in
 training and the running averages used at test time differ most.
 
-Run alone with ``python -m jnorm.experiments --only beyond_batch_norm`` (or
-``python -m jnorm.experiments.beyond_batch_norm``, which does the same).
+Run alone with ``python -m jnorm.experiments --only beyond_batch_norm``.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 import jax.numpy as jnp
@@ -151,8 +149,8 @@ def run(ctx: Context) -> ExperimentResult:
     for norm in ("decorrelated", "iternorm"):
         c = compare(lb, np.log(white[norm]["final_train_loss"]), LOSS_FLOOR)
         claims.append(ctx.guard(Claim(
-            f"Whitening ({LABEL[norm]}) trains faster than batch norm: lower training loss after "
-            "the same number of steps.",
+            f"Whitening with {LABEL[norm]} trains faster than batch norm: lower training loss "
+            "after the same number of steps.",
             "log final training loss lower than batch norm's by more than max(log 1.1, 2 SE)",
             f"final training loss {fmt_seeds(white[norm]['final_train_loss'])} vs "
             f"{fmt_seeds(white['batch']['final_train_loss'])} (batch norm); log-loss "
@@ -190,8 +188,3 @@ def run(ctx: Context) -> ExperimentResult:
     return ExperimentResult(NAME, TITLE, method, fname, table, claims, numbers,
                             time.perf_counter() - t0)
 
-
-if __name__ == "__main__":
-    from .__main__ import main
-
-    sys.exit(main(["--only", NAME, *sys.argv[1:]]))

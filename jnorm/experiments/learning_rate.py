@@ -1,9 +1,10 @@
 """Experiment 2: normalization allows larger learning rates — and where it matters: depth.
 
-MLPs without residual connections, with 2 to 16 hidden layers of 64 units, are trained on the
-data with plain SGD (no momentum) at a sweep of constant learning rates, without normalization
-and with batch or layer norm. Per rate: final test accuracy (eval mode) and whether the run
-diverged (non-finite loss, or final training loss above twice the chance loss).
+MLPs without residual connections, with 2 to 16 hidden layers of 64 units (and, at the full
+size, the CNN of 2 conv layers), are trained on the data with plain SGD (no momentum) at a
+sweep of constant learning rates, without normalization and with batch or layer norm. Per
+rate: final test accuracy (eval mode) and whether the run diverged (non-finite loss, or final
+training loss above twice the chance loss).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import numpy as np
 
 from .common import Claim, Context, ExperimentResult, compare, fmt, md_table, mean_std, seed_note
-from .models import DEPTH_WIDTH, deep_mlp
+from .models import DEPTH_WIDTH, deep_mlp, make_model
 from .plotting import NORM_COLORS, save, styled, subplots
 from .training import diverged_loss, train
 
@@ -32,7 +33,8 @@ def sweep_config(ctx: Context) -> dict:
                               (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)),
             "epochs": ctx.pick(1, 4, 10), "batch_size": 64,
             "depths": ctx.pick((2, 4), (2, 12), (2, 8, 16)),
-            "norms": ctx.pick(("none", "batch"), ("none", "batch"), ("none", "batch", "layer"))}
+            "norms": ctx.pick(("none", "batch"), ("none", "batch"), ("none", "batch", "layer")),
+            "cnn_depths": ctx.pick((), (), (2,)), "cnn_norms": ("none", "batch")}
 
 
 @styled
@@ -40,23 +42,30 @@ def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 2."""
     t0 = time.perf_counter()
     cfg = sweep_config(ctx)
-    rates, depths, norms = cfg["rates"], cfg["depths"], cfg["norms"]
+    rates = cfg["rates"]
+    panels = ([("mlp", d, cfg["norms"]) for d in cfg["depths"]]
+              + [("cnn", d, cfg["cnn_norms"]) for d in cfg["cnn_depths"]])
     k = ctx.data.num_classes
     numbers: dict = {"rates": rates, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
-                     "depths": depths, "width": DEPTH_WIDTH,
+                     "depths": cfg["depths"], "cnn_depths": cfg["cnn_depths"],
+                     "width": DEPTH_WIDTH,
                      "optimizer": "SGD, no momentum, constant rate", "floor": FLOOR,
                      "valid_bar": ctx.valid_bar, "diverged_loss": diverged_loss(k),
                      "seeds": ctx.seeds}
-    fig, axes = subplots(1, len(depths), figsize=(4.6 * len(depths), 3.9), squeeze=False,
+    ncol = len(cfg["depths"])
+    nrow = 2 if cfg["cnn_depths"] else 1
+    fig, axes = subplots(nrow, ncol, figsize=(4.6 * ncol, 3.9 * nrow), squeeze=False,
                          layout="constrained")
     rows, claims = [], []
-    for j, depth in enumerate(depths):
-        ax = axes[0, j]
+    for j, (arch, depth, norms) in enumerate(panels):
+        ax = axes[j // ncol, j % ncol]
         per: dict = {}
         for norm in norms:
-            res = train(deep_mlp(norm, depth, num_classes=k), ctx.data, lrs=rates,
+            model = (deep_mlp(norm, depth, num_classes=k) if arch == "mlp"
+                     else make_model("cnn", norm, num_classes=k, depth=depth))
+            res = train(model, ctx.data, lrs=rates,
                         seeds=ctx.seeds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                        momentum=0.0, desc=f"{NAME}: depth {depth}/{norm}",
+                        momentum=0.0, desc=f"{NAME}: {arch} depth {depth}/{norm}",
                         progress=ctx.progress)
             acc = res.grid("test_acc")[:, 0]  # (rates, seeds)
             acc_m, acc_s = mean_std(acc)
@@ -69,10 +78,10 @@ def run(ctx: Context) -> ExperimentResult:
                         label=f"{norm}" if norm != "none" else "no norm")
             dmask = div > 0
             ax.plot(np.asarray(rates)[dmask], acc_m[dmask], "x", color=c, ms=10, mew=2)
-            rows.append([depth, norm] + [fmt(a, None, 2) + ("†" if dv > 0 else "")
+            rows.append([arch.upper(), depth, norm] + [fmt(a, None, 2) + ("†" if dv > 0 else "")
                                          for a, dv in zip(acc_m, div)]
                         + [f"{per[norm]['best_rate']:g}"])
-        numbers[f"depth_{depth}"] = per
+        numbers[f"depth_{depth}" if arch == "mlp" else f"cnn_depth_{depth}"] = per
         ax.plot([], [], "x", color="k", ms=8, mew=2, label="diverged (≥ 1 seed)")
         ax.axhline(ctx.valid_bar, color="k", ls=":", lw=1,
                    label=f"validity bar {ctx.valid_bar:.2f}")
@@ -81,7 +90,8 @@ def run(ctx: Context) -> ExperimentResult:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("learning rate (plain SGD)")
         ax.set_ylabel("test accuracy")
-        ax.set_title(f"MLP, {depth} hidden layers of {DEPTH_WIDTH}")
+        ax.set_title(f"MLP, {depth} hidden layers of {DEPTH_WIDTH}" if arch == "mlp"
+                     else f"CNN, {depth} conv layers (8 channels, last 16)")
 
         base = per["none"]
         for norm in norms[1:]:
@@ -106,7 +116,8 @@ def run(ctx: Context) -> ExperimentResult:
                          + cmp[best].describe() if best is not None
                          else "no rate above the plain net's best in the sweep")
             claims.append(ctx.guard(Claim(
-                claim=f"An MLP of depth {depth} with {norm} norm trains well at learning rates "
+                claim=f"A{'n MLP' if arch == 'mlp' else ' CNN'} of depth {depth} with {norm} norm "
+                      "trains well at learning rates "
                       "where the same net without normalization fails.",
                 criterion=f"at some rate above the plain net's best rate (any rate if the plain "
                           f"net reaches the validity bar {ctx.valid_bar:.2f} at none), {norm} "
@@ -118,19 +129,25 @@ def run(ctx: Context) -> ExperimentResult:
                  f"({seed_note(ctx)})")
     handles, labels = axes[0, -1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    for j in range(len(panels), nrow * ncol):
+        axes[j // ncol, j % ncol].set_visible(False)
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
-    table = md_table(["depth", "norm"] + [f"η={r:g}" for r in rates] + ["best η"], rows)
-    method = (f"MLPs with {', '.join(map(str, depths))} hidden layers of {DEPTH_WIDTH} units "
-              "(dense → norm → relu, no residual connections, flax's default LeCun-normal "
-              f"init), trained with plain SGD (no momentum, constant rate, batch "
+    table = md_table(["arch", "depth", "norm"] + [f"η={r:g}" for r in rates] + ["best η"], rows)
+    method = (f"MLPs with {', '.join(map(str, cfg['depths']))} hidden layers of {DEPTH_WIDTH} "
+              "units (dense → norm → relu, no residual connections, flax's default "
+              "LeCun-normal init)" + (
+                  f" and CNNs of {' and '.join(map(str, cfg['cnn_depths']))} conv layers (3×3, "
+                  "8 channels, the last with 16 channels and stride 2, then a dense layer; no "
+                  "residuals)" if cfg["cnn_depths"] else "")
+              + ", trained with plain SGD (no momentum, constant rate, batch "
               f"{cfg['batch_size']}, {cfg['epochs']} epochs) at {len(rates)} rates from "
               f"{rates[0]:g} to {rates[-1]:g}. Cells: seed-mean test accuracy in eval mode "
               "(running statistics for batch norm); † marks rates where at least one seed "
               f"diverged (non-finite loss or final training loss > {diverged_loss(k):.2f}, "
               "twice the chance loss). Without normalization the signal of a deep ReLU net "
-              "shrinks layer by layer at this init, so depth is where the claim is tested; "
-              "at depth 2 every variant may train at every rate that any does. All rates and "
-              "seeds of one model train in one vmapped, jit-compiled loop.")
+              "shrinks layer by layer at this init, so the claim is tested at several depths: "
+              "the table shows where normalization makes the difference and where it does not. "
+              "All rates and seeds of one model train in one vmapped, jit-compiled loop.")
     return ExperimentResult(NAME, TITLE, method, fname, table, claims, numbers,
                             time.perf_counter() - t0)
 

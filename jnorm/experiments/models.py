@@ -82,18 +82,21 @@ class Norm(nn.Module):
 
 
 class CNN(nn.Module):
-    """conv3×3(w) → norm → relu → conv3×3(2w, stride 2) → norm → relu → [dropout] → dense."""
+    """[conv3×3(w) → norm → relu] × (depth − 1) → conv3×3(2w, stride 2) → norm → relu →
+    [dropout] → dense (no residual connections)."""
 
     num_classes: int
     norm: str = "none"
     width: int = 8
+    depth: int = 2
     dropout: float = 0.0
     bn_momentum: float = 0.9
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = nn.Conv(self.width, (3, 3))(x)
-        x = nn.relu(Norm(self.norm, self.bn_momentum)(x, train))
+        for _ in range(self.depth - 1):
+            x = nn.Conv(self.width, (3, 3))(x)
+            x = nn.relu(Norm(self.norm, self.bn_momentum)(x, train))
         x = nn.Conv(2 * self.width, (3, 3), strides=(2, 2))(x)
         x = nn.relu(Norm(self.norm, self.bn_momentum)(x, train))
         x = x.reshape(x.shape[0], -1)
