@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .common import Claim, Context, ExperimentResult, compare, fmt_seeds, md_table, seed_note
+from .common import Claim, Context, ExperimentResult, compare, fmt_seeds, md_table
 from .models import DEPTH_WIDTH, deep_mlp
 from .plotting import NORM_COLORS, save, styled, subplots
 from .training import loss_fn, train
@@ -126,7 +126,7 @@ def run(ctx: Context) -> ExperimentResult:
             ax[i, j].legend(fontsize=7, loc="best")
     fig.suptitle(f"Landscape probes along training, plain SGD η = {LR}\nprobes at η ∈ "
                  f"{[round(float(e), 3) for e in etas]} on {PROBE_BATCH} training images "
-                 f"({seed_note(ctx)}; curves are seed means)")
+                 f"(curves: means over {len(ctx.seeds)} seed(s))")
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     # Summaries: per seed, the median over the checkpoints after initialisation.
