@@ -13,7 +13,8 @@ from typing import NoReturn
 __all__ = ["main"]
 
 #: Measured wall times (see README, "Experiments"), quoted in ``--help``.
-TIMES = "full size about 13 minutes, --quick about 2.5 minutes on 2 idle CPU cores"
+TIMES = ("about 7 minutes at the default size and under 3 with --quick on 2 CPU cores (measured "
+         "on a busy machine; see the README)")
 
 
 class _Parser(argparse.ArgumentParser):
