@@ -19,7 +19,7 @@ import numpy as np
 
 from jnorm._axes import Axes, canonicalize_axes, check_mask, complement_axes, feature_param
 from jnorm._normalize import normalize, normalize_with_moments
-from jnorm._state import BatchStats, update_batch_stats
+from jnorm._state import BatchStats, check_cumulative, update_batch_stats
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
 
@@ -461,6 +461,7 @@ def batch_norm(
             epsilon=epsilon, dtype=dtype,
         )
         return y, state
+    check_cumulative(state, momentum, partial=mask is not None or skip_nonfinite)
     if virtual_batch_size is not None:
         return _ghost_batch_norm(
             x, state, scale, bias, features, stat_axes, int(virtual_batch_size),

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jnorm._axes import check_mask
 from jnorm._stats import (
     Moments,
     _spread,
@@ -21,7 +22,10 @@ from jnorm._stats import (
     shifted_moments,
 )
 
-__all__ = ["normalize", "normalize_with_moments", "output_dtype"]
+__all__ = [
+    "hide_masked_nonfinite", "normalize", "normalize_with_moments", "output_dtype",
+    "restore_masked", "var_of_empty_blocks",
+]
 
 
 def output_dtype(x_dtype: Any, dtype: Any = None) -> jnp.dtype:
@@ -76,7 +80,8 @@ def normalize(
     This is the only place jnorm writes this formula; every layer calls it.
 
     If ``shift`` is given, ``mean`` is taken relative to it (``mu = shift + mean``) and
-    ``x - mu`` is computed as ``(x - shift) - mean``: with ``shift`` a data element, this stays
+    ``x - mu`` is computed as ``(x - shift) - mean``: with ``shift`` near the data (the rounded
+    mean :func:`jnorm._stats.shifted_moments` returns), this stays
     exact for data far from zero, where rounding ``mu`` to float32 first would not. When the
     per-element factors are constant along some axis of ``x`` (batch, instance, group norm)
     the mean is folded into the offset, ``(x - shift) a' + (b - mean a')`` with
@@ -127,7 +132,7 @@ def normalize(
             # The factors are constant along some axis of x (batch, instance, group norm):
             # fold the mean into the offset, (x - shift) mul + (bias - mean mul), one
             # full-size operation less per element. x - shift and mean both have the data's
-            # spread (shift is a data element), so the expansion cancels nothing.
+            # spread (shift is the rounded mean), so the expansion cancels nothing.
             folded = -(mean * mul) if offset is None else offset - mean * mul
             return (centred * mul + folded).astype(out)
     y = (centred - mean) * mul
@@ -178,6 +183,28 @@ def normalize_with_moments(
                   x, scale, bias)
 
 
+def hide_masked_nonfinite(
+    x: jax.Array, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array | None]:
+    """``(x with its masked-out NaN/inf elements set to 0, where x is kept)``.
+
+    A layer computes its output at masked-out positions too, and reverse mode multiplies their
+    zero cotangents by ``x - mu``: a NaN there would make every gradient NaN (the ``where``
+    trap). Layers normalize the returned array and put the hidden elements back with
+    :func:`restore_masked`, so they pass through unchanged while gradients stay exact.
+    Without a mask, or for integer inputs, `x` comes back as is and the second item is None.
+    """
+    if mask is None or not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        return x, None
+    keep = mask | jnp.isfinite(x)
+    return jnp.where(keep, x, jnp.zeros_like(x)), keep
+
+
+def restore_masked(y: jax.Array, x: jax.Array, keep: jax.Array | None) -> jax.Array:
+    """`y` with the elements :func:`hide_masked_nonfinite` hid set back to `x`'s."""
+    return y if keep is None else jnp.where(keep, y, x.astype(y.dtype))
+
+
 def _normalize_with_moments(
     x: jax.Array,
     scale: jax.Array | None,
@@ -191,7 +218,34 @@ def _normalize_with_moments(
     axis_index_groups: Any = None,
     dtype: Any = None,
 ) -> tuple[jax.Array, Moments]:
-    """The value of :func:`normalize_with_moments` (plain autodiff applies to it)."""
+    """The value of :func:`normalize_with_moments` (plain autodiff applies to it).
+
+    Masked-out NaN/inf elements are hidden from the computation and passed through
+    (:func:`hide_masked_nonfinite`), so gradients stay finite and exact.
+    """
+    mask = check_mask(mask, x.shape)
+    x_in, keep = hide_masked_nonfinite(x, mask)
+    y, m = _normalize_plain(
+        x_in, scale, bias, axes=axes, epsilon=epsilon, center=center, mask=mask,
+        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+    )
+    return restore_masked(y, x, keep), m
+
+
+def _normalize_plain(
+    x: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    *,
+    axes: tuple[int, ...],
+    epsilon: Any,
+    center: bool,
+    mask: jax.Array | None = None,
+    axis_name: Any = None,
+    axis_index_groups: Any = None,
+    dtype: Any = None,
+) -> tuple[jax.Array, Moments]:
+    """Statistics then :func:`normalize`, with nothing hidden."""
     m = shifted_moments(
         x, axes, mask=mask, center=center, axis_name=axis_name,
         axis_index_groups=axis_index_groups,
@@ -200,8 +254,19 @@ def _normalize_with_moments(
     shift, mean = (m.shift if center else None), m.mean_shifted
     if center and mask is None and not _two_stage(axes, x.ndim):
         shift, mean = private_copies(shift, mean)
-    y = normalize(x, mean, m.var, scale, bias, epsilon=epsilon, shift=shift, dtype=dtype)
+    var = m.var if mask is None else var_of_empty_blocks(m)
+    y = normalize(x, mean, var, scale, bias, epsilon=epsilon, shift=shift, dtype=dtype)
     return y, m
+
+
+def var_of_empty_blocks(m: Moments) -> jax.Array:
+    """``m.var`` with blocks that had no masked-in element set to ``inf`` for normalizing.
+
+    Such a block has no statistics: its normalized value is 0, so it returns the bias (an
+    infinite variance gives the factor 0, and a zero gradient), not ``x / sqrt(epsilon)``,
+    which overflows half precision.
+    """
+    return jnp.where(m.count > 0, m.var, jnp.full_like(m.var, jnp.inf))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))

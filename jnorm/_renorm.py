@@ -31,10 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm._axes import Axes, feature_param
+from jnorm._axes import Axes, check_mask, feature_param
 from jnorm._layers import _as_input, batch_norm, check_batch_size, check_batch_state
-from jnorm._normalize import normalize
-from jnorm._state import BatchStats, update_batch_stats
+from jnorm._normalize import (
+    hide_masked_nonfinite,
+    normalize,
+    restore_masked,
+    var_of_empty_blocks,
+)
+from jnorm._state import BatchStats, check_cumulative, update_batch_stats
 from jnorm._stats import shifted_moments
 
 __all__ = ["batch_renorm", "batch_renorm_schedule"]
@@ -149,6 +154,9 @@ def batch_renorm(
     if isinstance(epsilon, (int, float)) and not epsilon >= 0:
         raise ValueError(f"`epsilon` must be >= 0, got {epsilon!r}.")
     check_batch_size(x, stat_axes, axis_name, layer="batch_renorm")
+    check_cumulative(state, momentum, partial=mask is not None)
+    x_raw = x
+    x, keep = hide_masked_nonfinite(x, check_mask(mask, x.shape))
     m = shifted_moments(
         x, stat_axes, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups
     )
@@ -168,9 +176,11 @@ def batch_renorm(
     offset = d if gamma is None else gamma.astype(real) * d
     if beta is not None:
         offset = offset + beta.astype(real)
+    var = m.var if mask is None else var_of_empty_blocks(m)
     y = normalize(
-        x, m.mean_shifted, m.var, gain, offset, epsilon=epsilon, shift=m.shift, dtype=dtype
+        x, m.mean_shifted, var, gain, offset, epsilon=epsilon, shift=m.shift, dtype=dtype
     )
+    y = restore_masked(y, x_raw, keep)
     new_state = update_batch_stats(
         state,
         jnp.squeeze(m.mean, stat_axes),

@@ -41,7 +41,12 @@ def _matrix(kernel: Any, name: str) -> tuple[jax.Array, jax.Array]:
 
 
 def _l2_normalize(v: jax.Array, epsilon: jax.Array) -> jax.Array:
-    return v * jax.lax.rsqrt(jnp.sum(v * v) + epsilon)
+    """``v / max(||v||, epsilon)`` (PyTorch's ``F.normalize``), the norm computed on ``v``
+    scaled by its largest entry so tiny kernels neither underflow nor meet ``epsilon``."""
+    big = jnp.max(jnp.abs(v))
+    safe = jnp.where(big > 0, big, jnp.ones_like(big))
+    norm = big * jnp.sqrt(jnp.sum(jnp.square(v / safe)))
+    return v / jnp.maximum(norm, epsilon)
 
 
 def spectral_norm_init(kernel: jax.Array) -> jax.Array:
@@ -78,7 +83,8 @@ def spectral_norm(
                \sigma = v_n^\top W u_n, \qquad \bar W = W / \sigma
 
     with ``W = kernel.reshape(-1, O)`` (flax's layout, ``[fan-in, O]``; the paper's matrix is
-    its transpose, so its ``u`` is this ``u``), ``||z|| = sqrt(sum z^2 + epsilon)`` and
+    its transpose, so its ``u`` is this ``u``), each vector divided by ``max(||z||, epsilon)``
+    (PyTorch's rule; flax's ``sqrt(sum z^2 + epsilon)`` misjudges kernels below ~1e-6) and
     ``n = n_steps``. ``n_steps=0`` uses ``u`` as it is (``v_0 = W u / ||W u||``, so
     ``sigma = ||W u||``: PyTorch's evaluation mode). As in the paper, ``u`` and ``v`` are
     constants for differentiation (``stop_gradient``): the gradient is that of ``W / (v^T W u)``,

@@ -24,7 +24,10 @@ class BatchStats(NamedTuple):
       mean: running mean.
       var: running variance (biased by default; see ``unbiased_running_var``).
       count: number of updates so far (int32, saturating at 2**31 - 1). Used for cumulative
-        averaging (``momentum=None``) and to tell "no statistics yet" (``count == 0``).
+        averaging (``momentum=None``) and to tell "no statistics yet" (``count == 0``). Shape
+        ``()`` counts calls; ``F`` (``init(..., per_feature_count=True)``) counts, per feature,
+        the batches that had data for it, which cumulative averaging needs when a mask or
+        ``skip_nonfinite`` can leave a feature out of a batch.
 
     Examples:
       >>> import jnorm
@@ -35,11 +38,17 @@ class BatchStats(NamedTuple):
 
     mean: jax.Array  # shape=F, dtype=float32 (or the dtype given to init)
     var: jax.Array  # shape=F, dtype=float32 (or the dtype given to init)
-    count: jax.Array  # shape=(), dtype=int32
+    count: jax.Array  # shape=() or F, dtype=int32
 
     @classmethod
-    def init(cls, num_features: int | Sequence[int], dtype: Any = jnp.float32) -> BatchStats:
-        """Fresh statistics: mean 0, variance 1, count 0, of shape ``num_features``."""
+    def init(
+        cls, num_features: int | Sequence[int], dtype: Any = jnp.float32, *,
+        per_feature_count: bool = False,
+    ) -> BatchStats:
+        """Fresh statistics: mean 0, variance 1, count 0, of shape ``num_features``.
+
+        ``per_feature_count=True`` gives ``count`` the feature shape (see the class docstring).
+        """
         shape = (num_features,) if isinstance(num_features, (int, np.integer)) else tuple(
             num_features
         )
@@ -47,7 +56,21 @@ class BatchStats(NamedTuple):
             raise ValueError(f"`num_features` must be positive, got {num_features!r}.")
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"`dtype` must be a floating dtype, got {dtype!r}.")
-        return cls(jnp.zeros(shape, dtype), jnp.ones(shape, dtype), jnp.zeros((), jnp.int32))
+        count = jnp.zeros(shape if per_feature_count else (), jnp.int32)
+        return cls(jnp.zeros(shape, dtype), jnp.ones(shape, dtype), count)
+
+
+def check_cumulative(state: BatchStats, momentum: float | None, *, partial: bool) -> None:
+    """Raises if cumulative averaging (``momentum=None``) could average in a feature's initial
+    values: a call-count ``state.count`` of shape ``()`` while a mask or ``skip_nonfinite``
+    (`partial`) can leave a feature without data in a batch."""
+    if momentum is None and partial and jnp.ndim(state.count) == 0 and jnp.ndim(state.mean):
+        raise ValueError(
+            "`momentum=None` (cumulative average) with a `mask` or `skip_nonfinite` needs a "
+            "count per feature, since a batch may hold no data for some features; `state.count` "
+            "has shape (). Create the state with "
+            f"BatchStats.init({tuple(jnp.shape(state.mean))}, per_feature_count=True)."
+        )
 
 
 def update_batch_stats(
@@ -68,26 +91,33 @@ def update_batch_stats(
                \hat\sigma^2 \leftarrow m\,\hat\sigma^2 + (1 - m)\,s^2_B
 
     where ``s^2_B`` is the batch variance, times ``n / (n - 1)`` if ``unbiased_running_var``
-    (PyTorch). ``momentum=None`` is the cumulative average ``m = count / (count + 1)``.
+    (PyTorch). ``momentum=None`` is the cumulative average ``m = count / (count + 1)``, computed
+    as ``mu + (mu_B - mu) / (count + 1)`` so that it keeps learning past ``count = 2**24``
+    (where ``count / (count + 1)`` rounds to 1 in float32), with the feature's own count if
+    ``state.count`` has the feature shape.
     Features whose batch count is 0 (fully masked) keep their values; so do features whose batch
-    statistics are not finite when ``skip_nonfinite``. ``count`` grows by one if any feature was
-    updated.
+    statistics are not finite when ``skip_nonfinite``. A ``()``-shaped ``count`` grows by one if
+    any feature was updated, a feature-shaped one where its feature was.
     """
     n = count.astype(state.mean.dtype)
     if unbiased_running_var:
         var = var * jnp.where(n > 1, n / jnp.maximum(n - 1, jnp.ones_like(n)), jnp.ones_like(n))
+    mean = mean.astype(state.mean.dtype)
+    var = var.astype(state.var.dtype)
     if momentum is None:
-        c = state.count.astype(state.mean.dtype)
-        keep = c / (c + 1)
+        step = 1 / (state.count.astype(state.mean.dtype) + 1)
+        new_mean = state.mean + (mean - state.mean) * step
+        new_var = state.var + (var - state.var) * step
     else:
         keep = jnp.asarray(momentum, state.mean.dtype)
-    new_mean = keep * state.mean + (1 - keep) * mean.astype(state.mean.dtype)
-    new_var = keep * state.var + (1 - keep) * var.astype(state.var.dtype)
+        new_mean = keep * state.mean + (1 - keep) * mean
+        new_var = keep * state.var + (1 - keep) * var
     ok = n > 0
     if skip_nonfinite:
         ok = ok & jnp.isfinite(mean) & jnp.isfinite(var)
+    grow = jnp.any(ok) if jnp.ndim(state.count) == 0 else ok
     new_count = jnp.where(
-        jnp.any(ok) & (state.count < _INT32_MAX), state.count + 1, state.count
+        grow & (state.count < _INT32_MAX), state.count + 1, state.count
     ).astype(jnp.int32)
     return BatchStats(
         jnp.where(ok, new_mean, state.mean), jnp.where(ok, new_var, state.var), new_count

@@ -1,31 +1,49 @@
-"""Statistics kernel: mean and variance over any axes, stable, masked and cross-device.
+r"""Statistics kernel: mean and variance over any axes, stable, masked and cross-device.
 
 This module holds the one place where jnorm reduces data to statistics. Layers never compute a
 mean or a variance themselves; they call :func:`shifted_moments` (or its public face
 :func:`moments`) with the axes that define them.
 
-Algorithm (one pass, shifted)
------------------------------
-For every output position a *pivot* ``p`` is taken from the data itself: the first element of
-the reduced block (the first masked-in element when a mask is given), under
-``lax.stop_gradient``. With ``d = x - p`` in the accumulation dtype,
+Algorithm (corrected two-pass)
+------------------------------
+A first reduction gives an estimate ``m`` of the mean in the accumulation dtype (over the
+masked-in elements). The second reduction sums ``d = x - m`` and ``|d|^2`` around it:
 
-.. math::  \\bar d = \\frac{1}{n}\\sum d, \\qquad
-           \\mathrm{Var}[x] = \\frac{1}{n}\\sum |d|^2 - |\\bar d|^2, \\qquad
-           E[x] = p + \\bar d.
+.. math::  \bar d = \frac{1}{n}\sum d, \qquad
+           \mathrm{Var}[x] = \frac{1}{n}\sum |d|^2 - |\bar d|^2, \qquad
+           E[x] = m + \bar d.
 
-Because ``p`` is a data element, ``d`` has the scale of the spread of the data and not of its
-offset, so the subtraction that ruins ``E[x^2] - E[x]^2`` on data like ``1e6 + N(0, 1)`` is
-harmless here. Mean and variance are exactly invariant to the choice of ``p``, so treating it
-as a constant leaves every derivative (of any order) exact.
+This is the corrected two-pass algorithm (Chan, Golub & LeVeque 1983): the correction
+``|\bar d|^2`` removes the first pass's rounding error ``\delta = E[x] - m`` from the variance.
+Mean and variance are exactly invariant to ``m``, so it is a constant (``lax.stop_gradient``)
+and every derivative (of any order) stays exact.
 
-Layers keep the pair ``(p, \\bar d)`` instead of rounding ``p + \\bar d`` to the input precision:
-:func:`jnorm.normalize` then computes ``(x - p) - \\bar d``, which is exact where ``x - mean``
+Error bound. With unit roundoff ``u`` (``2^-24`` in float32) and ``\gamma = c\,u`` the relative
+error of a sum of ``n`` terms in XLA's reduction order (``c`` grows like ``log2 n`` for the
+tree-shaped reductions XLA emits, at most ``n``), the first pass gives
+``|\delta| \le \gamma\,E|x|``. ``d`` is computed exactly wherever ``x`` lies within a factor two of
+``m`` (Sterbenz), else with relative error ``u``, and to first order in ``\gamma`` the
+computed variance satisfies
+
+.. math::  |\widehat{\mathrm{Var}} - \mathrm{Var}| \le 2\gamma\,(\mathrm{Var} + \delta^2)
+           \le 2\gamma\,\mathrm{Var}\,(1 + \gamma^2 \kappa^2), \qquad
+           \kappa = E|x| / \sqrt{\mathrm{Var}}.
+
+Nothing in it depends on which element comes first or on where any single element sits: an
+outlier enters only through ``\kappa``, which it also raises for the exact float64 answer's
+conditioning, and for float32 data with ``\gamma\kappa \le 1`` (offsets up to ~1e6 times
+the spread) the variance keeps a relative error of a few ``\gamma``. A one-pass shift by a
+single element (the previous pivot) has ``(x_0 - E[x])^2 / \mathrm{Var}`` in place of
+``\gamma^2\kappa^2``, so one outlier placed where the pivot is taken ruins it.
+
+Layers keep the pair ``(m, \bar d)`` instead of rounding ``m + \bar d`` to the input precision:
+:func:`jnorm.normalize` then computes ``(x - m) - \bar d``, which is exact where ``x - mean``
 in float32 is not (at ``|mean| = 1e6`` one float32 ulp is 0.06).
 
-Across devices (``axis_name``) every device contributes ``(n, p, \\bar d, M_2)`` with
-``M_2 = \\sum |d - \\bar d|^2``; one collective brings all of them to every device, which
-combines them with Chan et al.'s parallel formula around a common pivot. The combination is
+Across devices (``axis_name``) every device contributes ``(n, m, \bar d, M_2)`` with
+``M_2 = \sum |d - \bar d|^2``; one collective brings all of them to every device, which
+combines them with Chan et al.'s parallel formula around a common pivot (one device's ``m``),
+then re-centres the result on the rounded global mean. The combination is
 exact for any per-device counts (including zero) and identical on every device. The collective
 is an all-reduce of per-device slots (its result is typed as replicated under ``shard_map``, so
 running statistics can leave with ``out_specs=P()``), or an ``all_gather`` with
@@ -188,21 +206,25 @@ def private_copies(*arrays: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(lax.optimization_barrier(tuple(arrays)))
 
 
-def _pivot(x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None) -> jax.Array:
-    """One data element per reduced block (the first masked-in one), with the axes kept."""
-    if mask is None:
-        index = tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))
-        return x[index]
-    kept = tuple(i for i in range(x.ndim) if i not in axes)
-    order = kept + axes
-    flat_shape = tuple(x.shape[i] for i in kept) + (-1,)
-    xf = jnp.transpose(x, order).reshape(flat_shape)
-    mf = jnp.transpose(mask, order).reshape(flat_shape)
-    first = jnp.argmax(mf, axis=-1)[..., None]
-    pivot = jnp.take_along_axis(xf, first, axis=-1)
-    pivot = jnp.where(jnp.any(mf, axis=-1, keepdims=True), pivot, jnp.zeros_like(pivot))
-    keep_shape = tuple(1 if i in axes else x.shape[i] for i in range(x.ndim))
-    return pivot.reshape(keep_shape)
+def _first_mean(
+    xa: jax.Array, axes: tuple[int, ...], mask: jax.Array | None, count: jax.Array
+) -> jax.Array:
+    """The first pass: the mean of the masked-in elements of each block (0 for an empty one),
+    the axes kept. Masked-out elements (even NaN) are replaced by 0 before the sum."""
+    if mask is not None:
+        xa = jnp.where(mask, xa, jnp.zeros_like(xa))
+    safe = jnp.maximum(count, jnp.ones_like(count)).astype(xa.dtype)
+    return _sum(xa, axes) / safe
+
+
+def _recentre(shift: jax.Array, mean: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(shift, mean)`` again with the shift moved to the rounded mean ``fl(shift + mean)``
+    and the rest, ``(shift - fl(shift + mean)) + mean``, kept as the relative mean (exact when
+    ``|mean| <= |shift|``: Fast2Sum). A constant block then has relative mean exactly 0, so it
+    normalizes to exactly the bias; and ``x - shift`` is as small as it can be. The new shift
+    is a constant for differentiation like the old one (the derivative rules rely on it)."""
+    centre = lax.stop_gradient(shift + mean)
+    return centre, (shift - centre) + mean
 
 
 def _combine_across_devices(
@@ -240,7 +262,10 @@ def _combine_across_devices(
     mean = jnp.sum(counts_acc * offsets, axis=0) / safe.astype(acc)
     spread = jnp.sum(counts * _abs_sq(offsets - mean[None]), axis=0)
     var = (jnp.sum(m2s, axis=0) + spread) / safe
-    return Moments(common, mean, var.astype(real), total.astype(real))
+    # Re-centred on the rounded global mean: x - shift then stays exact for every device's
+    # data even when the first device's mean (the common pivot) is far from the others'.
+    centre, residual = _recentre(common, mean)
+    return Moments(centre, residual, var.astype(real), total.astype(real))
 
 
 def shifted_moments(
@@ -260,10 +285,12 @@ def shifted_moments(
     (what RMS norm divides by). Masked-out elements are ignored, even when they are NaN; a
     block with no masked-in element gets mean 0, variance 0 and count 0.
 
-    `pivot` (accumulation dtype, `x`'s shape with the reduced axes 1) replaces the first
-    element as the shift; it should lie within the data's spread. Passing a private copy of a
-    shift (:func:`private_copies`) computes the same statistics as a separate value, which
-    XLA then fuses into a different consumer's loop.
+    `pivot` (accumulation dtype, `x`'s shape with the reduced axes 1) replaces the first pass's
+    mean as the shift; it should be close to the mean (the bound in the module docstring holds
+    with ``\\delta`` its distance from the mean) and the result stays relative to it. Without
+    it, the result is re-centred: ``shift`` is the rounded mean and ``mean_shifted`` the rest.
+    Passing a private copy of a shift (:func:`private_copies`) computes the same statistics as
+    a separate value, which XLA then fuses into a different consumer's loop.
     """
     x = jnp.asarray(x)
     axes = canonicalize_axes(axes, x.ndim, name="axes")
@@ -272,31 +299,35 @@ def shifted_moments(
     real = _real_dtype(acc)
     xa = x.astype(acc)
 
-    if center:
-        shift = lax.stop_gradient(_pivot(xa, axes, mask) if pivot is None else pivot)
-        # The mean and the square sum each subtract their own copy of the pivot, so XLA streams
-        # x into both reductions rather than writing x - shift to memory (private_copies).
-        # In the two-stage layout (group norm) the fused pivot makes XLA:CPU's strided first
-        # stage slow; there x - shift is better written once and shared.
-        copies = mask is None and not _two_stage(axes, x.ndim)
-        shift_mean, shift_sq = private_copies(shift, shift) if copies else (shift, shift)
-        d, d_sq = xa - shift_mean, xa - shift_sq
-    else:
-        shift = jnp.zeros(tuple(1 if i in axes else s for i, s in enumerate(x.shape)), acc)
-        d = d_sq = xa
     if mask is not None:
-        d = d_sq = jnp.where(mask, d, jnp.zeros_like(d))
         count = _sum(mask, axes, dtype=real)
     else:
         size = 1
         for a in axes:
             size *= x.shape[a]
-        count = jnp.full(shift.shape, size, dtype=real)
+        count = jnp.full(tuple(1 if i in axes else s for i, s in enumerate(x.shape)), size,
+                         dtype=real)
     safe = jnp.maximum(count, jnp.ones_like(count))
+    if center:
+        shift = lax.stop_gradient(_first_mean(xa, axes, mask, count) if pivot is None else pivot)
+        # The mean and the square sum each subtract their own copy of the shift, so XLA streams
+        # x into both reductions rather than writing x - shift to memory (private_copies; on
+        # CPU group norm's fwd 7 -> 5 passes, fwd+bwd 13 -> 11). GPUs keep group norm's
+        # program without copies or staging, the one measured there (docs/benchmarks.md).
+        copies = mask is None and (_xla_cpu() or not _two_stage(axes, x.ndim))
+        shift_mean, shift_sq = private_copies(shift, shift) if copies else (shift, shift)
+        d, d_sq = xa - shift_mean, xa - shift_sq
+    else:
+        shift = jnp.zeros(count.shape, acc)
+        d = d_sq = xa
+    if mask is not None:
+        d = d_sq = jnp.where(mask, d, jnp.zeros_like(d))
     sq = _sum(_abs_sq(d_sq), axes) / safe
     if center:
         mean = _sum(d, axes) / safe.astype(acc)
         var = jnp.maximum(sq - _abs_sq(mean), jnp.zeros_like(sq))
+        if pivot is None:
+            shift, mean = _recentre(shift, mean)
     else:
         mean = jnp.zeros_like(shift)
         var = sq
@@ -336,9 +367,17 @@ def moments(
     .. math::  \mu = \frac{1}{n}\sum_{i \in S} x_i, \qquad
                \sigma^2 = \frac{1}{n}\sum_{i \in S} |x_i - \mu|^2
 
-    where ``S`` are the masked-in elements of each reduced block and ``n = |S|``. Computed in
-    one pass around a pivot taken from the data (see :mod:`jnorm._stats`), so inputs such as
-    ``1e6 + N(0, 1)`` in float32 keep full accuracy, unlike ``E[x^2] - E[x]^2``.
+    where ``S`` are the masked-in elements of each reduced block and ``n = |S|``. Computed by
+    the corrected two-pass algorithm (a first pass for the mean, then shifted sums around
+    it; see :mod:`jnorm._stats`), in at least float32. Its error bound,
+
+    .. math::  |\\widehat{\\sigma^2} - \\sigma^2| \\lesssim 2\\gamma\\,\\sigma^2
+               (1 + \\gamma^2\\kappa^2), \\qquad \\kappa = E|x| / \\sigma,
+
+    with ``\\gamma`` the relative error of one float32 sum (about ``u log2 n``), depends neither
+    on where the data sits (``1e6 + N(0, 1)`` keeps full accuracy, unlike
+    ``E[x^2] - E[x]^2``) nor on which element comes first (one outlier anywhere does not
+    cancel).
 
     Shapes: ``x`` is any array; the results have ``x``'s shape without ``axes`` (or with size 1
     there if ``keepdims``). They are in the accumulation dtype: float32 for half-precision and

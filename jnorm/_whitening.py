@@ -23,7 +23,7 @@ Two ways to get ``Sigma^{-1/2}``:
 Features are split into groups of ``group_size`` (the papers' ``G``); each group is whitened
 separately, which bounds the cost at ``O(d G^2)`` and improves conditioning.
 
-The mean comes from :func:`jnorm._stats.shifted_moments` (the stable one-pass kernel; the
+The mean comes from :func:`jnorm._stats.shifted_moments` (the exact corrected two-pass kernel; the
 centred data is ``(x - shift) - mean_shifted``), the running mean and whitening matrix are
 updated by :func:`jnorm.update_batch_stats` (elementwise, so a matrix takes the place of the
 variance), and the learned affine step is :func:`jnorm.normalize`. What is new here is only
@@ -109,8 +109,9 @@ def whitening_matrix(
     ``T = (3I - Z Y) / 2``, ``Y <- Y T``, ``Z <- T Z``), whose ``Z_k`` equals ``P_k`` in exact
     arithmetic but which stays stable for any number of iterations.
 
-    Shapes: ``cov: [..., G, G]`` symmetric positive definite (add epsilon before); returns the
-    same shape.
+    Shapes: ``cov: [..., G, G]`` symmetric positive semi-definite (add epsilon before); returns
+    the same shape. With ``"zca"``, eigenvalues below eigh's rounding level
+    (``G * eps * lambda_max``) are raised to it, so a singular covariance gives a finite ``U``.
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
@@ -122,7 +123,13 @@ def whitening_matrix(
         raise ValueError(f"`cov` must be [..., G, G] square matrices, got shape {cov.shape}.")
     if method == "zca":
         lam, d = jnp.linalg.eigh(cov)
-        inv_sqrt = lax.rsqrt(lam)
+        # eigh's eigenvalues are accurate to about G * eps * lambda_max: for a singular
+        # covariance (fewer rows than features) they come out slightly negative or ~0 even with
+        # epsilon on the diagonal. Floored there (and at the smallest normal number), U stays
+        # finite; the directions concerned hold no data.
+        info = jnp.finfo(lam.dtype)
+        floor = cov.shape[-1] * info.eps * jnp.max(jnp.abs(lam), axis=-1, keepdims=True)
+        inv_sqrt = lax.rsqrt(jnp.maximum(lam, jnp.maximum(floor, info.tiny)))
         return jnp.einsum("...ik,...k,...jk->...ij", d, inv_sqrt, d, precision=_HIGHEST)
     if method == "newton_schulz":
         if not isinstance(iterations, (int, np.integer)) or iterations < 1:
@@ -160,6 +167,7 @@ def _whitening_norm(
     epsilon: float,
     dtype: Any,
     name: str,
+    skip_nonfinite: bool = False,
 ) -> tuple[jax.Array, WhiteningStats]:
     x = jnp.asarray(x)
     if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
@@ -226,6 +234,16 @@ def _whitening_norm(
             momentum=momentum,
         )
         new_state = WhiteningStats(new.mean, new.var, new.count)
+        if skip_nonfinite:
+            # Per group: its mean and whitening matrix are written only if all are finite.
+            ok = jnp.all(jnp.isfinite(batch_mean.reshape(k, g)), axis=1) & jnp.all(
+                jnp.isfinite(u), axis=(1, 2)
+            )
+            new_state = WhiteningStats(
+                jnp.where(jnp.repeat(ok, g), new.mean, state.mean),
+                jnp.where(ok[:, None, None], new.var, state.whitening),
+                jnp.where(jnp.any(ok), new.count, state.count),
+            )
     else:
         acc = jnp.promote_types(x.dtype, jnp.float32)
         xg = (x2.astype(acc) - state.mean.astype(acc)[None]).reshape(-1, k, g)
@@ -264,6 +282,7 @@ def decorrelated_batch_norm(
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> tuple[jax.Array, WhiteningStats]:
     r"""Decorrelated batch norm with ZCA whitening (Huang et al. 2018, arXiv:1804.08450).
 
@@ -296,6 +315,8 @@ def decorrelated_batch_norm(
       momentum: weight of the old running value, or None for a cumulative average.
       epsilon: added to the covariance's diagonal.
       dtype: output dtype (default ``x``'s).
+      skip_nonfinite: keep the running statistics of a group whose batch mean or whitening
+        matrix is NaN or infinite (as in :func:`jnorm.batch_norm`).
 
     Examples:
       >>> import jax, jax.numpy as jnp, jnorm
@@ -309,7 +330,7 @@ def decorrelated_batch_norm(
     return _whitening_norm(
         x, state, scale, bias, training=training, method="zca", iterations=1,
         group_size=group_size, axis=axis, momentum=momentum, epsilon=epsilon, dtype=dtype,
-        name="decorrelated_batch_norm",
+        name="decorrelated_batch_norm", skip_nonfinite=skip_nonfinite,
     )
 
 
@@ -326,6 +347,7 @@ def iter_norm(
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     dtype: Any = None,
+    skip_nonfinite: bool = False,
 ) -> tuple[jax.Array, WhiteningStats]:
     r"""Iterative normalization, IterNorm (Huang et al. 2019, arXiv:1904.03441).
 
@@ -352,6 +374,6 @@ def iter_norm(
     return _whitening_norm(
         x, state, scale, bias, training=training, method="newton_schulz",
         iterations=iterations, group_size=group_size, axis=axis, momentum=momentum,
-        epsilon=epsilon, dtype=dtype, name="iter_norm",
+        epsilon=epsilon, dtype=dtype, name="iter_norm", skip_nonfinite=skip_nonfinite,
     )
 

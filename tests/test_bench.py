@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jnorm import bench
@@ -116,9 +117,15 @@ def test_fused_rule_reads_and_writes_less_than_flax():
         ours, flax = rows[(layer, "jnorm")], rows[(layer, "flax")]
         assert ours["writes"] <= flax["writes"], layer
         assert ours["reads"] + ours["writes"] <= flax["reads"] + flax["writes"], layer
-        assert ours["temp_mib"] <= flax["temp_mib"], layer
+        # No full-size temporary beyond flax's. The exact statistics' first pass adds per-block
+        # vectors (group norm: 0.142 vs 0.137 MiB at a 32 MiB input), so the margin is 1% of
+        # the input: a strided or full-size copy would exceed it many times over.
+        size_mib = np.prod(bench.DEFAULT_SHAPES[layer]) * 4 / 2**20
+        assert ours["temp_mib"] <= flax["temp_mib"] + 0.01 * size_mib, layer
     assert rows[("layer_norm", "jnorm")]["temp_mib"] < 1  # nothing full-size (32 MiB) is kept
     # Row norms: each of the three loops (sum g; dx with its statistics; dscale with its own
-    # statistics) reads x and/or g once, and dx is written once: 6 passes, flax 12-14.
-    for layer in ("layer_norm", "rms_norm"):
-        assert rows[(layer, "jnorm")]["reads"] + rows[(layer, "jnorm")]["writes"] <= 6, layer
+    # statistics) reads x and/or g once, and dx is written once: 6 passes for RMS norm, flax
+    # 12. Layer norm's exact statistics add the first pass (the mean) and the shifted sums as
+    # kernels of their own, read by the other loops: 8 passes, flax 14.
+    for layer, most in (("layer_norm", 8), ("rms_norm", 6)):
+        assert rows[(layer, "jnorm")]["reads"] + rows[(layer, "jnorm")]["writes"] <= most, layer

@@ -1,7 +1,8 @@
 """Fused Pallas kernels for row norms (layer norm and RMS norm over the last axis).
 
 The kernels compute exactly what :func:`jnorm._normalize.normalize_with_moments` computes
-(shifted one-pass statistics around the row's first element, then the affine scheme), in one
+(corrected two-pass statistics: the row's mean, then shifted sums around it; then the
+affine scheme), in one
 read of each row block. The pure-JAX path is both their fallback and their test oracle
 (``tests/test_pallas.py`` runs them in Pallas interpret mode on CPU).
 

@@ -87,13 +87,15 @@ def _fwd_kernel(x_ref: Any, s_ref: Any, b_ref: Any, y_ref: Any, p_ref: Any, m_re
     x = x_ref[...].astype(jnp.float32)
     d_size = x.shape[-1]
     if center:
-        # The row's first element, picked by a masked sum (exact; lowers on every backend).
-        col = lax.broadcasted_iota(jnp.int32, x.shape, 1)
-        pivot = jnp.sum(jnp.where(col == 0, x, jnp.zeros_like(x)), axis=1)
+        # Corrected two-pass statistics (jnorm._stats) on the row block held in registers:
+        # the row's mean first, then the shifted sums around it.
+        pivot = jnp.sum(x, axis=1) / d_size
         dev = x - pivot[:, None]
         mean = jnp.sum(dev, axis=1) / d_size
         var = jnp.maximum(jnp.sum(dev * dev, axis=1) / d_size - mean * mean, 0.0)
         centred = dev - mean[:, None]
+        # Re-centred as shifted_moments returns them: the rounded mean and the rest.
+        pivot, mean = pivot + mean, (pivot - (pivot + mean)) + mean
     else:
         pivot = jnp.zeros((x.shape[0],), jnp.float32)
         mean = pivot
@@ -116,7 +118,7 @@ def row_norm_forward(
     """Fused forward over the last axis of ``x: [R, D]``.
 
     Returns ``(y, shift, mean_shifted, var)`` with the statistics of shape ``[R]`` in float32,
-    as :func:`jnorm._stats.shifted_moments` defines them (``shift`` the row's first element,
+    as :func:`jnorm._stats.shifted_moments` defines them (``shift`` the row's first-pass mean,
     zero without centring). ``scale``/``bias``: ``[D]`` or None. ``config``: ``(elements per
     row block, warps per program)``, default :data:`FORWARD_CONFIG`.
     """
