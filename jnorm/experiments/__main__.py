@@ -13,7 +13,7 @@ from typing import NoReturn
 __all__ = ["main"]
 
 #: Measured wall times (see README, "Experiments"), quoted in ``--help``.
-TIMES = ("about 7 minutes at the default size and under 3 with --quick on 2 CPU cores (measured "
+TIMES = ("about 6 minutes at the default size and 2 with --quick on 2 CPU cores (measured "
          "on a busy machine; see the README)")
 
 
