@@ -1,7 +1,9 @@
-"""The notes' claims about normalization, reproduced on real data: ``python -m jnorm.experiments``.
+"""Claims about normalization, measured on real data: ``python -m jnorm.experiments``.
 
-Eight experiments (one module each) share one small vmapped, jit-compiled SGD loop
-(:mod:`jnorm.experiments.training`) and write one PNG each, ``report.md`` and ``results.json``.
+Nine experiments (one module each) share one small vmapped, jit-compiled SGD loop
+(:mod:`jnorm.experiments.training`) and write one PNG each, ``report.md`` and ``results.json``
+(rewritten after every finished experiment). The rules every verdict follows are in
+:mod:`jnorm.experiments.common`.
 
 Example (tiny sizes; the CLI's ``--quick`` is ``scale="quick"``)::
 
@@ -19,6 +21,7 @@ from types import ModuleType
 from tqdm import tqdm
 
 from . import (
+    beyond_batch_norm,
     init_scale,
     learning_rate,
     naive,
@@ -30,7 +33,7 @@ from . import (
 )
 from .common import Claim, Context, ExperimentResult
 from .data import Dataset, load_dataset
-from .report import write_report
+from .report import load_entries, record, write_report
 from .training import TrainResult, train
 
 __all__ = ["EXPERIMENTS", "Claim", "Context", "Dataset", "ExperimentResult", "TrainResult",
@@ -39,26 +42,38 @@ __all__ = ["EXPERIMENTS", "Claim", "Context", "Dataset", "ExperimentResult", "Tr
 #: The experiments in report order, by ``--only`` name.
 EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (
     normalizes, learning_rate, scale_invariance, naive, smoothness, init_scale, noise,
-    running_stats)}
+    running_stats, beyond_batch_norm)}
 
 
 def run_suite(ctx: Context, names: Sequence[str] | None = None,
               report: bool = True) -> list[ExperimentResult]:
-    """Runs the named experiments (all by default) and, if ``report``, writes the report.
+    """Runs the named experiments (all by default). With ``report``, ``results.json`` and
+    ``report.md`` in ``ctx.out`` are rewritten after each experiment finishes, keeping the
+    entries of earlier runs with the same dataset, size and seeds (see
+    :mod:`jnorm.experiments.report`).
 
     Raises:
       ValueError: for an unknown experiment name (the message lists the known ones).
     """
-    names = list(EXPERIMENTS) if not names else list(names)
+    names = list(EXPERIMENTS) if not names else list(dict.fromkeys(names))
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}")
     t0 = time.perf_counter()
+    order = list(EXPERIMENTS)
+    entries: dict = {}
+    if report:
+        entries, dropped = load_entries(ctx, order)
+        if dropped and ctx.progress:
+            print(f"note: dropping earlier results of {dropped} from {ctx.out} (another "
+                  "dataset, size or seed list)", flush=True)
     results = []
     bar = tqdm(names, desc="experiments", disable=not ctx.progress)
     for name in bar:
         bar.set_postfix_str(name)
-        results.append(EXPERIMENTS[name].run(ctx))
-    if report:
-        write_report(results, ctx, time.perf_counter() - t0)
+        r = EXPERIMENTS[name].run(ctx)
+        results.append(r)
+        if report:
+            entries[name] = record(r, ctx)
+            write_report(entries, ctx, order, time.perf_counter() - t0)
     return results

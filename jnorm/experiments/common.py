@@ -1,8 +1,19 @@
-"""Shared types of the experiment suite: the run context, claims with verdicts, results."""
+"""Shared types of the experiment suite: the run context, claims with verdicts, results, and the
+two rules every verdict follows.
+
+* **Validity guard.** A claim about training counts only if the best variant of its experiment
+  *learned*: test accuracy at least halfway from chance (the most frequent test class) to 1,
+  see :attr:`Context.valid_bar`. Otherwise the verdict is ``"inconclusive"``.
+* **Margins from the seed spread.** A difference between two variants counts only if it exceeds
+  ``max(floor, 2 × combined standard error)`` over seeds (:func:`compare`); the floor is fixed
+  per experiment before running and is the same at every size. With one seed there is no spread
+  and only the floor applies (the report says "1 seed, no spread").
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,15 +21,18 @@ import numpy as np
 
 from .data import Dataset
 
-__all__ = ["SCALES", "Claim", "Context", "ExperimentResult", "fmt", "mean_std", "verdict"]
+__all__ = ["SCALES", "Claim", "Comparison", "Context", "ExperimentResult", "compare", "fmt",
+           "fmt_seeds", "mean_std", "seed_note"]
 
-#: Run sizes: ``tiny`` (unit tests), ``quick`` (CI, < 2 min for the suite), ``full`` (default).
+#: Run sizes: ``tiny`` (unit tests), ``quick`` (CI, ≤ 3 min for the suite), ``full`` (default).
 SCALES = ("tiny", "quick", "full")
 
 T = TypeVar("T")
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
+INCONCLUSIVE = "inconclusive"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 
 
 @dataclasses.dataclass
@@ -44,29 +58,63 @@ class Context:
         """Figure resolution: low for the ``tiny`` test runs, where nobody looks."""
         return 40.0 if self.scale == "tiny" else 110.0
 
+    @property
+    def chance(self) -> float:
+        """Accuracy of always predicting the most frequent test class."""
+        return self.data.chance
+
+    @property
+    def valid_bar(self) -> float:
+        """Test accuracy the best variant must reach for a training claim to count: halfway
+        from chance to 1."""
+        return self.chance + 0.5 * (1.0 - self.chance)
+
     def pick(self, tiny: T, quick: T, full: T) -> T:
         """The value for this run's scale."""
         return {"tiny": tiny, "quick": quick, "full": full}[self.scale]
 
+    def guard(self, claim: Claim, best_acc: float, what: str = "best variant") -> Claim:
+        """Marks ``claim`` inconclusive unless ``best_acc`` reaches :attr:`valid_bar`."""
+        if not best_acc >= self.valid_bar:
+            claim.inconclusive = (f"the {what} reached test accuracy {best_acc:.3f}, below the "
+                                  f"validity bar {self.valid_bar:.3f} (halfway from chance "
+                                  f"{self.chance:.3f} to 1): nothing was learned to compare")
+        return claim
+
 
 @dataclasses.dataclass
 class Claim:
-    """One claim of the notes, what was measured, the pre-stated criterion and the verdict."""
+    """One claim, its source, the criterion fixed before running, what was measured, the
+    verdict."""
 
     claim: str
     criterion: str
     measured: str
     holds: bool
+    source: str = ""
+    inconclusive: str | None = None  # why the verdict is "inconclusive"
+
+    def __post_init__(self) -> None:
+        self.holds = bool(self.holds)
 
     @property
     def verdict(self) -> str:
-        """``"reproduced"`` or ``"not reproduced"``."""
+        """``"reproduced"``, ``"not reproduced"`` or ``"inconclusive"``."""
+        if self.inconclusive:
+            return INCONCLUSIVE
         return REPRODUCED if self.holds else NOT_REPRODUCED
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        return {"claim": self.claim, "criterion": self.criterion, "measured": self.measured,
-                "holds": bool(self.holds), "verdict": self.verdict}
+        return {"claim": self.claim, "source": self.source, "criterion": self.criterion,
+                "measured": self.measured, "holds": self.holds,
+                "inconclusive": self.inconclusive, "verdict": self.verdict}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Claim:
+        """Inverse of :meth:`to_json`."""
+        return cls(d["claim"], d["criterion"], d["measured"], d["holds"], d.get("source", ""),
+                   d.get("inconclusive"))
 
 
 @dataclasses.dataclass
@@ -83,22 +131,82 @@ class ExperimentResult:
     seconds: float = 0.0
 
 
+def seed_note(ctx: Context) -> str:
+    """``"mean ± std over 3 seeds"`` or ``"1 seed, no spread"``."""
+    n = len(ctx.seeds)
+    return "1 seed, no spread" if n == 1 else f"mean ± std over {n} seeds"
+
+
 def mean_std(a: Any, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (population) standard deviation over the seed axis."""
+    """Mean and sample standard deviation (ddof 1; 0 for a single seed) over the seed axis."""
     a = np.asarray(a, np.float64)
-    return a.mean(axis), a.std(axis)
+    n = a.shape[axis]
+    return a.mean(axis), (a.std(axis, ddof=1) if n > 1 else np.zeros_like(a.mean(axis)))
 
 
-def fmt(mean: float, std: float | None = None, digits: int = 3) -> str:
-    """``"0.973 ± 0.004"`` (or just the mean when ``std`` is None)."""
+def fmt(mean: float, std: float | None = None, digits: int = 3, n: int | None = None) -> str:
+    """``"0.973 ± 0.004"``; just the mean when ``std`` is None; ``"0.973 (1 seed)"`` when
+    ``n == 1`` (no spread to show)."""
     if std is None:
         return f"{mean:.{digits}f}"
+    if n == 1:
+        return f"{mean:.{digits}f} (1 seed)"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def verdict(holds: bool) -> str:
-    """``"reproduced"`` or ``"not reproduced"``."""
-    return REPRODUCED if holds else NOT_REPRODUCED
+def fmt_seeds(values: Any, digits: int = 3) -> str:
+    """Mean ± sample std of per-seed ``values``, or ``"x (1 seed)"``."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    m, s = mean_std(v)
+    return fmt(float(m), float(s), digits, n=len(v))
+
+
+@dataclasses.dataclass
+class Comparison:
+    """``a − b`` over seeds with its margin ``max(floor, 2·combined standard error)``."""
+
+    diff: float
+    margin: float
+    se: float | None  # None with one seed per side
+
+    @property
+    def greater(self) -> bool:
+        """``a`` exceeds ``b`` by more than the margin."""
+        return self.diff > self.margin
+
+    @property
+    def less(self) -> bool:
+        """``a`` is below ``b`` by more than the margin."""
+        return self.diff < -self.margin
+
+    @property
+    def within(self) -> bool:
+        """``|a − b|`` is at most the margin."""
+        return abs(self.diff) <= self.margin
+
+    def describe(self, digits: int = 3) -> str:
+        """``"difference +0.052, margin 0.020 (2 × SE 0.006)"`` or ``"(1 seed, no spread)"``."""
+        spread = ("1 seed, no spread: the floor applies" if self.se is None
+                  else f"2 × SE {2 * self.se:.{digits}f}, floor applies" if
+                  self.margin > 2 * self.se else f"2 × SE {2 * self.se:.{digits}f}")
+        return f"difference {self.diff:+.{digits}f}, margin {self.margin:.{digits}f} ({spread})"
+
+
+def compare(a: Any, b: Any, floor: float) -> Comparison:
+    """Compares the seed means of ``a`` and ``b`` (per-seed values).
+
+    The margin is ``max(floor, 2·√(s_a²/n_a + s_b²/n_b))`` with sample standard deviations;
+    with a single seed on either side there is no spread and the margin is ``floor``.
+    """
+    a = np.asarray(a, np.float64).reshape(-1)
+    b = np.asarray(b, np.float64).reshape(-1)
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return Comparison(diff, floor, None)
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    if not math.isfinite(se):
+        se = math.inf
+    return Comparison(diff, max(floor, 2 * se), se)
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:

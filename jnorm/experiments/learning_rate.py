@@ -1,8 +1,10 @@
-"""Experiment 2: normalization allows larger learning rates.
+"""Experiment 2: normalization allows larger learning rates — and where it matters: depth.
 
-A small CNN and an MLP are trained on digits with plain SGD (no momentum) at a sweep of
-constant learning rates, for every normalization. Per rate: final test accuracy (eval mode),
-final training loss and whether the run diverged (non-finite or above twice the chance loss).
+MLPs without residual connections, with 2 to 16 hidden layers of 64 units (and, at the full
+size, the CNN of 2 conv layers), are trained on the data with plain SGD (no momentum) at a
+sweep of constant learning rates, without normalization and with batch or layer norm. Per
+rate: final test accuracy (eval mode) and whether the run diverged (non-finite loss, or final
+training loss above twice the chance loss).
 """
 
 from __future__ import annotations
@@ -11,36 +13,28 @@ import time
 
 import numpy as np
 
-from .common import Claim, Context, ExperimentResult, fmt, md_table, mean_std
-from .models import make_model
+from .common import Claim, Context, ExperimentResult, compare, fmt, md_table, mean_std, seed_note
+from .models import DEPTH_WIDTH, deep_mlp, make_model
 from .plotting import NORM_COLORS, save, styled, subplots
-from .training import DIVERGED_LOSS, train
+from .training import diverged_loss, train
 
 NAME = "learning_rate"
-TITLE = "Normalization allows larger learning rates"
+TITLE = "Normalization allows larger learning rates (and depth is where it matters)"
 
-#: A run "trains well" when its seed-mean test accuracy reaches this.
-GOOD_ACC = 0.9
-ARCH_NORMS = {"cnn": ("none", "batch", "layer", "group", "instance"),
-              "mlp": ("none", "batch", "layer", "group")}
+#: A normalized net must beat the plain one by more than max(FLOOR, 2 SE) at a rate.
+FLOOR = 0.05
+SOURCE = ("Ioffe & Szegedy 2015, §3.3 (arXiv:1502.03167); Bjorck et al. 2018 "
+          "(arXiv:1806.02375), who show the effect grows with depth.")
 
 
 def sweep_config(ctx: Context) -> dict:
-    """Rates, epochs and architectures for the context's scale."""
-    rates = ctx.pick((0.01, 0.1, 1.0, 3.0),
-                     (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
-                     (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0))
-    arch_norms = ctx.pick({"mlp": ("none", "batch")},
-                          {"cnn": ("none", "batch", "group"), "mlp": ("none", "batch", "layer")},
-                          ARCH_NORMS)
-    return {"rates": rates, "epochs": ctx.pick(1, 3, 12), "batch_size": 64,
-            "arch_norms": arch_norms}
-
-
-def largest_good_rate(rates: tuple[float, ...], acc: np.ndarray) -> float | None:
-    """The largest rate whose (seed-mean) accuracy is at least :data:`GOOD_ACC`."""
-    good = [r for r, a in zip(rates, acc) if a >= GOOD_ACC]
-    return max(good) if good else None
+    """Rates, epochs, depths and norms for the context's scale."""
+    return {"rates": ctx.pick((0.01, 0.1, 1.0), (0.003, 0.03, 0.3, 3.0),
+                              (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)),
+            "epochs": ctx.pick(1, 4, 10), "batch_size": 64,
+            "depths": ctx.pick((2, 4), (2, 12), (2, 8, 16)),
+            "norms": ctx.pick(("none", "batch"), ("none", "batch"), ("none", "batch", "layer")),
+            "cnn_depths": ctx.pick((), (), (2,)), "cnn_norms": ("none", "batch")}
 
 
 @styled
@@ -49,93 +43,111 @@ def run(ctx: Context) -> ExperimentResult:
     t0 = time.perf_counter()
     cfg = sweep_config(ctx)
     rates = cfg["rates"]
+    panels = ([("mlp", d, cfg["norms"]) for d in cfg["depths"]]
+              + [("cnn", d, cfg["cnn_norms"]) for d in cfg["cnn_depths"]])
+    k = ctx.data.num_classes
     numbers: dict = {"rates": rates, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
-                     "optimizer": "SGD, no momentum, constant rate", "good_acc": GOOD_ACC,
-                     "diverged_loss": DIVERGED_LOSS, "seeds": ctx.seeds}
-    archs = list(cfg["arch_norms"])
-    fig, axes = subplots(2, len(archs), figsize=(5.2 * len(archs), 7), squeeze=False)
+                     "depths": cfg["depths"], "cnn_depths": cfg["cnn_depths"],
+                     "width": DEPTH_WIDTH,
+                     "optimizer": "SGD, no momentum, constant rate", "floor": FLOOR,
+                     "valid_bar": ctx.valid_bar, "diverged_loss": diverged_loss(k),
+                     "seeds": ctx.seeds}
+    ncol = len(cfg["depths"])
+    nrow = 2 if cfg["cnn_depths"] else 1
+    fig, axes = subplots(nrow, ncol, figsize=(4.6 * ncol, 3.9 * nrow), squeeze=False,
+                         layout="constrained")
     rows, claims = [], []
-    for j, arch in enumerate(archs):
-        numbers[arch] = {}
-        for norm in cfg["arch_norms"][arch]:
-            res = train(make_model(arch, norm), ctx.data, lrs=rates, seeds=ctx.seeds,
-                        epochs=cfg["epochs"], batch_size=cfg["batch_size"], momentum=0.0,
-                        desc=f"{NAME}: {arch}/{norm}", progress=ctx.progress)
-            acc_m, acc_s = mean_std(res.grid("test_acc")[:, 0])
-            final = res.grid("epoch_loss")[:, 0, :, -1]
+    for j, (arch, depth, norms) in enumerate(panels):
+        ax = axes[j // ncol, j % ncol]
+        per: dict = {}
+        for norm in norms:
+            model = (deep_mlp(norm, depth, num_classes=k) if arch == "mlp"
+                     else make_model("cnn", norm, num_classes=k, depth=depth))
+            res = train(model, ctx.data, lrs=rates,
+                        seeds=ctx.seeds, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                        momentum=0.0, desc=f"{NAME}: {arch} depth {depth}/{norm}",
+                        progress=ctx.progress)
+            acc = res.grid("test_acc")[:, 0]  # (rates, seeds)
+            acc_m, acc_s = mean_std(acc)
             div = res.grid("diverged")[:, 0].mean(-1)
-            numbers[arch][norm] = {
-                "test_acc_mean": acc_m, "test_acc_std": acc_s,
-                "final_train_loss_median": np.median(final, -1),
-                "diverged_fraction": div, "largest_good_rate": largest_good_rate(rates, acc_m),
-                "seconds": res.seconds}
+            per[norm] = {"test_acc": acc, "test_acc_mean": acc_m, "test_acc_std": acc_s,
+                         "diverged_fraction": div, "best_rate": rates[int(np.argmax(acc_m))],
+                         "best_acc": float(acc_m.max()), "seconds": res.seconds}
             c = NORM_COLORS[norm]
-            ax = axes[0, j]
-            ax.errorbar(rates, acc_m, acc_s, color=c, marker="o", ms=4, capsize=2, label=norm)
+            ax.errorbar(rates, acc_m, acc_s, color=c, marker="o", ms=4, capsize=2,
+                        label=f"{norm}" if norm != "none" else "no norm")
             dmask = div > 0
-            ax.plot(np.asarray(rates)[dmask], acc_m[dmask], "x", color=c, ms=9, mew=2)
-            ax2 = axes[1, j]
-            shown = np.where(np.isfinite(np.median(final, -1)), np.median(final, -1), 1e3)
-            ax2.plot(rates, np.clip(shown, 1e-3, 1e3), color=c, marker="o", ms=4, label=norm)
-        axes[0, j].set_title(f"{arch.upper()}: test accuracy after {cfg['epochs']} epochs "
-                             "(× = diverged)")
-        axes[0, j].set_xscale("log")
-        axes[0, j].axhline(GOOD_ACC, color="k", ls=":", lw=1)
-        axes[0, j].set_ylim(0, 1.02)
-        axes[0, j].set_ylabel("test accuracy")
-        axes[0, j].legend(loc="lower left")
-        axes[1, j].set_xscale("log")
-        axes[1, j].set_yscale("log")
-        axes[1, j].axhline(DIVERGED_LOSS, color="k", ls=":", lw=1)
-        axes[1, j].set_title("final training loss (median over seeds; NaN drawn at 1e3)")
-        axes[1, j].set_xlabel("learning rate (SGD)")
-        axes[1, j].set_ylabel("training loss")
+            ax.plot(np.asarray(rates)[dmask], acc_m[dmask], "x", color=c, ms=10, mew=2)
+            rows.append([arch.upper(), depth, norm] + [fmt(a, None, 2) + ("†" if dv > 0 else "")
+                                         for a, dv in zip(acc_m, div)]
+                        + [f"{per[norm]['best_rate']:g}"])
+        numbers[f"depth_{depth}" if arch == "mlp" else f"cnn_depth_{depth}"] = per
+        ax.plot([], [], "x", color="k", ms=8, mew=2, label="diverged (≥ 1 seed)")
+        ax.axhline(ctx.valid_bar, color="k", ls=":", lw=1,
+                   label=f"validity bar {ctx.valid_bar:.2f}")
+        ax.axhline(ctx.chance, color="0.6", ls="--", lw=1, label=f"chance {ctx.chance:.2f}")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("learning rate (plain SGD)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"MLP, {depth} hidden layers of {DEPTH_WIDTH}" if arch == "mlp"
+                     else f"CNN, {depth} conv layers (8 channels, last 16)")
 
-        base = numbers[arch]["none"]
-        base_good = base["largest_good_rate"]
-        for norm in cfg["arch_norms"][arch]:
-            d = numbers[arch][norm]
-            rows.append([arch, norm] + [
-                fmt(a, None, 2) + ("†" if dv > 0 else "")
-                for a, dv in zip(d["test_acc_mean"], d["diverged_fraction"])]
-                + [d["largest_good_rate"] if d["largest_good_rate"] is not None else "—"])
-            if norm == "none":
-                continue
-            # rates where the plain net fails (diverges or stalls) but this norm trains well
-            rescued = [r for r, a0, dv0, a in zip(rates, base["test_acc_mean"],
-                                                  base["diverged_fraction"], d["test_acc_mean"])
-                       if (a0 < GOOD_ACC or dv0 > 0) and a >= GOOD_ACC and r > (base_good or 0)]
-            good = d["largest_good_rate"]
-            holds = bool(rescued) and good is not None and (base_good is None or good > base_good)
-            d["rates_rescued"] = rescued
-            claims.append(Claim(
-                claim=f"{arch.upper()} with {norm} norm trains well at learning rates where the "
-                      "plain net diverges or stalls (notes: 'we can use larger learning rates').",
-                criterion=f"some rate above the plain net's largest good rate gives seed-mean "
-                          f"test accuracy ≥ {GOOD_ACC} with {norm} norm while the plain net "
-                          "is below it or diverges there",
-                measured=f"largest good rate: {good} ({norm}) vs {base_good} (none); "
-                         f"rescued rates: {rescued or 'none'}",
-                holds=holds))
-    fig.suptitle("Test accuracy and training loss vs SGD learning rate, per normalization "
-                 f"(mean ± std over {len(ctx.seeds)} seeds)")
+        base = per["none"]
+        for norm in norms[1:]:
+            d = per[norm]
+            # the rates above the plain net's best rate (all rates if it never learned), with
+            # this norm's advantage there
+            plain_learned = base["best_acc"] >= ctx.valid_bar
+            above = [i for i, r in enumerate(rates)
+                     if r > base["best_rate"] or not plain_learned]
+            cmp = {rates[i]: compare(d["test_acc"][i], base["test_acc"][i], FLOOR)
+                   for i in above}
+            won = [r for r in cmp if cmp[r].greater
+                   and d["test_acc_mean"][rates.index(r)] >= ctx.valid_bar]
+            best = max(cmp, key=lambda r: cmp[r].diff) if cmp else None
+            d["rates_won_above_plain_best"] = won
+            measured = (f"plain net best at η = {base['best_rate']:g} "
+                        f"({base['best_acc']:.3f}); {norm} norm best at η = {d['best_rate']:g} "
+                        f"({d['best_acc']:.3f}); ")
+            where = (f"above η = {base['best_rate']:g}" if plain_learned
+                     else "(the plain net learned at no rate)")
+            measured += (f"largest advantage {where}: at η = {best:g}, "
+                         + cmp[best].describe() if best is not None
+                         else "no rate above the plain net's best in the sweep")
+            claims.append(ctx.guard(Claim(
+                claim=f"A{'n MLP' if arch == 'mlp' else ' CNN'} of depth {depth} with {norm} norm "
+                      "trains well at learning rates "
+                      "where the same net without normalization fails.",
+                criterion=f"at some rate above the plain net's best rate (any rate if the plain "
+                          f"net reaches the validity bar {ctx.valid_bar:.2f} at none), {norm} "
+                          f"norm's test accuracy exceeds the plain net's by more than "
+                          f"max({FLOOR:g}, 2 SE) and reaches the validity bar",
+                measured=measured + (f"; rates won: {won}" if won else ""),
+                holds=bool(won), source=SOURCE), max(x["best_acc"] for x in per.values())))
+    fig.suptitle(f"Test accuracy vs SGD learning rate after {cfg['epochs']} epochs, by depth "
+                 f"({seed_note(ctx)})")
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
+    for j in range(len(panels), nrow * ncol):
+        axes[j // ncol, j % ncol].set_visible(False)
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
-    for arch in archs:
-        accs = np.stack([numbers[arch][nm]["test_acc_mean"] for nm in cfg["arch_norms"][arch]])
-        numbers[arch]["rates_where_all_fail"] = [r for r, a in zip(rates, accs.max(0))
-                                                 if a < GOOD_ACC]
-    table = md_table(["arch", "norm"] + [f"lr={r:g}" for r in rates] + ["largest good rate"],
-                     rows)
-    method = (f"Plain SGD (no momentum, constant rate, batch {cfg['batch_size']}, "
-              f"{cfg['epochs']} epochs) at {len(rates)} rates from {rates[0]:g} to "
-              f"{rates[-1]:g}; cells are the seed-mean test accuracy in eval mode (running "
-              "statistics for batch norm), † marks rates where at least one seed diverged "
-              f"(non-finite loss or final loss > {DIVERGED_LOSS:.2f}, twice the chance loss). "
-              f"A rate is *good* when the mean test accuracy is ≥ {GOOD_ACC}. Instance norm is "
-              "only defined with spatial axes, so the MLP has no instance-norm row. All rates "
-              "and seeds of one model train in one vmapped, jit-compiled loop. Rates at which no "
-              "variant of an architecture reaches the threshold: "
-              + "; ".join(f"{arch.upper()} {numbers[arch]['rates_where_all_fail']}"
-                          for arch in archs) + ".")
+    table = md_table(["arch", "depth", "norm"] + [f"η={r:g}" for r in rates] + ["best η"], rows)
+    method = (f"MLPs with {', '.join(map(str, cfg['depths']))} hidden layers of {DEPTH_WIDTH} "
+              "units (dense → norm → relu, no residual connections, flax's default "
+              "LeCun-normal init)" + (
+                  f" and CNNs of {' and '.join(map(str, cfg['cnn_depths']))} conv layers (3×3, "
+                  "8 channels, the last with 16 channels and stride 2, then a dense layer; no "
+                  "residuals)" if cfg["cnn_depths"] else "")
+              + ", trained with plain SGD (no momentum, constant rate, batch "
+              f"{cfg['batch_size']}, {cfg['epochs']} epochs) at {len(rates)} rates from "
+              f"{rates[0]:g} to {rates[-1]:g}. Cells: seed-mean test accuracy in eval mode "
+              "(running statistics for batch norm); † marks rates where at least one seed "
+              f"diverged (non-finite loss or final training loss > {diverged_loss(k):.2f}, "
+              "twice the chance loss). Without normalization the signal of a deep ReLU net "
+              "shrinks layer by layer at this init, so the claim is tested at several depths: "
+              "the table shows where normalization makes the difference and where it does not. "
+              "All rates and seeds of one model train in one vmapped, jit-compiled loop.")
     return ExperimentResult(NAME, TITLE, method, fname, table, claims, numbers,
                             time.perf_counter() - t0)
+

@@ -1,4 +1,4 @@
-"""Experiment 1: what each normalization normalizes (the notes' "TODO: Add images").
+"""Experiment 1: what each normalization normalizes (the cube figure of Wu & He 2018, Fig. 2).
 
 The cube figure is *measured*, not drawn by hand: for a small ``(N, H, W, C)`` input we push a
 one-hot tangent at one element ``x_i`` through the jnorm function (``jax.jvp``), i.e. take
@@ -62,7 +62,8 @@ def to_cube(mask: np.ndarray) -> np.ndarray:
 
 def expected_sets(shape: tuple[int, int, int, int], index: tuple[int, ...],
                   groups: int) -> dict[str, np.ndarray]:
-    """What the notes (and DESIGN.md) say each layer normalizes over, as NHWC masks."""
+    """The sets each layer normalizes over according to its paper (and jnorm's docstrings), as
+    NHWC masks."""
     n, _, _, c = shape
     i_n, _, _, i_c = index
     nn_, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
@@ -121,8 +122,8 @@ def _box_edges(a: int, b: int, c: int) -> list[tuple[list[int], list[int], list[
 
 def real_activation(ctx: Context) -> tuple[np.ndarray, dict[str, float]]:
     """The pre-normalization output of the second conv of a briefly trained plain CNN on
-    test digits (``(N, 4, 4, 16)``)."""
-    model = make_model("cnn", "none")
+    test images (``(N, H/2, W/2, 16)``)."""
+    model = make_model("cnn", "none", num_classes=ctx.data.num_classes)
     res = train(model, ctx.data, lrs=(0.05,), seeds=ctx.seeds[:1],
                 epochs=ctx.pick(1, 2, 5), batch_size=64, momentum=0.0,
                 desc="normalizes: CNN", progress=ctx.progress)
@@ -177,12 +178,12 @@ def run(ctx: Context) -> ExperimentResult:
         ax2.hist(after[k].ravel(), bins=bins, color=NORM_COLORS[k], alpha=0.6, density=True,
                  label=f"after {k} norm")
         ax2.set_xlabel("activation value (range ±4 shown)")
-        ax2.legend(loc="upper right")
+        ax2.legend(loc="upper left", fontsize=7)
         if j == 0:
             ax2.set_ylabel("density")
     fig.suptitle("Top: cells that share the statistics of the black cell, measured from "
                  "jnorm's Jacobian (column dy/dx_i ≠ 0).  Bottom: a real activation (2nd conv "
-                 "of a trained CNN, test digits) before/after each norm", fontsize=9)
+                 "of a trained CNN, test images) before/after each norm", fontsize=9)
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     rows, claims, numbers = [], [], {"probe_shape_NHWC": CUBE, "probe_index_NHWC": PROBE,
@@ -193,7 +194,11 @@ def run(ctx: Context) -> ExperimentResult:
              "layer": "everything of one example (H, W, C)",
              "instance": "one channel of one example (H, W)",
              "group": "the channels of one group of one example (H, W, C/G)"}
-    notes_text = {"batch": "Batch norm normalizes one channel over all data points",
+    sources = {"batch": "Ioffe & Szegedy 2015, Alg. 1 and §3.2 (arXiv:1502.03167).",
+               "layer": "Ba et al. 2016, §3 (arXiv:1607.06450); Wu & He 2018, Fig. 2.",
+               "instance": "Ulyanov et al. 2016 (arXiv:1607.08022); Wu & He 2018, Fig. 2.",
+               "group": "Wu & He 2018, §3.1 and Fig. 2 (arXiv:1803.08494)."}
+    paper_text = {"batch": "Batch norm normalizes one channel over all data points",
                   "layer": "Layer norm normalizes everything over a single data point",
                   "instance": "Instance norm normalizes a single channel over a single data point",
                   "group": "Group norm normalizes multiple channels on a single data point"}
@@ -201,19 +206,20 @@ def run(ctx: Context) -> ExperimentResult:
         m, e = measured[k], expected[k]
         match = bool(np.array_equal(m, e))
         numbers[k] = {"cells_measured": int(m.sum()), "cells_expected": int(e.sum()),
-                      "matches_notes": match, **set_stats[k],
+                      "matches_paper": match, **set_stats[k],
                       "after_mean": float(after[k].mean()), "after_std": float(after[k].std())}
         rows.append([k, descr[k], int(m.sum()), int(e.sum()), "yes" if match else "NO",
                      f"{set_stats[k]['max_abs_set_mean']:.1e}",
                      f"{set_stats[k]['max_abs_set_std_minus_1']:.1e}"])
         claims.append(Claim(
-            claim=notes_text[k] + " (notes, Types of Normalizations).",
+            claim=paper_text[k] + ".",
+            source=sources[k],
             criterion="the set of outputs whose Jacobian column w.r.t. one input is non-zero "
-                      "equals the notes' set exactly",
+                      "equals the set the paper defines, exactly",
             measured=f"{int(m.sum())} of {m.size} cells, "
                      f"{'identical to' if match else 'different from'} the expected set",
             holds=match))
-    table = md_table(["layer", "normalizes over (notes / DESIGN.md)", "cells measured",
+    table = md_table(["layer", "normalizes over (paper / jnorm docs)", "cells measured",
                       "cells expected", "match", "max |set mean| after",
                       "max |set std − 1| after"], rows)
     method = (f"A random `{CUBE}` (N, H, W, C) tensor goes through `jnorm.batch_norm` "
@@ -222,10 +228,10 @@ def run(ctx: Context) -> ExperimentResult:
               f"a one-hot tangent at element {PROBE}) marks every output that depends on that "
               "input: that is the set whose mean and variance the element shares. The cube "
               "shows N × C × (H·W) as in Wu & He (2018), Fig. 2. The histograms use the "
-              "second-conv activation of a plain CNN trained briefly on digits (test images), "
+              "second-conv activation of a plain CNN trained briefly on the data (test images), "
               "normalized by each function (group norm with 4 groups of 4 channels); the last "
               "two table columns check that every normalized set has mean 0 and std 1 "
-              "(sets that were constant before are skipped). Note the notes' 'for each pixel' "
-              "in batch norm: for images, batch norm also pools over the pixels (H, W).")
+              "(sets that were constant before are skipped). For images, batch norm pools over "
+              "the pixels (H, W) as well as the examples (Ioffe & Szegedy 2015, §3.2).")
     return ExperimentResult(NAME, TITLE, method, fname, table, claims, numbers,
                             time.perf_counter() - t0)

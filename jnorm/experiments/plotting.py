@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 __all__ = ["NORM_COLORS", "STYLE", "figure", "save", "styled", "subplots"]
 
 NORM_COLORS = {"none": "#444444", "batch": "#1f77b4", "layer": "#2ca02c", "group": "#d62728",
-               "instance": "#9467bd", "dropout": "#ff7f0e", "naive": "#d62728"}
+               "instance": "#9467bd", "dropout": "#ff7f0e", "naive": "#d62728",
+               "renorm": "#17becf", "decorrelated": "#8c564b", "iternorm": "#e377c2"}
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8,

@@ -1,4 +1,9 @@
-"""Writes ``report.md`` (figures, tables, verdicts) and ``results.json`` (every number)."""
+"""Writes ``report.md`` (figures, tables, verdicts) and ``results.json`` (every number).
+
+Both files are rewritten after every finished experiment from the entries of ``results.json``,
+so an interrupted run keeps what finished, and ``--only`` replaces its own entries and keeps the
+others (entries of another dataset, size or seed list are dropped with their figures).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ from typing import Any
 
 import jax
 
-from .common import Context, ExperimentResult, md_table, to_jsonable
+from .common import VERDICTS, Claim, Context, ExperimentResult, md_table, to_jsonable
 
-__all__ = ["environment", "write_report"]
+__all__ = ["environment", "load_entries", "record", "render", "write_report"]
+
+RESULTS = "results.json"
+REPORT = "report.md"
 
 
 def environment() -> dict[str, Any]:
@@ -29,53 +37,120 @@ def environment() -> dict[str, Any]:
             "device_count": jax.device_count()}
 
 
-def write_report(results: list[ExperimentResult], ctx: Context, seconds: float) -> Path:
-    """Writes ``ctx.out/report.md`` and ``ctx.out/results.json``; returns the report path."""
+def run_key(ctx: Context) -> dict[str, Any]:
+    """What must agree for two entries to share one report."""
+    return {"dataset": ctx.data.describe(), "scale": ctx.scale, "seeds": list(ctx.seeds)}
+
+
+def record(r: ExperimentResult, ctx: Context) -> dict[str, Any]:
+    """One experiment's JSON entry."""
+    return to_jsonable({
+        "title": r.title, "method": r.method, "figure": r.figure, "table": r.table,
+        "seconds": r.seconds, "claims": [c.to_json() for c in r.claims],
+        "numbers": r.numbers, "run": {**run_key(ctx), "chance": ctx.chance,
+                                      "valid_bar": ctx.valid_bar}})
+
+
+def load_entries(ctx: Context, known: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The entries of an existing ``results.json`` that match this run's dataset, size and
+    seeds, and the names of those dropped."""
+    path = ctx.out / RESULTS
+    if not path.is_file():
+        return {}, []
+    try:
+        old = json.loads(path.read_text()).get("experiments", {})
+    except (ValueError, OSError, AttributeError):
+        return {}, []
+    key = run_key(ctx)
+    keep = {n: e for n, e in old.items() if n in known and isinstance(e, dict)
+            and e.get("run", {}) .get("dataset") == key["dataset"]
+            and e["run"].get("scale") == key["scale"] and e["run"].get("seeds") == key["seeds"]}
+    return keep, sorted(set(old) - set(keep))
+
+
+def write_report(entries: dict[str, Any], ctx: Context, order: list[str],
+                 seconds: float) -> Path:
+    """Writes ``results.json`` and ``report.md`` from ``entries`` (name → :func:`record`),
+    deletes figures of known experiments that no entry uses; returns the report path."""
     out = ctx.out
     out.mkdir(parents=True, exist_ok=True)
-    env = environment()
-    n_claims = sum(len(r.claims) for r in results)
-    n_ok = sum(c.holds for r in results for c in r.claims)
-    meta = {"dataset": ctx.data.describe(), "scale": ctx.scale, "seeds": list(ctx.seeds),
-            "seconds": seconds, "claims_reproduced": n_ok, "claims_total": n_claims, **env}
-    payload = {"meta": meta, "experiments": {
-        r.name: {"title": r.title, "figure": r.figure, "seconds": r.seconds,
-                 "claims": [c.to_json() for c in r.claims], "numbers": r.numbers}
-        for r in results}}
-    (out / "results.json").write_text(json.dumps(to_jsonable(payload), indent=1))
+    names = [n for n in order if n in entries]
+    claims = [c for n in names for c in entries[n]["claims"]]
+    counts = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
+    meta = {**run_key(ctx), "chance": ctx.chance, "valid_bar": ctx.valid_bar,
+            "seconds_this_invocation": seconds,
+            "seconds_all_entries": sum(entries[n]["seconds"] for n in names),
+            "claims_total": len(claims), "verdicts": counts, **environment()}
+    payload = {"meta": meta, "experiments": {n: entries[n] for n in names}}
+    tmp = out / (RESULTS + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(payload), indent=1))
+    tmp.replace(out / RESULTS)
+    used = {entries[n]["figure"] for n in names}
+    for n in order:
+        png = out / f"{n}.png"
+        if png.name not in used and png.exists():
+            png.unlink()
+    path = out / REPORT
+    tmp = out / (REPORT + ".tmp")
+    tmp.write_text(render(payload, ctx))
+    tmp.replace(path)
+    return path
 
+
+def render(payload: dict[str, Any], ctx: Context) -> str:
+    """The markdown report of a ``results.json`` payload."""
+    meta, exps = payload["meta"], payload["experiments"]
+    counts = meta["verdicts"]
+    names = list(exps)
     lines = [
-        "# jnorm experiments: the notes' claims, measured",
+        "# jnorm experiments: claims about normalization, measured",
         "",
-        f"*Dataset:* {ctx.data.describe()}. *Size:* `{ctx.scale}`; *seeds:* "
-        f"{list(ctx.seeds)}; *device:* {env['device']}; jax {env['jax']}, flax "
-        f"{env['flax']}, jnorm {env['jnorm']}; wall time {seconds:.0f} s.",
+        f"*Dataset:* {meta['dataset']}. *Size:* `{meta['scale']}`; *seeds:* {meta['seeds']}; "
+        f"*device:* {meta['device']}; jax {meta['jax']}, flax {meta['flax']}, jnorm "
+        f"{meta['jnorm']}; wall time of the experiments below "
+        f"{meta['seconds_all_entries']:.0f} s.",
         "",
-        "Every verdict below is computed from the measured numbers with the criterion stated "
-        "next to it (fixed before running); a claim that does not reproduce is reported as "
-        "such. All numbers are in `results.json`." + (
-            " This is a reduced `--quick` run (few epochs): use the default size for the "
-            "numbers worth quoting." if ctx.scale != "full" else ""),
+        "Each claim is stated with its source (a paper you can open, or the jnorm docs). Every "
+        "verdict is computed from the measured numbers with the criterion next to it, fixed "
+        "before running and the same at every size:",
         "",
-        f"## Summary: {n_ok} of {n_claims} claims reproduced",
+        f"* **Validity guard.** A claim about training counts only if the best variant of its "
+        f"comparison learned: test accuracy ≥ {meta['valid_bar']:.3f}, halfway from chance "
+        f"({meta['chance']:.3f}, the most frequent test class) to 1. Otherwise the verdict is "
+        "*inconclusive*.",
+        "* **Margins from the seed spread.** A difference counts only if it exceeds "
+        "max(floor, 2 × its combined standard error over seeds); the floor is stated per "
+        "claim. Spreads are sample standard deviations over seeds; a single seed has no "
+        "spread, and then only the floor applies (shown as \"1 seed\").",
+        "",
+        "A claim that does not reproduce is reported as such. All numbers are in "
+        "`results.json`." + (
+            " This is a reduced-size run (`--quick`): use the default size for numbers worth "
+            "quoting." if meta["scale"] != "full" else ""),
+        "",
+        f"## Summary: {counts['reproduced']} reproduced, {counts['not reproduced']} not "
+        f"reproduced, {counts['inconclusive']} inconclusive (of {meta['claims_total']})",
         "",
         md_table(["#", "experiment", "claim", "verdict"],
-                 [[i + 1, f"[{r.title}](#{i + 1}-{_anchor(r.title)})", c.claim,
-                   f"**{c.verdict}**"]
-                  for i, r in enumerate(results) for c in r.claims]),
+                 [[i + 1, f"[{exps[n]['title']}](#{i + 1}-{_anchor(exps[n]['title'])})",
+                   c["claim"], f"**{c['verdict']}**"]
+                  for i, n in enumerate(names) for c in exps[n]["claims"]]),
         "",
     ]
-    for i, r in enumerate(results):
-        lines += [f"## {i + 1}. {r.title}", "", r.method, "", f"![{r.title}]({r.figure})", "",
-                  r.table, "", "**Verdicts**", ""]
-        for c in r.claims:
-            lines += [f"- **{c.verdict}** — {c.claim}  ",
+    for i, n in enumerate(names):
+        r = exps[n]
+        lines += [f"## {i + 1}. {r['title']}", "", r["method"], "",
+                  f"![{r['title']}]({r['figure']})", "", r["table"], "", "**Verdicts**", ""]
+        for cj in r["claims"]:
+            c = Claim.from_json(cj)
+            lines += [f"- **{c.verdict}** — {c.claim}" + (f" *Source:* {c.source}"
+                                                          if c.source else "") + "  ",
                       f"  *criterion:* {c.criterion}  ",
-                      f"  *measured:* {c.measured}"]
-        lines += ["", f"*({r.seconds:.1f} s)*", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+                      f"  *measured:* {c.measured}" + ("  " if c.inconclusive else "")]
+            if c.inconclusive:
+                lines += [f"  *inconclusive because* {c.inconclusive}"]
+        lines += ["", f"*({r['seconds']:.1f} s)*", ""]
+    return "\n".join(lines)
 
 
 def _anchor(title: str) -> str:

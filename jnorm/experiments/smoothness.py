@@ -1,7 +1,8 @@
 r"""Experiment 5: batch norm makes the optimization landscape smoother
-(Santurkar et al. 2018, arXiv:1805.11604, §3.1, Fig. 4).
+(Santurkar et al. 2018, arXiv:1805.11604, §3.1, Fig. 4) — at several depths.
 
-Along the training trajectory of a CNN with and without batch norm (same SGD rate), at each
+Along the training trajectory of MLPs of 2 to 16 hidden layers (no residuals) with and without
+batch norm (same SGD rate), at each
 checkpoint ``θ`` with gradient ``g = ∇L(θ)`` on a fixed training batch, we step along the
 gradient with several step sizes ``η`` and record
 
@@ -22,18 +23,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .common import Claim, Context, ExperimentResult, fmt, md_table, mean_std
-from .models import make_model
+from .common import Claim, Context, ExperimentResult, compare, fmt_seeds, md_table
+from .models import DEPTH_WIDTH, deep_mlp
 from .plotting import NORM_COLORS, save, styled, subplots
 from .training import loss_fn, train
 
 NAME = "smoothness"
-TITLE = "Smoother optimization landscape with batch norm"
+TITLE = "Smoother optimization landscape with batch norm (by depth)"
 
 LR = 0.1
 STEP_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)  # η = multiplier × LR
 PROBE_BATCH = 128
 METRICS = ("loss_range", "grad_change", "beta")
+#: batch norm's value must be smaller by more than max(this, 2 SE) in log units (a factor 1.25).
+LOG_FLOOR = float(np.log(1.25))
+SOURCE = ("Santurkar et al. 2018, §3.1 and Fig. 4 (arXiv:1805.11604): batch norm makes the loss "
+          "and its gradient change less along the gradient.")
 
 
 def make_probe(model: nn.Module, x: jax.Array, y: jax.Array, etas: jax.Array) -> Callable:
@@ -70,96 +75,110 @@ def make_probe(model: nn.Module, x: jax.Array, y: jax.Array, etas: jax.Array) ->
 def run(ctx: Context) -> ExperimentResult:
     """Runs experiment 5."""
     t0 = time.perf_counter()
-    epochs = ctx.pick(2, 4, 15)
+    k = ctx.data.num_classes
+    epochs = ctx.pick(2, 3, 8)
+    depths = ctx.pick((2,), (2, 12), (2, 8, 16))
     etas = jnp.asarray([m * LR for m in STEP_MULTIPLIERS], jnp.float32)
     x = jnp.asarray(ctx.data.x_train[:PROBE_BATCH])
     y = jnp.asarray(ctx.data.y_train[:PROBE_BATCH])
-    traces: dict[str, dict[str, np.ndarray]] = {}
-    results = {}
-    for norm in ("none", "batch"):
-        model = make_model("cnn", norm)
-        probe = make_probe(model, x, y, etas)
-        rec: list[dict] = []
+    traces: dict = {}
+    test_acc: dict = {}
+    steps = 0
+    for depth in depths:
+        for norm in ("none", "batch"):
+            model = deep_mlp(norm, depth, num_classes=k)
+            probe = make_probe(model, x, y, etas)
+            rec: list[dict] = []
 
-        def record(epoch: int, variables: dict, rec: list = rec,
-                   probe: Callable = probe) -> None:
-            rec.append(jax.tree_util.tree_map(
-                np.asarray, probe(variables["params"], variables["batch_stats"])))
+            def record(epoch: int, variables: dict, rec: list = rec,
+                       probe: Callable = probe) -> None:
+                rec.append(jax.tree_util.tree_map(
+                    np.asarray, probe(variables["params"], variables["batch_stats"])))
 
-        results[norm] = train(model, ctx.data, lrs=(LR,), seeds=ctx.seeds, epochs=epochs,
-                              batch_size=64, momentum=0.0, desc=f"{NAME}: cnn/{norm}",
-                              callback=record, progress=ctx.progress)
-        traces[norm] = {k: np.stack([r[k] for r in rec], 1) for k in rec[0]}  # (seeds, ckpts)
+            res = train(model, ctx.data, lrs=(LR,), seeds=ctx.seeds, epochs=epochs,
+                        batch_size=64, momentum=0.0, desc=f"{NAME}: depth {depth}/{norm}",
+                        callback=record, progress=ctx.progress)
+            steps = res.steps_per_epoch
+            traces[depth, norm] = {kk: np.stack([r[kk] for r in rec], 1) for kk in rec[0]}
+            test_acc[depth, norm] = res.test_acc
 
-    steps = results["none"].steps_per_epoch
     xs = np.arange(epochs + 1) * steps
-    fig, ax = subplots(1, 3, figsize=(15, 4))
-    titles = {"loss_range": "loss landscape: L(θ − ηg) over η (band = min…max)",
-              "grad_change": "gradient predictiveness: ‖∇L(θ − ηg) − ∇L(θ)‖ (band)",
-              "beta": "effective β-smoothness: max ‖Δ∇L‖ / ‖ηg‖"}
-    for norm, lab in (("none", "no norm"), ("batch", "batch norm")):
-        tr, c = traces[norm], NORM_COLORS[norm]
-        lo, hi = tr["loss_min"].mean(0), tr["loss_max"].mean(0)
-        ax[0].fill_between(xs, lo, hi, color=c, alpha=0.3, label=lab)
-        ax[0].plot(xs, tr["loss"].mean(0), color=c, lw=1)
-        ax[1].fill_between(xs, tr["grad_change_min"].mean(0), tr["grad_change"].mean(0),
-                           color=c, alpha=0.3, label=lab)
-        ax[2].plot(xs, tr["beta"].mean(0), color=c, marker=".", label=lab)
-    for j, k in enumerate(("loss_range", "grad_change", "beta")):
-        ax[j].set_title(titles[k])
-        ax[j].set_xlabel("SGD step")
-        ax[j].set_yscale("log")
-        ax[j].legend()
-    ax[0].set_ylabel("loss")
-    ax[1].set_ylabel("ℓ2 change of the gradient")
-    fig.suptitle(f"CNN on digits, SGD η = {LR}; probes at η ∈ "
-                 f"{[round(float(e), 3) for e in etas]} on {PROBE_BATCH} training digits "
-                 f"(mean over {len(ctx.seeds)} seeds)")
+    fig, ax = subplots(3, len(depths), figsize=(4.6 * len(depths), 8.5), squeeze=False,
+                       layout="constrained")
+    ylabels = {"loss_range": "loss L(θ − ηg), band min…max over η",
+               "grad_change": "‖∇L(θ − ηg) − ∇L(θ)‖, band over η",
+               "beta": "β-smoothness max ‖Δ∇L‖ / ‖ηg‖"}
+    for j, depth in enumerate(depths):
+        for norm, lab in (("none", "no norm"), ("batch", "batch norm")):
+            tr, c = traces[depth, norm], NORM_COLORS[norm]
+            ax[0, j].fill_between(xs, tr["loss_min"].mean(0), tr["loss_max"].mean(0), color=c,
+                                  alpha=0.3, label=lab)
+            ax[0, j].plot(xs, tr["loss"].mean(0), color=c, lw=1)
+            ax[1, j].fill_between(xs, tr["grad_change_min"].mean(0), tr["grad_change"].mean(0),
+                                  color=c, alpha=0.3, label=lab)
+            ax[2, j].plot(xs, tr["beta"].mean(0), color=c, marker=".", label=lab)
+        ax[0, j].set_title(f"MLP, {depth} hidden layers of {DEPTH_WIDTH}")
+        for i, m in enumerate(METRICS):
+            ax[i, j].set_yscale("log")
+            ax[i, j].set_xlabel("SGD step")
+            if j == 0:
+                ax[i, 0].set_ylabel(ylabels[m])
+            ax[i, j].legend(fontsize=7, loc="best")
+    fig.suptitle(f"Landscape probes along training, plain SGD η = {LR}\nprobes at η ∈ "
+                 f"{[round(float(e), 3) for e in etas]} on {PROBE_BATCH} training images "
+                 f"(curves: means over {len(ctx.seeds)} seed(s))")
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
-    # Summaries: median over checkpoints after the first (the paper's plots span training).
+    # Summaries: per seed, the median over the checkpoints after initialisation.
     summary: dict = {}
-    rows = []
-    for norm in ("none", "batch"):
-        summary[norm] = {}
-        for k in METRICS + ("grad_norm",):
-            per_seed = np.median(traces[norm][k][:, 1:], axis=1)
-            summary[norm][k] = {"median_per_seed": per_seed,
-                                "mean": float(per_seed.mean()), "std": float(per_seed.std())}
-        rel = np.median(traces[norm]["grad_change"][:, 1:] / traces[norm]["grad_norm"][:, 1:], 1)
-        summary[norm]["relative_grad_change"] = {"median_per_seed": rel,
-                                                 "mean": float(rel.mean())}
-        acc_m, acc_s = mean_std(results[norm].test_acc, 0)
-        rows.append(["none" if norm == "none" else "batch norm"]
-                    + [fmt(summary[norm][k]["mean"], summary[norm][k]["std"], 3)
-                       for k in METRICS + ("grad_norm",)]
-                    + [f"{summary[norm]['relative_grad_change']['mean']:.3f}", fmt(acc_m, acc_s)])
-    table = md_table(["model", "loss range", "gradient ℓ2 change", "β-smoothness",
-                      "‖∇L‖", "‖Δ∇L‖/‖∇L‖", "test acc"], rows)
+    rows, claims = [], []
     names = {"loss_range": "the loss varies less along the gradient (loss landscape)",
              "grad_change": "the gradient changes less along the gradient (gradient "
-                            "predictiveness, ℓ2)",
+                            "predictiveness)",
              "beta": "the effective β-smoothness is smaller"}
-    claims = []
-    for k in METRICS:
-        a, b = summary["batch"][k]["mean"], summary["none"][k]["mean"]
-        claims.append(Claim(
-            f"With batch norm {names[k]} (Santurkar et al. 2018 §3.1; notes: BN 'smoothes the "
-            "optimization function, making the gradient more predictable').",
-            "median over the trajectory (seed mean) smaller with batch norm than without",
-            f"{a:.3g} (batch norm) vs {b:.3g} (none)", a < b))
+    for depth in depths:
+        summary[depth] = {}
+        for norm in ("none", "batch"):
+            tr = traces[depth, norm]
+            summary[depth][norm] = {m: np.median(tr[m][:, 1:], axis=1)
+                                    for m in METRICS + ("grad_norm",)}
+            summary[depth][norm]["relative_grad_change"] = np.median(
+                tr["grad_change"][:, 1:] / tr["grad_norm"][:, 1:], axis=1)
+            sm = summary[depth][norm]
+            rows.append([depth, "none" if norm == "none" else "batch norm"]
+                        + [fmt_seeds(sm[m], 3) for m in METRICS + ("grad_norm",
+                                                                   "relative_grad_change")]
+                        + [fmt_seeds(test_acc[depth, norm])])
+        # both nets must learn: a net stuck at its initialization (vanished gradient) has a
+        # trivially flat landscape, which says nothing about the claim
+        weaker = min(float(np.mean(test_acc[depth, n])) for n in ("none", "batch"))
+        for m in METRICS:
+            a, b = summary[depth]["batch"][m], summary[depth]["none"][m]
+            c = compare(np.log(b), np.log(a), LOG_FLOOR)
+            claims.append(ctx.guard(Claim(
+                f"MLP of depth {depth}: with batch norm {names[m]}.",
+                "per-seed median over the trajectory smaller with batch norm by more than "
+                "max(a factor 1.25, 2 SE) in log units",
+                f"{fmt_seeds(a, 3)} (batch norm) vs {fmt_seeds(b, 3)} (none); log {c.describe()}",
+                c.greater, source=SOURCE), weaker, "weaker of the two nets"))
+    table = md_table(["depth", "model", "loss range", "gradient ℓ2 change", "β-smoothness",
+                      "‖∇L‖", "‖Δ∇L‖/‖∇L‖", "test acc"], rows)
     numbers = {"lr": LR, "etas": np.asarray(etas), "epochs": epochs, "steps_per_epoch": steps,
-               "probe_batch": PROBE_BATCH, "checkpoint_steps": xs, "summary": summary,
-               "traces": traces,
-               "test_acc": {n: results[n].test_acc for n in results}}
-    method = (f"The CNN (conv 8 → conv 16, stride 2) is trained with and without batch norm by "
-              f"plain SGD (η = {LR}, batch 64, {epochs} epochs). Before training and after each "
-              f"epoch, on a fixed batch of {PROBE_BATCH} training digits, the gradient g is "
-              f"computed and the loss and gradient are re-evaluated at θ − ηg for η = "
+               "depths": depths, "probe_batch": PROBE_BATCH, "checkpoint_steps": xs,
+               "log_floor": LOG_FLOOR,
+               "summary": {str(d): v for d, v in summary.items()},
+               "traces": {f"depth_{d}/{n}": v for (d, n), v in traces.items()},
+               "test_acc": {f"depth_{d}/{n}": v for (d, n), v in test_acc.items()}}
+    method = (f"MLPs with {', '.join(map(str, depths))} hidden layers of {DEPTH_WIDTH} units are "
+              f"trained with and without batch norm by plain SGD (η = {LR}, batch 64, {epochs} "
+              f"epochs). Before training and after each epoch, on a fixed batch of "
+              f"{PROBE_BATCH} training images, the gradient g is computed and the loss and "
+              f"gradient are re-evaluated at θ − ηg for η = "
               f"{[round(float(e), 3) for e in etas]} (the training rate × "
-              f"{list(STEP_MULTIPLIERS)}). Table: median over the checkpoints after "
-              "initialisation, mean ± std over seeds. ‖Δ∇L‖/‖∇L‖ is given because the two "
-              "nets' gradients differ in size; the paper's claim is about the absolute "
-              "quantities.")
+              f"{list(STEP_MULTIPLIERS)}); batch norm uses the probe batch's statistics. Table: "
+              "per seed the median over the checkpoints after initialisation, then mean ± "
+              "sample std over seeds. ‖Δ∇L‖/‖∇L‖ is given because the nets' gradients differ in "
+              "size (a deep plain net's gradient vanishes, which makes it trivially 'smooth'); "
+              "the paper's claim is about the absolute quantities.")
     return ExperimentResult(NAME, TITLE, method, fname, table, claims, numbers,
                             time.perf_counter() - t0)

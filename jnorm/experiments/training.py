@@ -27,11 +27,13 @@ from tqdm import tqdm
 from .data import Dataset
 from .models import scale_kernels
 
-__all__ = ["DIVERGED_LOSS", "TrainResult", "cross_entropy", "evaluate", "loss_fn", "train"]
+__all__ = ["TrainResult", "cross_entropy", "diverged_loss", "evaluate", "loss_fn", "train"]
 
-#: A run whose final training loss is above this (twice the loss of uniform guessing over 10
-#: classes) or not finite is counted as diverged.
-DIVERGED_LOSS = 2 * math.log(10)
+
+def diverged_loss(num_classes: int) -> float:
+    """A run whose final training loss is above this (twice the loss of uniform guessing over
+    ``num_classes`` classes) or not finite is counted as diverged."""
+    return 2 * math.log(num_classes)
 
 Variables = dict[str, Any]
 
@@ -243,7 +245,7 @@ def train(model: nn.Module, data: Dataset, *, lrs: Sequence[float] = (0.05,),
                         jnp.asarray(data.x_test), jnp.asarray(data.y_test)))
     epoch_loss = step_loss.reshape(len(grid), epochs, steps).mean(-1)
     final = epoch_loss[:, -1] if epochs else np.full(len(grid), np.nan)
-    diverged = ~np.isfinite(step_loss).all(axis=1) | ~(final <= DIVERGED_LOSS)
+    diverged = ~np.isfinite(step_loss).all(axis=1) | ~(final <= diverged_loss(data.num_classes))
     return TrainResult(tuple(float(v) for v in lrs), tuple(float(v) for v in init_scales),
                        tuple(int(s) for s in seeds), step_loss, epoch_loss, train_loss,
                        train_acc, test_loss, test_acc, diverged, variables, steps,
