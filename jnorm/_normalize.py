@@ -223,28 +223,8 @@ def _normalize_with_moments(
     (:func:`hide_masked_nonfinite`), so gradients stay finite and exact.
     """
     mask = check_mask(mask, x.shape)
-    x_in, keep = hide_masked_nonfinite(x, mask)
-    y, m = _normalize_plain(
-        x_in, scale, bias, axes=axes, epsilon=epsilon, center=center, mask=mask,
-        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
-    )
-    return restore_masked(y, x, keep), m
-
-
-def _normalize_plain(
-    x: jax.Array,
-    scale: jax.Array | None,
-    bias: jax.Array | None,
-    *,
-    axes: tuple[int, ...],
-    epsilon: Any,
-    center: bool,
-    mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
-) -> tuple[jax.Array, Moments]:
-    """Statistics then :func:`normalize`, with nothing hidden."""
+    x_raw = x
+    x, keep = hide_masked_nonfinite(x, mask)
     m = shifted_moments(
         x, axes, mask=mask, center=center, axis_name=axis_name,
         axis_index_groups=axis_index_groups,
@@ -255,7 +235,7 @@ def _normalize_plain(
         shift, mean = private_copies(shift, mean)
     var = m.var if mask is None else var_of_empty_blocks(m)
     y = normalize(x, mean, var, scale, bias, epsilon=epsilon, shift=shift, dtype=dtype)
-    return y, m
+    return restore_masked(y, x_raw, keep), m
 
 
 def var_of_empty_blocks(m: Moments) -> jax.Array:
