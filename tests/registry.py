@@ -13,6 +13,11 @@ you do. Public names that are not normalizations (kernels, state types, tools) a
 :data:`SUPPORT` with the test module that covers them. nnx modules: their class names are in
 ``Entry.nnx`` (the linen modules' names; ``tests/test_nnx.py`` tests them).
 
+The comparisons with flax's modules of the same name are here too: ``ModuleCase.flax`` and
+``ModuleCase.flax_nnx`` (collected in :data:`FLAX_LINEN_CASES` and :data:`FLAX_NNX_CASES`, run by
+``tests/test_linen.py`` and ``tests/test_nnx.py``); the coverage tests fail for a module whose
+class name flax also has and that has none.
+
 Also the home of the five core layers' :class:`Case` objects (``CASES``, used by
 test_layers, test_properties and test_transforms).
 """
@@ -246,6 +251,12 @@ class ModuleCase:
 
     ``fn(variables, x)`` calls the jnorm function with the module's variables and returns what
     the module returns (``(y, new_batch_stats)`` when ``mutable``).
+
+    ``flax`` and ``flax_nnx`` are the comparisons with flax's module of the same name: each is
+    the keyword arguments given to both ``flax.linen.<cls>`` and ``jnorm.linen.<cls>`` (resp.
+    ``flax.nnx`` and ``jnorm.nnx``), which must then have the same variables, outputs and
+    updates (tests/test_linen.py, tests/test_nnx.py). A module whose class name flax also has
+    needs at least one (tests/test_registry.py checks).
     """
 
     cls: str
@@ -253,7 +264,9 @@ class ModuleCase:
     fn: Callable[[Any, jax.Array], Any]
     call_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     mutable: bool = False
-    wraps_dense: bool = False  # the module wraps flax.linen.Dense(5)
+    wraps_dense: bool = False  # the module wraps a dense layer (linen: flax.linen.Dense(5))
+    flax: tuple[Mapping[str, Any], ...] = ()
+    flax_nnx: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,8 +425,12 @@ REGISTRY: tuple[Entry, ...] = (
         _core("batch_norm"),
         frozenset({"stateful", "training", "epsilon", "momentum", "dtype", "mask", "half",
                    "grad", "axis_name"}),
-        linen=(ModuleCase("BatchNorm", {"use_running_average": False}, _bn_module,
-                          mutable=True),),
+        linen=(ModuleCase(
+            "BatchNorm", {"use_running_average": False}, _bn_module, mutable=True,
+            flax=({"use_running_average": False},
+                  {"use_running_average": False, "axis": 1, "momentum": 0.9},
+                  {"use_running_average": True}),
+            flax_nnx=({}, {"momentum": 0.9, "use_bias": False})),),
         companions=("BatchStats", "update_batch_stats"),
         errors=((lambda x: jnorm.batch_norm(x, jnorm.BatchStats.init(3), training=True),
                  r"`state.mean` has shape \(3,\)"),),
@@ -424,8 +441,12 @@ REGISTRY: tuple[Entry, ...] = (
         lambda x, p: jnorm.layer_norm(x, p.get("scale"), p.get("bias"), **_kw(p, *_KW)),
         _core("layer_norm"),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
-        linen=(ModuleCase("LayerNorm", {}, lambda v, x: jnorm.layer_norm(
-            x, v["params"]["scale"], v["params"]["bias"])),),
+        linen=(ModuleCase(
+            "LayerNorm", {}, lambda v, x: jnorm.layer_norm(
+                x, v["params"]["scale"], v["params"]["bias"]),
+            flax=({}, {"reduction_axes": (1, 2, 3), "feature_axes": -1},
+                  {"use_bias": False, "epsilon": 1e-3}),
+            flax_nnx=({}, {"reduction_axes": (1, 2, 3), "epsilon": 1e-3})),),
         offset=1e3,
     ),
     Entry(
@@ -433,15 +454,18 @@ REGISTRY: tuple[Entry, ...] = (
         lambda x, p: jnorm.rms_norm(x, p.get("scale"), **_kw(p, *_KW)),
         _core("rms_norm"),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
-        linen=(ModuleCase("RMSNorm", {}, lambda v, x: jnorm.rms_norm(x, v["params"]["scale"])),),
+        linen=(ModuleCase("RMSNorm", {}, lambda v, x: jnorm.rms_norm(x, v["params"]["scale"]),
+                          flax=({}, {"reduction_axes": (2, 3)}), flax_nnx=({},)),),
     ),
     Entry(
         "instance_norm", (3, 4, 2, 4), _sb,
         lambda x, p: jnorm.instance_norm(x, p.get("scale"), p.get("bias"), **_kw(p, *_KW)),
         _core("instance_norm"),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
-        linen=(ModuleCase("InstanceNorm", {}, lambda v, x: jnorm.instance_norm(
-            x, v["params"]["scale"], v["params"]["bias"])),),
+        linen=(ModuleCase(
+            "InstanceNorm", {}, lambda v, x: jnorm.instance_norm(
+                x, v["params"]["scale"], v["params"]["bias"]),
+            flax=({}, {"use_scale": False}), flax_nnx=({}, {"use_scale": False})),),
         offset=50.0,
     ),
     Entry(
@@ -450,8 +474,12 @@ REGISTRY: tuple[Entry, ...] = (
                                       **_kw(p, *_KW)),
         _core("group_norm"),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
-        linen=(ModuleCase("GroupNorm", {"num_groups": 2}, lambda v, x: jnorm.group_norm(
-            x, v["params"]["scale"], v["params"]["bias"], num_groups=2)),),
+        linen=(ModuleCase(
+            "GroupNorm", {"num_groups": 2}, lambda v, x: jnorm.group_norm(
+                x, v["params"]["scale"], v["params"]["bias"], num_groups=2),
+            flax=({"num_groups": 4}, {"num_groups": None, "group_size": 2},
+                  {"num_groups": 2, "reduction_axes": (2, 3)}),
+            flax_nnx=({"num_groups": 4}, {"num_groups": None, "group_size": 2})),),
         errors=((lambda x: jnorm.group_norm(x, num_groups=3), r"`num_groups`=3 does not divide"),
                 (lambda x: jnorm.group_norm(x, num_groups=True), r"`num_groups`=True"),),
     ),
@@ -572,7 +600,7 @@ REGISTRY: tuple[Entry, ...] = (
         frozenset({"weight", "epsilon", "grad"}),
         linen=(ModuleCase("WeightNorm", {}, lambda v, x: _dense(v, x, jnorm.weight_norm(
             v["params"]["layer_instance"]["kernel"], v["params"]["layer_instance/kernel/scale"])),
-            wraps_dense=True),),
+            wraps_dense=True, flax=({},), flax_nnx=({},)),),
         companions=("kernel_norm",),
     ),
     Entry(
@@ -581,7 +609,8 @@ REGISTRY: tuple[Entry, ...] = (
         lambda w, p: _ref_spectral(w, p),
         frozenset({"weight"}),
         linen=(ModuleCase("SpectralNorm", {}, _spectral_module,
-                          call_kwargs={"update_stats": True}, mutable=True, wraps_dense=True),),
+                          call_kwargs={"update_stats": True}, mutable=True, wraps_dense=True,
+                          flax=({},), flax_nnx=({},)),),
         companions=("spectral_norm_init",),
         rtol=1e-5,
     ),
@@ -607,6 +636,9 @@ SUPPORT: dict[str, str] = {
 REGISTRY = tuple(
     dataclasses.replace(e, nnx=tuple(dict.fromkeys(mc.cls for mc in e.linen))) for e in REGISTRY
 )
+#: The comparisons with flax: ``(ModuleCase, kwargs)`` for flax.linen and for flax.nnx.
+FLAX_LINEN_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.flax]
+FLAX_NNX_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.flax_nnx]
 #: Public classes of jnorm.linen that are not a normalization's module.
 LINEN_SUPPORT: dict[str, str] = {}
 #: Public classes of jnorm.nnx that are not a normalization's module.

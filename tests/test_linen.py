@@ -14,32 +14,21 @@ import pytest
 import jnorm
 import jnorm.linen as jnn
 from tests.helpers import data
+from tests.registry import FLAX_LINEN_CASES
 
 X = data((8, 4, 4, 8), offset=1.5, spread=2.0)
 
-PAIRS = [
-    ("BatchNorm", {"use_running_average": False}),
-    ("BatchNorm", {"use_running_average": False, "axis": 1, "momentum": 0.9}),
-    ("BatchNorm", {"use_running_average": True}),
-    ("LayerNorm", {}),
-    ("LayerNorm", {"reduction_axes": (1, 2, 3), "feature_axes": -1}),
-    ("LayerNorm", {"use_bias": False, "epsilon": 1e-3}),
-    ("RMSNorm", {}),
-    ("RMSNorm", {"reduction_axes": (2, 3)}),
-    ("GroupNorm", {"num_groups": 4}),
-    ("GroupNorm", {"num_groups": None, "group_size": 2}),
-    ("GroupNorm", {"num_groups": 2, "reduction_axes": (2, 3)}),
-    ("InstanceNorm", {}),
-    ("InstanceNorm", {"use_scale": False}),
-]
 
 
-def _init_both(name, kw, x):
-    ours, theirs = getattr(jnn, name)(**kw), getattr(nn, name)(**kw)
+def _init_both(name, kw, x, *, wraps_dense=False, **call_kwargs):
+    if wraps_dense:
+        ours, theirs = getattr(jnn, name)(nn.Dense(5), **kw), getattr(nn, name)(nn.Dense(5), **kw)
+    else:
+        ours, theirs = getattr(jnn, name)(**kw), getattr(nn, name)(**kw)
     key = jax.random.key(0)
     with jax.numpy_dtype_promotion("standard"):  # flax itself mixes dtypes implicitly
-        v_theirs = theirs.init(key, x)
-    return ours, _Standard(theirs), ours.init(key, x), v_theirs
+        v_theirs = theirs.init(key, x, **call_kwargs)
+    return ours, _Standard(theirs), ours.init(key, x, **call_kwargs), v_theirs
 
 
 class _Standard:
@@ -53,20 +42,22 @@ class _Standard:
             return self.module.apply(*args, **kwargs)
 
 
-@pytest.mark.parametrize(("name", "kw"), PAIRS, ids=[f"{n}-{i}" for i, (n, _) in
-                                                      enumerate(PAIRS)])
-def test_same_variables_and_outputs_as_flax(name, kw):
+@pytest.mark.parametrize(("mc", "kw"), FLAX_LINEN_CASES,
+                         ids=[f"{mc.cls}-{i}" for i, (mc, _) in enumerate(FLAX_LINEN_CASES)])
+def test_same_variables_and_outputs_as_flax(mc, kw):
+    """Each flax comparison of tests/registry.py (``ModuleCase.flax``)."""
     x = jnp.asarray(X)
-    ours, theirs, v_ours, v_theirs = _init_both(name, kw, x)
+    ours, theirs, v_ours, v_theirs = _init_both(mc.cls, kw, x, wraps_dense=mc.wraps_dense,
+                                                **mc.call_kwargs)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ours) == jax.tree.map(
         lambda a: (a.shape, a.dtype), v_theirs)
     # perturb params/stats so the comparison is not at the trivial init values
     rng = np.random.default_rng(0)
     v = jax.tree.map(lambda a: a + jnp.asarray(rng.random(a.shape), a.dtype) * 0.5, v_theirs)
-    y_ours, up_ours = ours.apply(v, x, mutable=["batch_stats"])
-    y_theirs, up_theirs = theirs.apply(v, x, mutable=["batch_stats"])
+    y_ours, up_ours = ours.apply(v, x, **mc.call_kwargs, mutable=["batch_stats"])
+    y_theirs, up_theirs = theirs.apply(v, x, **mc.call_kwargs, mutable=["batch_stats"])
     np.testing.assert_allclose(y_ours, y_theirs, atol=5e-6)
-    for a, b in zip(jax.tree.leaves(up_ours), jax.tree.leaves(up_theirs)):
+    for a, b in zip(jax.tree.leaves(up_ours), jax.tree.leaves(up_theirs), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 

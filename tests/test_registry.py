@@ -75,6 +75,32 @@ def test_every_nnx_module_is_registered():
     assert not missing, f"jnorm.nnx modules without a registry entry: {sorted(missing)}"
 
 
+def _flax_twins(ours, theirs, base) -> set[str]:
+    """Public module classes of `ours` whose class name `theirs` (flax) also has."""
+    return {n for n in _public_classes(ours, base)
+            if inspect.isclass(getattr(theirs, n, None)) and issubclass(getattr(theirs, n), base)}
+
+
+def test_every_linen_module_flax_also_has_is_compared_with_flax():
+    compared = {mc.cls for e in REGISTRY for mc in e.linen if mc.flax}
+    missing = _flax_twins(jnn, nn, nn.Module) - compared
+    assert not missing, (f"jnorm.linen modules that flax.linen also has, without a "
+                         f"ModuleCase.flax comparison in tests/registry.py: {sorted(missing)}")
+    assert compared <= set(dir(nn)), sorted(compared - set(dir(nn)))
+
+
+def test_every_nnx_module_flax_also_has_is_compared_with_flax():
+    from flax import nnx
+
+    import jnorm.nnx as jnnx
+
+    compared = {mc.cls for e in REGISTRY for mc in e.linen if mc.flax_nnx}
+    missing = _flax_twins(jnnx, nnx, nnx.Module) - compared
+    assert not missing, (f"jnorm.nnx modules that flax.nnx also has, without a "
+                         f"ModuleCase.flax_nnx comparison in tests/registry.py: {sorted(missing)}")
+    assert compared <= set(dir(nnx)), sorted(compared - set(dir(nnx)))
+
+
 # ------------------------------------------------------------------------------- accuracy
 
 
