@@ -49,7 +49,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -58,33 +58,34 @@ import numpy as np
 
 __all__ = ["DEFAULT_SHAPES", "IMPLS", "LAYERS", "QUICK_SHAPES", "count_passes", "main", "run"]
 
-#: The shapes of the speed issue: float32, NHWC for the image layers.
-DEFAULT_SHAPES: dict[str, tuple[int, ...]] = {
-    "layer_norm": (8192, 1024),
-    "rms_norm": (8192, 1024),
-    "batch_norm": (256, 32, 32, 64),
-    "group_norm": (32, 32, 32, 256),
-    "instance_norm": (32, 64, 64, 64),
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    """One benchmarked layer: its class (the same name in jnorm.linen and flax.linen), the
+    keywords both are built with, its default shape and its ``--quick`` shape."""
+
+    cls: str
+    kwargs: Mapping[str, Any]
+    shape: tuple[int, ...]
+    quick_shape: tuple[int, ...]
+    stateful: bool = False  # also returns its updated running statistics (batch_stats)
+
+
+#: The layers. Default shapes: the speed issue's, float32, NHWC for the image layers. Quick
+#: shapes: tiny, for ``--quick`` (group norm keeps 32 groups, so it needs 64 channels).
+_TABLE: dict[str, _Layer] = {
+    "layer_norm": _Layer("LayerNorm", {}, (8192, 1024), (64, 128)),
+    "rms_norm": _Layer("RMSNorm", {}, (8192, 1024), (64, 128)),
+    "batch_norm": _Layer("BatchNorm", {"use_running_average": False}, (256, 32, 32, 64),
+                         (8, 4, 4, 16), stateful=True),
+    "group_norm": _Layer("GroupNorm", {"num_groups": 32}, (32, 32, 32, 256), (2, 4, 4, 64)),
+    "instance_norm": _Layer("InstanceNorm", {}, (32, 64, 64, 64), (2, 8, 8, 16)),
 }
-#: Tiny shapes for ``--quick`` (group norm keeps 32 groups, so it needs 64 channels).
-QUICK_SHAPES: dict[str, tuple[int, ...]] = {
-    "layer_norm": (64, 128),
-    "rms_norm": (64, 128),
-    "batch_norm": (8, 4, 4, 16),
-    "group_norm": (2, 4, 4, 64),
-    "instance_norm": (2, 8, 8, 16),
-}
-LAYERS: tuple[str, ...] = tuple(DEFAULT_SHAPES)
+LAYERS: tuple[str, ...] = tuple(_TABLE)
+DEFAULT_SHAPES: dict[str, tuple[int, ...]] = {k: v.shape for k, v in _TABLE.items()}
+QUICK_SHAPES: dict[str, tuple[int, ...]] = {k: v.quick_shape for k, v in _TABLE.items()}
 IMPLS: tuple[str, ...] = ("jnorm", "flax", "flax_2pass")
 MODES: tuple[str, ...] = ("fwd", "fwd+bwd")
-
-_CLASS = {
-    "layer_norm": ("LayerNorm", {}),
-    "rms_norm": ("RMSNorm", {}),
-    "batch_norm": ("BatchNorm", {"use_running_average": False}),
-    "group_norm": ("GroupNorm", {"num_groups": 32}),
-    "instance_norm": ("InstanceNorm", {}),
-}
 
 
 def _module(layer: str, impl: str) -> Any:
@@ -93,11 +94,11 @@ def _module(layer: str, impl: str) -> Any:
 
     import jnorm.linen as jnn
 
-    name, kwargs = _CLASS[layer]
+    spec = _TABLE[layer]
     if impl == "jnorm":
-        return getattr(jnn, name)(**kwargs)
+        return getattr(jnn, spec.cls)(**spec.kwargs)
     fast = impl == "flax"
-    return getattr(fnn, name)(use_fast_variance=fast, **kwargs)
+    return getattr(fnn, spec.cls)(use_fast_variance=fast, **spec.kwargs)
 
 
 def _programs(
@@ -108,7 +109,7 @@ def _programs(
     variables = model.init(jax.random.key(0), x)
     params = variables["params"]
     rest = {k: v for k, v in variables.items() if k != "params"}
-    stateful = layer == "batch_norm"
+    stateful = _TABLE[layer].stateful
 
     def forward(params: Any, x: jax.Array) -> Any:
         if stateful:
