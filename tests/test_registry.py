@@ -81,24 +81,17 @@ def _flax_twins(ours, theirs, base) -> set[str]:
             if inspect.isclass(getattr(theirs, n, None)) and issubclass(getattr(theirs, n), base)}
 
 
-def test_every_linen_module_flax_also_has_is_compared_with_flax():
-    compared = {mc.cls for e in REGISTRY for mc in e.linen if mc.flax}
-    missing = _flax_twins(jnn, nn, nn.Module) - compared
-    assert not missing, (f"jnorm.linen modules that flax.linen also has, without a "
-                         f"ModuleCase.flax comparison in tests/registry.py: {sorted(missing)}")
-    assert compared <= set(dir(nn)), sorted(compared - set(dir(nn)))
-
-
-def test_every_nnx_module_flax_also_has_is_compared_with_flax():
-    from flax import nnx
-
-    import jnorm.nnx as jnnx
-
-    compared = {mc.cls for e in REGISTRY for mc in e.linen if mc.flax_nnx}
-    missing = _flax_twins(jnnx, nnx, nnx.Module) - compared
-    assert not missing, (f"jnorm.nnx modules that flax.nnx also has, without a "
-                         f"ModuleCase.flax_nnx comparison in tests/registry.py: {sorted(missing)}")
-    assert compared <= set(dir(nnx)), sorted(compared - set(dir(nnx)))
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_every_module_flax_also_has_is_compared_with_flax(api: str):
+    """A jnorm module whose class name flax.<api> also has needs a ModuleCase.flax (linen) or
+    ModuleCase.flax_nnx (nnx) comparison in tests/registry.py."""
+    ours, theirs = importlib.import_module(f"jnorm.{api}"), importlib.import_module(f"flax.{api}")
+    field = "flax" if api == "linen" else "flax_nnx"
+    compared = {mc.cls for e in REGISTRY for mc in e.linen if getattr(mc, field)}
+    missing = _flax_twins(ours, theirs, theirs.Module) - compared
+    assert not missing, (f"jnorm.{api} modules that flax.{api} also has, without a "
+                         f"ModuleCase.{field} comparison in tests/registry.py: {sorted(missing)}")
+    assert compared <= set(dir(theirs)), sorted(compared - set(dir(theirs)))
 
 
 # ------------------------------------------------------------------------------- accuracy
