@@ -22,7 +22,7 @@ from jnorm.experiments.__main__ import main
 from jnorm.experiments.common import Claim, ExperimentResult, compare
 from jnorm.experiments.data import DataError, Dataset, load_digits_dataset, load_npz
 from jnorm.experiments.models import make_model
-from jnorm.experiments.plotting import save, subplots
+from jnorm.experiments.plotting import save, subplots, sweep_axes, sweep_curve
 from jnorm.experiments.training import _CACHE, train
 
 
@@ -167,6 +167,20 @@ def test_hundred_classes_get_a_hundred_outputs(tmp_path: Path, monkeypatch) -> N
 
 
 # ---------------------------------------------------------------- report writing and merging
+
+
+def test_sweep_panel_marks_divergence_and_draws_the_reference_lines() -> None:
+    fig, ax = subplots()
+    xs, mean = [0.1, 1.0, 10.0], np.array([0.8, 0.5, 0.1])
+    sweep_curve(ax, xs, mean, np.full(3, 0.05), np.array([0.0, 0.0, 0.5]), color="r",
+                label="batch norm")
+    sweep_axes(ax, valid_bar=0.55, chance=0.1, xlabel="x", title="t")
+    crosses = [ln for ln in ax.lines if ln.get_marker() == "x" and len(ln.get_xdata())]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [10.0]  # only where it diverged
+    assert list(crosses[0].get_ydata()) == [0.1]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["diverged (≥ 1 seed)", "validity bar 0.55", "chance 0.10", "batch norm"]
+    assert ax.get_xscale() == "log" and ax.get_ylim() == (0, 1.02) and ax.get_title() == "t"
 
 
 def _fake(name: str, tag: str) -> types.ModuleType:

@@ -24,7 +24,7 @@ import jnorm
 
 from .common import Claim, Context, ExperimentResult, compare, fmt_seeds, md_table, seed_note
 from .models import deep_mlp
-from .plotting import NORM_COLORS, save, styled, subplots
+from .plotting import NORM_COLORS, save, styled, subplots, validity_bar
 from .training import train
 
 NAME = "beyond_batch_norm"
@@ -128,8 +128,7 @@ def run(ctx: Context) -> ExperimentResult:
                        label="one seed" if (i, j) == (0, 0) else None)
     ax[2].set_ylim(0, 1)
     ax[2].set_xticks(range(len(small)), [f"B = {b}" for b in small])
-    ax[2].axhline(ctx.valid_bar, color="k", ls=":", lw=1,
-                  label=f"validity bar {ctx.valid_bar:.2f}")
+    validity_bar(ax[2], ctx.valid_bar)
     ax[2].set_ylabel("test accuracy (eval mode)")
     ax[2].set_title(f"(c) small batches, {rn_epochs} epochs, η = {LR}·B/64")
     ax[2].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4)

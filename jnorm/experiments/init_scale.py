@@ -13,7 +13,7 @@ import numpy as np
 
 from .common import Claim, Context, ExperimentResult, compare, fmt, md_table, mean_std, seed_note
 from .models import DEPTH_WIDTH, deep_mlp
-from .plotting import NORM_COLORS, save, styled, subplots
+from .plotting import NORM_COLORS, save, styled, subplots, sweep_axes, sweep_curve
 from .training import train
 
 NAME = "init_scale"
@@ -56,24 +56,15 @@ def run(ctx: Context) -> ExperimentResult:
             per[norm] = {"test_acc": acc, "test_acc_mean": acc_m, "test_acc_std": acc_s,
                          "diverged_fraction": div, "worst_scale": scales[worst],
                          "worst_acc": float(acc_m[worst]), "best_acc": float(acc_m.max())}
-            c = NORM_COLORS[norm]
-            ax.errorbar(scales, acc_m, acc_s, color=c, marker="o", capsize=2,
+            sweep_curve(ax, scales, acc_m, acc_s, div, color=NORM_COLORS[norm],
                         label="no norm" if norm == "none" else f"{norm} norm")
-            dmask = div > 0
-            ax.plot(np.asarray(scales)[dmask], acc_m[dmask], "x", color=c, ms=10, mew=2)
             rows.append([depth, norm] + [fmt(a, s, 2, n=len(ctx.seeds)) + ("†" if d > 0 else "")
                                          for a, s, d in zip(acc_m, acc_s, div)]
                         + [f"{acc_m.min():.3f}"])
         numbers[f"depth_{depth}"] = per
-        ax.plot([], [], "x", color="k", ms=8, mew=2, label="diverged (≥ 1 seed)")
-        ax.axhline(ctx.valid_bar, color="k", ls=":", lw=1,
-                   label=f"validity bar {ctx.valid_bar:.2f}")
-        ax.axhline(ctx.chance, color="0.6", ls="--", lw=1, label=f"chance {ctx.chance:.2f}")
-        ax.set_xscale("log")
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("initial weight scale (× LeCun normal)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"MLP, {depth} hidden layers of {DEPTH_WIDTH}")
+        sweep_axes(ax, valid_bar=ctx.valid_bar, chance=ctx.chance,
+                   xlabel="initial weight scale (× LeCun normal)",
+                   title=f"MLP, {depth} hidden layers of {DEPTH_WIDTH}")
         base = per["none"]
         for norm in norms[1:]:
             d = per[norm]

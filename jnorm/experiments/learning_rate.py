@@ -15,7 +15,7 @@ import numpy as np
 
 from .common import Claim, Context, ExperimentResult, compare, fmt, md_table, mean_std, seed_note
 from .models import DEPTH_WIDTH, deep_mlp, make_model
-from .plotting import NORM_COLORS, save, styled, subplots
+from .plotting import NORM_COLORS, save, styled, subplots, sweep_axes, sweep_curve
 from .training import diverged_loss, train
 
 NAME = "learning_rate"
@@ -73,25 +73,16 @@ def run(ctx: Context) -> ExperimentResult:
             per[norm] = {"test_acc": acc, "test_acc_mean": acc_m, "test_acc_std": acc_s,
                          "diverged_fraction": div, "best_rate": rates[int(np.argmax(acc_m))],
                          "best_acc": float(acc_m.max()), "seconds": res.seconds}
-            c = NORM_COLORS[norm]
-            ax.errorbar(rates, acc_m, acc_s, color=c, marker="o", ms=4, capsize=2,
+            sweep_curve(ax, rates, acc_m, acc_s, div, color=NORM_COLORS[norm], ms=4,
                         label=f"{norm}" if norm != "none" else "no norm")
-            dmask = div > 0
-            ax.plot(np.asarray(rates)[dmask], acc_m[dmask], "x", color=c, ms=10, mew=2)
             rows.append([arch.upper(), depth, norm] + [fmt(a, None, 2) + ("†" if dv > 0 else "")
                                          for a, dv in zip(acc_m, div)]
                         + [f"{per[norm]['best_rate']:g}"])
         numbers[f"depth_{depth}" if arch == "mlp" else f"cnn_depth_{depth}"] = per
-        ax.plot([], [], "x", color="k", ms=8, mew=2, label="diverged (≥ 1 seed)")
-        ax.axhline(ctx.valid_bar, color="k", ls=":", lw=1,
-                   label=f"validity bar {ctx.valid_bar:.2f}")
-        ax.axhline(ctx.chance, color="0.6", ls="--", lw=1, label=f"chance {ctx.chance:.2f}")
-        ax.set_xscale("log")
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("learning rate (plain SGD)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"MLP, {depth} hidden layers of {DEPTH_WIDTH}" if arch == "mlp"
-                     else f"CNN, {depth} conv layers (8 channels, last 16)")
+        sweep_axes(ax, valid_bar=ctx.valid_bar, chance=ctx.chance,
+                   xlabel="learning rate (plain SGD)",
+                   title=f"MLP, {depth} hidden layers of {DEPTH_WIDTH}" if arch == "mlp"
+                   else f"CNN, {depth} conv layers (8 channels, last 16)")
 
         base = per["none"]
         for norm in norms[1:]:

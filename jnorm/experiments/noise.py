@@ -18,7 +18,7 @@ import numpy as np
 
 from .common import Claim, Context, ExperimentResult, compare, fmt, md_table, mean_std, seed_note
 from .models import make_model
-from .plotting import NORM_COLORS, save, styled, subplots
+from .plotting import NORM_COLORS, save, styled, subplots, validity_bar
 from .training import train
 
 NAME = "noise"
@@ -112,8 +112,7 @@ def run(ctx: Context) -> ExperimentResult:
         a.set_xlabel("batch size B (η = 0.05·B/64)")
         a.set_ylabel("test accuracy (eval mode)")
         a.set_ylim(0, 1.02)
-        a.axhline(ctx.valid_bar, color="k", ls=":", lw=1,
-                  label=f"validity bar {ctx.valid_bar:.2f}")
+        validity_bar(a, ctx.valid_bar)
         a.set_title(f"({'cd'[kk]}) {arch.upper()}, {bs_epochs} epochs per batch size",
                     fontsize=9)
         a.legend(fontsize=7, loc="lower right")
