@@ -44,6 +44,7 @@ __all__ = [
     "complement_axes",
     "feature_param",
     "grouped_param",
+    "one_axis",
     "resolve_groups",
     "spatial_axes",
 ]
@@ -123,6 +124,17 @@ def canonicalize_axes(
     return tuple(sorted(out))
 
 
+def one_axis(axis: Axes, ndim: int, name: str) -> int:
+    """A single axis (channels of group norm, FRN, LRN, whitening): an int, or a sequence of one."""
+    axes = canonicalize_axes(axis, ndim, name=name)
+    if len(axes) != 1:
+        raise ValueError(
+            f"`{name}`={axis!r} must name exactly one axis (this layer has one channel axis). "
+            "Pass an int."
+        )
+    return axes[0]
+
+
 def complement_axes(axes: Sequence[int], ndim: int) -> tuple[int, ...]:
     """All axes of an `ndim`-dimensional array that are not in `axes` (which must be canonical).
 
@@ -141,7 +153,7 @@ def spatial_axes(
     """
     if 0 in channel_axes:
         raise ValueError(
-            f"{layer}: `channel_axis` includes axis 0, which is the batch axis. Put the channels "
+            f"{layer}: `feature_axes` includes axis 0, which is the batch axis. Put the channels "
             "on another axis (e.g. -1 for NHWC, 1 for NCHW). (flax: The channel axes cannot "
             "include the leading dimension as this is assumed to be the batch axis.)"
         )
@@ -479,14 +491,14 @@ def check_state(
 
 
 def batch_axes(
-    x: jax.Array, state: Any, axis: Axes, *, cls: type, layer: str
+    x: jax.Array, state: Any, feature_axes: Axes, *, cls: type, layer: str
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Checks a batch-statistics layer's ``state`` against ``x`` and its feature ``axis``.
+    """Checks a batch-statistics layer's ``state`` against ``x`` and its ``feature_axes``.
 
     `cls` is :class:`jnorm.BatchStats` (passed in: the state lives a tier above the checks).
     Returns ``(feature_axes, statistics_axes)``.
     """
-    features = canonicalize_axes(axis, x.ndim, name="axis")
+    features = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
     feature_shape = tuple(x.shape[a] for a in features)
     num = feature_shape[0] if len(feature_shape) == 1 else feature_shape
     check_state(state, cls, {"mean": feature_shape, "var": feature_shape},
@@ -518,7 +530,8 @@ def check_batch_moments(state: Any, mean: Any, var: Any, count: Any) -> None:
             raise ValueError(
                 f"update_batch_stats: `{field}` has shape {jnp.shape(value)}, but `state.{field}` "
                 f"has shape {expected}; batch statistics are not broadcast to the state. Pass "
-                f"one value per feature, shape {expected} (e.g. jnorm.moments(x, axes=...))."
+                f"one value per feature, shape {expected} (e.g. from jnorm.moments(x, "
+                "reduction_axes=...))."
             )
     if jnp.shape(count) not in ((), jnp.shape(state.mean)):
         raise ValueError(

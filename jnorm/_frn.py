@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
     batch_axes,
@@ -36,17 +37,18 @@ from jnorm._checks import (
 from jnorm._normalize import normalize, output_dtype
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import accumulation_dtype, shifted_moments
-from jnorm._typing import DTypeLike, Scalar
+from jnorm._typing import Axes, DTypeLike, Scalar
 
 __all__ = ["evonorm_b0", "evonorm_s0", "filter_response_norm", "tlu"]
 
 
+@renamed(channel_axis="feature_axes")
 def filter_response_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
     bias: jax.Array | None = None,
     *,
-    channel_axis: int = -1,
+    feature_axes: Axes = -1,
     epsilon: Scalar = 1e-6,
     dtype: DTypeLike | None = None,
 ) -> jax.Array:
@@ -59,7 +61,8 @@ def filter_response_norm(
     inputs with few spatial positions (1x1) the paper learns ``epsilon``: pass
     ``epsilon = eps0 + jnp.abs(eps_learned)`` (a traced scalar is accepted).
 
-    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels at ``channel_axis``);
+    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels at ``feature_axes``,
+    formerly ``channel_axis``);
     ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
 
     Examples:
@@ -69,7 +72,7 @@ def filter_response_norm(
       [0.84853, 1.13137]
     """
     x = as_input(x, layer="filter_response_norm")
-    channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    channels = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
     spatial = spatial_axes(x, channels, "filter_response_norm")
     check_epsilon(epsilon, layer="filter_response_norm")
     check_dtype(dtype, layer="filter_response_norm")
@@ -82,10 +85,12 @@ def filter_response_norm(
     )
 
 
-def tlu(x: jax.Array, tau: jax.Array, *, channel_axis: int = -1) -> jax.Array:
+@renamed(channel_axis="feature_axes")
+def tlu(x: jax.Array, tau: jax.Array, *, feature_axes: Axes = -1) -> jax.Array:
     r"""Thresholded linear unit (Singh & Krishnan 2019, Eq. 4): ``z = max(y, tau)``.
 
-    Shapes: ``x: [N, ..., C]``; ``tau: [C]`` (learned, initialised to 0). Returns ``x``'s shape
+    Shapes: ``x: [N, ..., C]`` (channels at ``feature_axes``, formerly ``channel_axis``);
+    ``tau: [C]`` (learned, initialised to 0). Returns ``x``'s shape
     and dtype.
 
     Examples:
@@ -94,7 +99,7 @@ def tlu(x: jax.Array, tau: jax.Array, *, channel_axis: int = -1) -> jax.Array:
       [[-1.0, 1.0]]
     """
     x = as_input(x, layer="tlu")
-    channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    channels = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
     tau = feature_param(tau, x.shape, channels, name="tau")
     assert tau is not None
     return jnp.maximum(x, tau.astype(x.dtype))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
     batch_axes,
@@ -32,6 +33,7 @@ from jnorm._checks import (
     check_training,
     feature_param,
     grouped_param,
+    one_axis,
     resolve_groups,
     spatial_axes,
 )
@@ -53,14 +55,6 @@ def _check_common(
     check_epsilon(epsilon, layer=layer)
     check_dtype(dtype, layer=layer)
     check_axis_name(axis_name, axis_index_groups, layer=layer)
-
-
-def _one_axis(axis: Axes, ndim: int, name: str) -> tuple[int]:
-    """A single axis (group norm's channels): an int, or a sequence of one."""
-    axes = canonicalize_axes(axis, ndim, name=name)
-    if len(axes) != 1:
-        raise ValueError(f"`{name}`={axis!r} must name exactly one axis. Pass an int.")
-    return (axes[0],)
 
 
 def _checked_apply(
@@ -100,12 +94,13 @@ def _apply(
     )
 
 
+@renamed(axis="reduction_axes")
 def layer_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
     bias: jax.Array | None = None,
     *,
-    axis: Axes = -1,
+    reduction_axes: Axes = -1,
     feature_axes: Axes | None = None,
     epsilon: float = 1e-6,
     mask: jax.Array | None = None,
@@ -117,17 +112,19 @@ def layer_norm(
 
     .. math::  y = \frac{a}{\sqrt{\mathrm{Var}_A[x] + \epsilon}} (x - E_A[x]) + b
 
-    with ``A = axis``. For an image batch ``(N, H, W, C)`` the notes' "everything of a single
-    data point" is ``axis=(1, 2, 3)``; the transformer default is ``axis=-1``.
+    with ``A = reduction_axes``. For an image batch ``(N, H, W, C)`` the notes' "everything of
+    a single data point" is ``reduction_axes=(1, 2, 3)``; the transformer default is ``-1``.
 
     Shapes: ``x: [..., F]``; ``scale``, ``bias``: the shape of ``x`` on ``feature_axes``
-    (default: ``axis``), e.g. ``(C,)``. Returns ``x``'s shape.
+    (default: ``reduction_axes``), e.g. ``(C,)``. Returns ``x``'s shape.
 
     Args:
       x: input.
       scale, bias: optional learned gain and offset.
-      axis: axes the statistics are taken over.
-      feature_axes: axes the parameters vary along (default ``axis``), as flax's LayerNorm.
+      reduction_axes: axes the statistics are taken over (formerly ``axis``, which still
+        works).
+      feature_axes: axes the parameters vary along (default ``reduction_axes``), as flax's
+        LayerNorm.
       epsilon: added to the variance.
       mask: optional boolean array broadcastable to ``x``: only ``True`` elements count in the
         statistics (all elements are normalized).
@@ -141,7 +138,8 @@ def layer_norm(
       [-1.2247, 0.0, 1.2247]
     """
     x = as_input(x, layer="layer_norm")
-    stat_axes = canonicalize_axes(axis, x.ndim, name="axis", allow_empty=False)
+    stat_axes = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes",
+                                  allow_empty=False)
     feat = stat_axes if feature_axes is None else canonicalize_axes(
         feature_axes, x.ndim, name="feature_axes"
     )
@@ -151,11 +149,12 @@ def layer_norm(
     )
 
 
+@renamed(axis="reduction_axes")
 def rms_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
     *,
-    axis: Axes = -1,
+    reduction_axes: Axes = -1,
     feature_axes: Axes | None = None,
     epsilon: float = 1e-6,
     mask: jax.Array | None = None,
@@ -170,7 +169,7 @@ def rms_norm(
     The generic scheme with ``mu = 0`` and ``sigma^2 = E[x^2]``.
 
     Shapes: ``x: [..., F]``; ``scale``: the shape of ``x`` on ``feature_axes`` (default
-    ``axis``). Returns ``x``'s shape. Arguments as in :func:`jnorm.layer_norm`.
+    ``reduction_axes``). Returns ``x``'s shape. Arguments as in :func:`jnorm.layer_norm`.
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
@@ -179,7 +178,8 @@ def rms_norm(
       [0.84853, 1.13137]
     """
     x = as_input(x, layer="rms_norm")
-    stat_axes = canonicalize_axes(axis, x.ndim, name="axis", allow_empty=False)
+    stat_axes = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes",
+                                  allow_empty=False)
     feat = stat_axes if feature_axes is None else canonicalize_axes(
         feature_axes, x.ndim, name="feature_axes"
     )
@@ -189,12 +189,13 @@ def rms_norm(
     )
 
 
+@renamed(channel_axis="feature_axes")
 def instance_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
     bias: jax.Array | None = None,
     *,
-    channel_axis: Axes = -1,
+    feature_axes: Axes = -1,
     epsilon: float = 1e-6,
     mask: jax.Array | None = None,
     axis_name: AxisName = None,
@@ -207,12 +208,13 @@ def instance_norm(
     .. math::  y_{nc} = \frac{a_c}{\sqrt{\mathrm{Var}_{HW}[x_{nc}] + \epsilon}}
                (x_{nc} - E_{HW}[x_{nc}]) + b_c
 
-    Statistics over every axis except the batch axis 0 and ``channel_axis``.
+    Statistics over every axis except the batch axis 0 and ``feature_axes`` (the channels;
+    formerly ``channel_axis``, which still works).
 
-    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels where ``channel_axis``
+    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels where ``feature_axes``
     says); ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
 
-    An input without spatial axes (``(N, C)``, or ``channel_axis`` covering every non-batch
+    An input without spatial axes (``(N, C)``, or ``feature_axes`` covering every non-batch
     axis) has one value per statistic: it raises, unless ``strict=False``, which returns
     ``bias`` (zero without one) there, as flax does (the modules use that); a mask changes
     nothing then (flax returns NaN where it hides an element).
@@ -224,7 +226,7 @@ def instance_norm(
       [-1.34164, -0.44721, 0.44721, 1.34164]
     """
     x = as_input(x, layer="instance_norm")
-    channels = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    channels = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
     spatial = spatial_axes(x, channels, "instance_norm", strict)
     if not spatial:  # strict=False: each statistic is its own element, x - mean = 0 (masked too)
         mask = None
@@ -234,6 +236,7 @@ def instance_norm(
     )
 
 
+@renamed(channel_axis="feature_axes")
 def group_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
@@ -241,7 +244,7 @@ def group_norm(
     *,
     num_groups: int | None = 32,
     group_size: int | None = None,
-    channel_axis: int = -1,
+    feature_axes: Axes = -1,
     reduction_axes: Axes | None = None,
     epsilon: float = 1e-6,
     mask: jax.Array | None = None,
@@ -259,7 +262,7 @@ def group_norm(
     ``G = 1`` is layer norm over ``(H, W, C)``; ``G = C`` is instance norm.
 
     Shapes: ``x: [N, H, W, C]`` (any number of spatial axes, none too: ``(N, C)`` features
-    are grouped like channels; channels at ``channel_axis``); ``scale``, ``bias``: ``[C]``.
+    are grouped like channels; channels at ``feature_axes``); ``scale``, ``bias``: ``[C]``.
     Returns ``x``'s shape.
 
     Args:
@@ -267,7 +270,7 @@ def group_norm(
       scale, bias: optional per-channel gain and offset.
       num_groups: ``G``; pass ``None`` to use ``group_size`` instead.
       group_size: channels per group, ``C / G``.
-      channel_axis: the channel axis.
+      feature_axes: the channel axis, one axis (formerly ``channel_axis``, which still works).
       reduction_axes: the non-channel axes the statistics cover (default: all but 0).
       epsilon, mask, axis_name, axis_index_groups, dtype: as in :func:`jnorm.layer_norm`.
 
@@ -279,7 +282,7 @@ def group_norm(
       (0.0, 1.0)
     """
     x = as_input(x, layer="group_norm")
-    (ch,) = _one_axis(channel_axis, x.ndim, "channel_axis")
+    ch = one_axis(feature_axes, x.ndim, "feature_axes")
     if reduction_axes is None:
         if ch == 0:
             spatial_axes(x, (ch,), "group_norm")  # raises: axis 0 is the batch axis
@@ -315,6 +318,7 @@ def group_norm(
     return y.reshape(x.shape)
 
 
+@renamed(axis="feature_axes")
 def batch_norm(
     x: jax.Array,
     state: BatchStats,
@@ -322,7 +326,7 @@ def batch_norm(
     bias: jax.Array | None = None,
     *,
     training: bool,
-    axis: Axes = -1,
+    feature_axes: Axes = -1,
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     mask: jax.Array | None = None,
@@ -336,8 +340,8 @@ def batch_norm(
 ) -> tuple[jax.Array, BatchStats]:
     r"""Batch normalization (Ioffe & Szegedy 2015) with explicit running statistics.
 
-    Training normalizes with the statistics of the batch, over every axis except the feature
-    ``axis`` (for ``(N, H, W, C)``: ``N, H, W``), and updates the running statistics; eval
+    Training normalizes with the statistics of the batch, over every axis except the
+    ``feature_axes`` (for ``(N, H, W, C)``: ``N, H, W``), and updates the running statistics; eval
     normalizes with the running statistics and returns ``state`` unchanged:
 
     .. math::  y = \frac{a}{\sqrt{\sigma^2 + \epsilon}} (x - \mu) + b, \qquad
@@ -350,14 +354,15 @@ def batch_norm(
     ``unbiased_running_var=True`` stores ``n/(n-1)`` times the batch variance as PyTorch does.
 
     Shapes: ``x: [N, H, W, C]`` (any rank); ``state`` fields and ``scale``, ``bias``: the
-    feature shape ``F = x.shape[axis]``. Returns ``(y, new_state)`` with ``y`` shaped like ``x``.
+    feature shape ``F = x.shape[feature_axes]``. Returns ``(y, new_state)``, ``y`` shaped like
+    ``x``.
 
     Args:
       x: input.
       state: running statistics, e.g. ``BatchStats.init(C)``.
       scale, bias: optional per-feature gain and offset.
       training: Python bool: batch statistics (True) or running statistics (False).
-      axis: feature axis or axes.
+      feature_axes: feature axis or axes (formerly ``axis``, which still works).
       momentum: weight of the old running value, in ``[0, 1]``, or None (cumulative).
       epsilon: added to the variance.
       mask: optional boolean array broadcastable to ``x``; only ``True`` elements count in the
@@ -403,7 +408,7 @@ def batch_norm(
     """
     x = as_input(x, layer="batch_norm")
     check_training(training, layer="batch_norm")
-    features, stat_axes = batch_axes(x, state, axis, cls=BatchStats, layer="batch_norm")
+    features, stat_axes = batch_axes(x, state, feature_axes, cls=BatchStats, layer="batch_norm")
     check_momentum(momentum, layer="batch_norm")
     _check_common("batch_norm", epsilon, dtype, axis_name, axis_index_groups)
     if virtual_batch_size is not None:
@@ -460,9 +465,9 @@ def _ghost_batch_norm(
     """batch_norm in training with ``virtual_batch_size``: see its docstring for the rules."""
     if 0 in features:
         raise ValueError(
-            f"`virtual_batch_size` splits axis 0 (the batch) into sub-batches, but `axis` makes "
-            f"axis 0 a feature axis (features {features} of an input of shape {x.shape}). Put "
-            "the batch on axis 0, or drop `virtual_batch_size`."
+            "`virtual_batch_size` splits axis 0 (the batch) into sub-batches, but "
+            f"`feature_axes` makes axis 0 a feature axis (features {features} of an input of "
+            f"shape {x.shape}). Put the batch on axis 0, or drop `virtual_batch_size`."
         )
     n = x.shape[0]
     if n % size:

@@ -46,12 +46,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
-    canonicalize_axes,
     check_dtype,
     check_nonnegative,
     check_positive_int,
+    one_axis,
 )
 from jnorm._normalize import output_dtype
 from jnorm._stats import accumulation_dtype
@@ -63,6 +64,7 @@ _CONVENTIONS = ("torch", "tensorflow")
 
 
 
+@renamed(channel_axis="feature_axes")
 def local_response_norm(
     x: jax.Array,
     *,
@@ -70,7 +72,7 @@ def local_response_norm(
     alpha: Scalar = 1e-4,
     beta: Scalar = 0.75,
     k: Scalar = 1.0,
-    channel_axis: int = -1,
+    feature_axes: int = -1,
     convention: str = "torch",
     dtype: DTypeLike | None = None,
 ) -> jax.Array:
@@ -91,8 +93,8 @@ def local_response_norm(
 
     No parameters are learned. The sum of squares is accumulated in at least float32.
 
-    Shapes: ``x: [N, ..., C]`` (``channel_axis=-1``, flax's layout) or ``[N, C, ...]``
-    (``channel_axis=1``, PyTorch's); any rank >= 1. Returns ``x``'s shape and dtype (``dtype``
+    Shapes: ``x: [N, ..., C]`` (``feature_axes=-1``, flax's layout) or ``[N, C, ...]``
+    (``feature_axes=1``, PyTorch's); any rank >= 1. Returns ``x``'s shape and dtype (``dtype``
     overrides; integers give float32).
 
     Args:
@@ -101,7 +103,8 @@ def local_response_norm(
       alpha: scale of the sum of squares (``>= 0``); divided by ``size`` in the torch convention.
       beta: exponent (``>= 0``).
       k: additive constant (``>= 0``; TensorFlow's ``bias``, the paper's ``k``).
-      channel_axis: the axis the window slides along.
+      feature_axes: the channel axis, which the window slides along (one axis; formerly
+        ``channel_axis``, which still works).
       convention: ``"torch"`` (default) or ``"tensorflow"``.
       dtype: output dtype (default: the input's).
 
@@ -132,7 +135,7 @@ def local_response_norm(
     for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
         check_nonnegative(value, name, layer="local_response_norm")
     check_dtype(dtype, layer="local_response_norm")
-    (ch,) = canonicalize_axes(channel_axis, x.ndim, name="channel_axis")
+    ch = one_axis(feature_axes, x.ndim, "feature_axes")
     acc = accumulation_dtype(x.dtype)
     if not jnp.issubdtype(acc, jnp.floating):
         acc = jnp.dtype(jnp.float32)

@@ -16,6 +16,7 @@ way:
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal, NamedTuple
 
@@ -228,7 +229,7 @@ def batch_norm(
     features = canonicalize_axes(m.axis, x.ndim, name="axis")
     scale, bias = _shaped(scale, x, features), _shaped(bias, x, features)
     return _running("batch", m, x, stored, lambda st: F.batch_norm(
-        x, st, scale, bias, training=training, axis=features, momentum=m.momentum,
+        x, st, scale, bias, training=training, feature_axes=features, momentum=m.momentum,
         epsilon=m.epsilon, mask=mask,
         axis_name=m.axis_name if collective else None,
         axis_index_groups=m.axis_index_groups if collective else None,
@@ -251,7 +252,7 @@ def batch_renorm(
     return _running("batch", m, x, stored, lambda st: _renorm.batch_renorm(
         x, st, scale, bias, training=training,
         r_max=m.r_max if r_max is None else r_max, d_max=m.d_max if d_max is None else d_max,
-        axis=features, momentum=m.momentum, epsilon=m.epsilon, mask=mask,
+        feature_axes=features, momentum=m.momentum, epsilon=m.epsilon, mask=mask,
         axis_name=m.axis_name if collective else None,
         axis_index_groups=m.axis_index_groups if collective else None,
         dtype=out_dtype(m.dtype, x, scale, bias),
@@ -265,7 +266,7 @@ def whitening_norm(
     """:func:`jnorm.decorrelated_batch_norm` (``m.iterations`` None) or :func:`jnorm.iter_norm`."""
     (ch,) = canonicalize_axes(m.axis, x.ndim, name="axis")
     kwargs = dict(
-        training=training, group_size=m.group_size, axis=ch, momentum=m.momentum,
+        training=training, group_size=m.group_size, feature_axes=ch, momentum=m.momentum,
         epsilon=m.epsilon, dtype=out_dtype(m.dtype, x, scale, bias),
     )
     if m.iterations is None:
@@ -298,7 +299,7 @@ def layer_norm(
     feat = canonicalize_axes(m.feature_axes, x.ndim, name="feature_axes")
     scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
     kwargs = dict(
-        axis=m.reduction_axes, feature_axes=feat, epsilon=m.epsilon, mask=mask,
+        reduction_axes=m.reduction_axes, feature_axes=feat, epsilon=m.epsilon, mask=mask,
         axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
         dtype=out_dtype(m.dtype, x, scale, bias),
     )
@@ -334,7 +335,7 @@ def group_norm(
     resolve_groups(x.shape[-1], num_groups, group_size)
     return F.group_norm(
         x, scale, bias, num_groups=num_groups, group_size=group_size,
-        channel_axis=-1, reduction_axes=others, epsilon=m.epsilon, mask=mask,
+        feature_axes=-1, reduction_axes=others, epsilon=m.epsilon, mask=mask,
         axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
         dtype=out_dtype(m.dtype, x, scale, bias),
     )
@@ -349,7 +350,7 @@ def instance_norm(
     feat = canonicalize_axes(m.feature_axes, x.ndim, name="feature_axes")
     scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
     return F.instance_norm(
-        x, scale, bias, channel_axis=feat, epsilon=m.epsilon, mask=mask,
+        x, scale, bias, feature_axes=feat, epsilon=m.epsilon, mask=mask,
         axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
         dtype=out_dtype(m.dtype, x, scale, bias), strict=False,
     )
@@ -378,9 +379,18 @@ def evonorm_s0(
 
 
 def local_response_norm(m: Any, x: jax.Array) -> jax.Array:
-    """:func:`jnorm.local_response_norm` with ``m``'s attributes."""
+    """:func:`jnorm.local_response_norm` with ``m``'s attributes (linen's deprecated
+    ``channel_axis`` wins over ``feature_axes`` when set)."""
+    axis = m.feature_axes
+    if getattr(m, "channel_axis", None) is not None:
+        warnings.warn(
+            f"{type(m).__name__}: the attribute `channel_axis` is renamed `feature_axes` (same "
+            "meaning); `channel_axis` keeps working but will be removed in jnorm 1.0.",
+            DeprecationWarning, stacklevel=2,
+        )
+        axis = m.channel_axis
     return _lrn.local_response_norm(
-        x, size=m.size, alpha=m.alpha, beta=m.beta, k=m.k, channel_axis=m.channel_axis,
+        x, size=m.size, alpha=m.alpha, beta=m.beta, k=m.k, feature_axes=axis,
         convention=m.convention, dtype=m.dtype,
     )
 

@@ -21,6 +21,7 @@ from jnorm._stats import (
     private_copies,
     shifted_moments,
 )
+from jnorm._typing import ArrayLike, AxisIndexGroups, AxisName, DTypeLike, Scalar
 
 __all__ = [
     "hide_masked_nonfinite", "normalize", "normalize_with_moments", "output_dtype",
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-def output_dtype(x_dtype: Any, dtype: Any = None) -> jnp.dtype:
+def output_dtype(x_dtype: DTypeLike, dtype: DTypeLike | None = None) -> jnp.dtype:
     """The dtype a layer returns: `dtype` if given, else the input's (float32 for integers)."""
     if dtype is not None:
         return jnp.dtype(dtype)
@@ -37,7 +38,7 @@ def output_dtype(x_dtype: Any, dtype: Any = None) -> jnp.dtype:
     return jnp.dtype(jnp.float32)
 
 
-def _as_operand(a: Any, x: jax.Array, dtype: Any, name: str) -> jax.Array:
+def _as_operand(a: ArrayLike, x: jax.Array, dtype: DTypeLike, name: str) -> jax.Array:
     """Casts `a` to `dtype` and gives it `x`'s rank, checking that it broadcasts to `x`."""
     a = jnp.asarray(a)
     if a.ndim > x.ndim:
@@ -70,7 +71,7 @@ def normalize(
     *,
     epsilon: float,
     shift: jax.Array | None = None,
-    dtype: Any = None,
+    dtype: DTypeLike | None = None,
 ) -> jax.Array:
     r"""Applies the generic normalization scheme with given statistics.
 
@@ -149,9 +150,9 @@ def normalize_with_moments(
     epsilon: float,
     center: bool = True,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, Moments]:
     """Statistics of `x` over `axes`, then :func:`normalize` with them: what every layer does.
 
@@ -210,12 +211,12 @@ def _normalize_with_moments(
     bias: jax.Array | None,
     *,
     axes: tuple[int, ...],
-    epsilon: Any,
+    epsilon: Scalar,
     center: bool,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
-    dtype: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
+    dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, Moments]:
     """The value of :func:`normalize_with_moments` (plain autodiff applies to it).
 
@@ -250,7 +251,7 @@ def var_of_empty_blocks(m: Moments) -> jax.Array:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
 def _fused(
-    axes: tuple[int, ...], epsilon: float, center: bool, dtype: Any,
+    axes: tuple[int, ...], epsilon: float, center: bool, dtype: jnp.dtype | None,
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
     from jnorm import _pallas  # lazily: importing Pallas costs ~0.1 s
@@ -263,7 +264,7 @@ def _fused(
 
 
 def _fused_pallas(
-    axes: tuple[int, ...], epsilon: float, center: bool, dtype: Any,
+    axes: tuple[int, ...], epsilon: float, center: bool, dtype: jnp.dtype | None,
     x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
     """The value of :func:`_fused` from the fused Pallas kernel (last axis, on GPU)."""
@@ -283,7 +284,7 @@ def _fused_pallas(
 
 @_fused.defjvp
 def _fused_jvp(
-    axes: tuple[int, ...], epsilon: float, center: bool, dtype: Any,
+    axes: tuple[int, ...], epsilon: float, center: bool, dtype: jnp.dtype | None,
     primals: tuple[Any, ...], tangents: tuple[Any, ...],
 ) -> tuple[tuple[jax.Array, Moments], tuple[jax.Array, Moments]]:
     r"""Derivative rule of the fused path: ``y = a \hat x + b`` with ``\hat x = (x - \mu) r``.

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
     batch_axes,
@@ -98,6 +99,7 @@ def batch_renorm_schedule(
     return 1.0 + (r_max - 1.0) * ramp(r_max_steps), d_max * ramp(d_max_steps)
 
 
+@renamed(axis="feature_axes")
 def batch_renorm(
     x: jax.Array,
     state: BatchStats,
@@ -107,7 +109,7 @@ def batch_renorm(
     training: bool,
     r_max: Scalar = 3.0,
     d_max: Scalar = 5.0,
-    axis: Axes = -1,
+    feature_axes: Axes = -1,
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     mask: jax.Array | None = None,
@@ -128,7 +130,7 @@ def batch_renorm(
     :func:`batch_renorm_schedule` for the paper's warm-up of ``r_max`` and ``d_max``.
 
     Shapes: ``x: [N, ..., C]``; ``state`` fields, ``scale``, ``bias``: the feature shape
-    ``x.shape[axis]``. ``r_max``, ``d_max``: scalars (may be traced). Returns
+    ``x.shape[feature_axes]``. ``r_max``, ``d_max``: scalars (may be traced). Returns
     ``(y, new_state)``.
 
     Args:
@@ -138,8 +140,8 @@ def batch_renorm(
       training: Python bool.
       r_max: clip for ``r``, ``>= 1`` (1 with ``d_max = 0`` is batch norm).
       d_max: clip for ``d``, ``>= 0``.
-      axis, momentum, epsilon, mask, axis_name, axis_index_groups, dtype: as in
-        :func:`jnorm.batch_norm`.
+      feature_axes, momentum, epsilon, mask, axis_name, axis_index_groups, dtype: as in
+        :func:`jnorm.batch_norm` (``feature_axes`` was ``axis``, which still works).
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
@@ -152,13 +154,14 @@ def batch_renorm(
     """
     x = as_input(x, layer="batch_renorm")
     check_training(training, layer="batch_renorm")
-    features, stat_axes = batch_axes(x, state, axis, cls=BatchStats, layer="batch_renorm")
+    features, stat_axes = batch_axes(x, state, feature_axes, cls=BatchStats, layer="batch_renorm")
     check_momentum(momentum, layer="batch_renorm")
     check_epsilon(epsilon, layer="batch_renorm")
     check_dtype(dtype, layer="batch_renorm")
     if not training:
         return batch_norm(
-            x, state, scale, bias, training=False, axis=axis, epsilon=epsilon, dtype=dtype
+            x, state, scale, bias, training=False, feature_axes=feature_axes, epsilon=epsilon,
+            dtype=dtype,
         )
     check_nonnegative(r_max, "r_max", minimum=1.0, layer="batch_renorm")
     check_nonnegative(d_max, "d_max", layer="batch_renorm")

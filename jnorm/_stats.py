@@ -52,14 +52,15 @@ running statistics can leave with ``out_specs=P()``), or an ``all_gather`` with
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jnorm._checks import canonicalize_axes, check_mask
-from jnorm._typing import Axes
+from jnorm._aliases import renamed
+from jnorm._checks import as_input, canonicalize_axes, check_axis_name, check_mask
+from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
 __all__ = ["Moments", "accumulation_dtype", "moments", "shifted_moments"]
 
@@ -81,7 +82,7 @@ class Moments(NamedTuple):
         return self.shift + self.mean_shifted
 
 
-def accumulation_dtype(dtype: Any) -> jnp.dtype:
+def accumulation_dtype(dtype: DTypeLike) -> jnp.dtype:
     """The dtype statistics are accumulated in: at least float32 (float64/complex kept).
 
     >>> accumulation_dtype(jnp.bfloat16)
@@ -102,7 +103,7 @@ def _abs_sq(d: jax.Array) -> jax.Array:
     return lax.square(d)
 
 
-def _real_dtype(dtype: Any) -> jnp.dtype:
+def _real_dtype(dtype: DTypeLike) -> jnp.dtype:
     return jnp.finfo(dtype).dtype
 
 
@@ -141,7 +142,7 @@ def _stages(axes: tuple[int, ...], ndim: int) -> tuple[tuple[int, ...], ...]:
     return (axes,)
 
 
-def _sum(v: jax.Array, axes: tuple[int, ...], dtype: Any = None) -> jax.Array:
+def _sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = None) -> jax.Array:
     """``jnp.sum(v, axes, keepdims=True)``, in stages when that avoids a slow reduction.
 
     The stages (:func:`_stages`) are the same sum in another order; each is timed on XLA:CPU:
@@ -229,7 +230,7 @@ def _recentre(shift: jax.Array, mean: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _combine_across_devices(
-    local: Moments, axis_name: Any, axis_index_groups: Any
+    local: Moments, axis_name: AxisName, axis_index_groups: AxisIndexGroups
 ) -> Moments:
     """Exact count-weighted combination of per-device moments, in one collective."""
     acc = local.shift.dtype
@@ -275,8 +276,8 @@ def shifted_moments(
     *,
     mask: jax.Array | None = None,
     center: bool = True,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
     pivot: jax.Array | None = None,
 ) -> Moments:
     """Mean and biased variance of `x` over `axes` in shifted form (reduced axes kept).
@@ -353,17 +354,18 @@ def shifted_moments(
     return _combine_across_devices(local, axis_name, axis_index_groups)
 
 
+@renamed(axes="reduction_axes")
 def moments(
     x: jax.Array,
-    axes: Axes,
+    reduction_axes: Axes,
     *,
     mask: jax.Array | None = None,
-    axis_name: Any = None,
-    axis_index_groups: Any = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisIndexGroups = None,
     center: bool = True,
     keepdims: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-    r"""Mean and biased variance of `x` over `axes`, accurate for data far from zero.
+    r"""Mean and biased variance of `x` over `reduction_axes`, accurate for data far from zero.
 
     .. math::  \mu = \frac{1}{n}\sum_{i \in S} x_i, \qquad
                \sigma^2 = \frac{1}{n}\sum_{i \in S} |x_i - \mu|^2
@@ -380,13 +382,14 @@ def moments(
     ``E[x^2] - E[x]^2``) nor on which element comes first (one outlier anywhere does not
     cancel).
 
-    Shapes: ``x`` is any array; the results have ``x``'s shape without ``axes`` (or with size 1
-    there if ``keepdims``). They are in the accumulation dtype: float32 for half-precision and
-    integer inputs, float64 / complex kept (the variance is real).
+    Shapes: ``x`` is any array; the results have ``x``'s shape without ``reduction_axes`` (or
+    with size 1 there if ``keepdims``). They are in the accumulation dtype: float32 for
+    half-precision and integer inputs, float64 / complex kept (the variance is real).
 
     Args:
       x: input array.
-      axes: axis or axes to reduce over, each in ``[-x.ndim, x.ndim)``.
+      reduction_axes: axis or axes to reduce over, each in ``[-x.ndim, x.ndim)`` (formerly
+        ``axes``, which still works).
       mask: optional boolean array broadcastable to ``x``; only ``True`` elements count.
         A block with no ``True`` element gives mean 0 and variance 0.
       axis_name: name of a mapped axis (``shard_map``, ``pmap``, ``vmap``) to also reduce over.
@@ -403,16 +406,19 @@ def moments(
     Examples:
       >>> import jax.numpy as jnp, jnorm
       >>> x = jnp.array([[1e6 + 1.0, 1e6 + 3.0], [2.0, 4.0]], jnp.float32)
-      >>> mean, var = jnorm.moments(x, axes=1)
+      >>> mean, var = jnorm.moments(x, reduction_axes=1)
       >>> mean.tolist(), var.tolist()
       ([1000002.0, 3.0], [1.0, 1.0])
     """
+    x = as_input(x, layer="moments")
+    red = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes")
+    mask = check_mask(mask, x.shape)
+    check_axis_name(axis_name, axis_index_groups, layer="moments")
     m = shifted_moments(
-        x, axes, mask=mask, center=center, axis_name=axis_name,
+        x, red, mask=mask, center=center, axis_name=axis_name,
         axis_index_groups=axis_index_groups,
     )
     mean, var = m.mean, m.var
     if not keepdims:
-        red = canonicalize_axes(axes, jnp.ndim(x), name="axes")
         mean, var = jnp.squeeze(mean, red), jnp.squeeze(var, red)
     return mean, var

@@ -109,8 +109,8 @@ def torch_norm_kwargs(layer: str, **torch_kwargs: Any) -> dict[str, Any]:
     ``momentum=0.1``  weight of the *new* value; None: cum.    ``momentum=0.9`` (old value); None
     ``eps``           1e-5 for all three layers                ``epsilon`` (same value)
     running var       unbiased, ``n / (n - 1)``                ``unbiased_running_var=True``
-    channels          axis 1 (NCHW)                            ``axis=1`` / ``channel_axis=1``
-    normalized_shape  trailing dims of LayerNorm               ``axis=(-k, ..., -1)``
+    channels          axis 1 (NCHW)                            ``feature_axes=1``
+    normalized_shape  trailing dims of LayerNorm               ``reduction_axes=(-k, ..., -1)``
     ================  =======================================  ====================================
 
     ``layer`` is ``"batch_norm"``, ``"layer_norm"`` or ``"group_norm"``. Arguments without a
@@ -120,9 +120,9 @@ def torch_norm_kwargs(layer: str, **torch_kwargs: Any) -> dict[str, Any]:
     Examples:
       >>> import jnorm
       >>> jnorm.torch_norm_kwargs("batch_norm", momentum=0.1)
-      {'axis': 1, 'epsilon': 1e-05, 'momentum': 0.9, 'unbiased_running_var': True}
+      {'epsilon': 1e-05, 'feature_axes': 1, 'momentum': 0.9, 'unbiased_running_var': True}
       >>> jnorm.torch_norm_kwargs("layer_norm", normalized_shape=(4, 5), eps=1e-6)
-      {'axis': (-2, -1), 'epsilon': 1e-06}
+      {'epsilon': 1e-06, 'reduction_axes': (-2, -1)}
     """
     ignored = {"affine", "elementwise_affine", "track_running_stats", "num_features",
                "num_channels", "device", "dtype", "bias"}
@@ -131,7 +131,7 @@ def torch_norm_kwargs(layer: str, **torch_kwargs: Any) -> dict[str, Any]:
     if layer == "batch_norm":
         momentum = kw.pop("momentum", 0.1)
         out: dict[str, Any] = {
-            "axis": 1, "epsilon": eps,
+            "feature_axes": 1, "epsilon": eps,
             "momentum": None if momentum is None else round(1.0 - float(momentum), 12),
             "unbiased_running_var": True,
         }
@@ -140,11 +140,11 @@ def torch_norm_kwargs(layer: str, **torch_kwargs: Any) -> dict[str, Any]:
             raise ValueError("torch_norm_kwargs('layer_norm', ...) needs `normalized_shape`.")
         shape = kw.pop("normalized_shape")
         k = 1 if isinstance(shape, int) else len(tuple(shape))
-        out = {"axis": tuple(range(-k, 0)), "epsilon": eps}
+        out = {"reduction_axes": tuple(range(-k, 0)), "epsilon": eps}
     elif layer == "group_norm":
         if "num_groups" not in kw:
             raise ValueError("torch_norm_kwargs('group_norm', ...) needs `num_groups`.")
-        out = {"num_groups": int(kw.pop("num_groups")), "channel_axis": 1, "epsilon": eps}
+        out = {"num_groups": int(kw.pop("num_groups")), "feature_axes": 1, "epsilon": eps}
     else:
         raise ValueError(
             f"`layer` must be 'batch_norm', 'layer_norm' or 'group_norm', got {layer!r}."

@@ -2,15 +2,16 @@
 
 Axis arguments follow one naming scheme across jnorm (see README, "Axis arguments"):
 
-* ``axis`` / ``axes``: the axes the **statistics** are taken over (``moments``, ``layer_norm``,
-  ``rms_norm``), except in the batch-statistics layers (``batch_norm``, ``batch_renorm``,
-  ``decorrelated_batch_norm``, ``iter_norm``), whose ``axis`` is the **feature** axis, as in
-  flax's and Keras' BatchNorm (the statistics are taken over all other axes);
-* ``feature_axes``: the axes learned parameters vary along;
-* ``channel_axis``: the one channel axis of image layers (statistics over the spatial axes);
-* ``reduction_axes``: group norm's non-channel statistics axes (flax's name);
+* ``reduction_axes``: the axes the **statistics** are taken over (``moments``, ``layer_norm``,
+  ``rms_norm``, and group norm's non-channel axes);
+* ``feature_axes``: the axes that keep their own statistics and learned parameters; the
+  statistics cover the other axes (batch-statistics layers: all of them; per-example image
+  layers: all but the batch axis 0). In ``layer_norm``/``rms_norm`` only the parameters;
 * ``axis_name``, ``axis_index_groups``: the mapped (device) axis of ``pmap``/``shard_map``/
   ``vmap`` that statistics are also reduced over.
+
+The old names (``axis``, ``axes``, ``channel_axis``) keep working through
+:func:`jnorm._aliases.renamed`. Flax modules keep flax's attribute names.
 """
 
 from __future__ import annotations

@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
-    canonicalize_axes,
     check_dtype,
     check_epsilon,
     check_momentum,
@@ -48,12 +48,13 @@ from jnorm._checks import (
     check_state,
     check_training,
     feature_param,
+    one_axis,
     resolve_groups,
 )
 from jnorm._normalize import normalize, output_dtype
 from jnorm._state import BatchStats, update_batch_stats
 from jnorm._stats import shifted_moments
-from jnorm._typing import DTypeLike
+from jnorm._typing import Axes, DTypeLike
 
 __all__ = ["WhiteningStats", "decorrelated_batch_norm", "iter_norm", "whitening_matrix"]
 
@@ -173,7 +174,7 @@ def _whitening_norm(
     method: str,
     iterations: int,
     group_size: int | None,
-    axis: int,
+    feature_axes: Axes,
     momentum: float | None,
     epsilon: float,
     dtype: DTypeLike | None,
@@ -187,7 +188,7 @@ def _whitening_norm(
             "Pass at least (N, C)."
         )
     check_training(training, layer=name)
-    (ch,) = canonicalize_axes(axis, x.ndim, name="axis")
+    ch = one_axis(feature_axes, x.ndim, "feature_axes")
     c = x.shape[ch]
     g = _group_size(c, group_size, layer=name)
     k = c // g
@@ -255,7 +256,7 @@ def _whitening_norm(
     return y, new_state
 
 
-
+@renamed(axis="feature_axes")
 def decorrelated_batch_norm(
     x: jax.Array,
     state: WhiteningStats,
@@ -264,7 +265,7 @@ def decorrelated_batch_norm(
     *,
     training: bool,
     group_size: int | None = None,
-    axis: int = -1,
+    feature_axes: Axes = -1,
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     dtype: DTypeLike | None = None,
@@ -280,7 +281,7 @@ def decorrelated_batch_norm(
                \hat X = U X_c,
 
     then ``y = a * x_hat + b`` per feature. The batch's rows are every position of every
-    example: all axes but ``axis`` (for ``(N, H, W, C)`` that is ``m = N H W``). Training
+    example: all axes but ``feature_axes`` (for ``(N, H, W, C)`` that is ``m = N H W``). Training
     updates the running mean and whitening matrix with ``momentum`` (flax's convention, as in
     :func:`jnorm.batch_norm`); eval computes ``U_run (x - mu_run)``.
 
@@ -288,7 +289,7 @@ def decorrelated_batch_norm(
     through ``jnp.linalg.eigh``: they are exact when the covariance's eigenvalues are distinct
     (use ``epsilon``, groups and batches larger than ``G``; :func:`iter_norm` avoids the issue).
 
-    Shapes: ``x: [N, ..., C]`` (features on ``axis``); ``state``: ``WhiteningStats.init(C,
+    Shapes: ``x: [N, ..., C]`` (features on ``feature_axes``); ``state``: ``WhiteningStats.init(C,
     group_size=G)``; ``scale``, ``bias``: ``[C]``. Returns ``(y, new_state)``, ``y`` like ``x``.
 
     Args:
@@ -297,7 +298,7 @@ def decorrelated_batch_norm(
       scale, bias: optional per-feature gain and offset.
       training: Python bool: batch statistics (and update) or running statistics.
       group_size: features whitened together, dividing ``C``; None: all ``C`` together.
-      axis: the feature axis.
+      feature_axes: the feature axis, one axis (formerly ``axis``, which still works).
       momentum: weight of the old running value, or None for a cumulative average.
       epsilon: added to the covariance's diagonal.
       dtype: output dtype (default ``x``'s).
@@ -315,11 +316,13 @@ def decorrelated_batch_norm(
     """
     return _whitening_norm(
         x, state, scale, bias, training=training, method="zca", iterations=1,
-        group_size=group_size, axis=axis, momentum=momentum, epsilon=epsilon, dtype=dtype,
+        group_size=group_size, feature_axes=feature_axes, momentum=momentum, epsilon=epsilon,
+        dtype=dtype,
         name="decorrelated_batch_norm", skip_nonfinite=skip_nonfinite,
     )
 
 
+@renamed(axis="feature_axes")
 def iter_norm(
     x: jax.Array,
     state: WhiteningStats,
@@ -329,7 +332,7 @@ def iter_norm(
     training: bool,
     iterations: int = 5,
     group_size: int | None = None,
-    axis: int = -1,
+    feature_axes: Axes = -1,
     momentum: float | None = 0.99,
     epsilon: float = 1e-5,
     dtype: DTypeLike | None = None,
@@ -359,7 +362,7 @@ def iter_norm(
     """
     return _whitening_norm(
         x, state, scale, bias, training=training, method="newton_schulz",
-        iterations=iterations, group_size=group_size, axis=axis, momentum=momentum,
+        iterations=iterations, group_size=group_size, feature_axes=feature_axes, momentum=momentum,
         epsilon=epsilon, dtype=dtype, name="iter_norm", skip_nonfinite=skip_nonfinite,
     )
 

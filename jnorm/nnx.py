@@ -43,6 +43,7 @@ from flax.nnx.module import first_from
 from flax.nnx.nn import dtypes, initializers
 
 import jnorm._modules as M
+from jnorm._aliases import renamed
 from jnorm._checks import resolve_groups
 from jnorm._typing import Axes
 
@@ -589,10 +590,11 @@ class LocalResponseNorm(nnx.Module):
     """Local response normalization on :func:`jnorm.local_response_norm` (Krizhevsky 2012).
 
     Arguments are ``torch.nn.LocalResponseNorm``'s (``size`` 5, ``alpha`` 1e-4, ``beta``
-    0.75, ``k`` 1.0) plus ``channel_axis`` (-1), ``convention`` (``"torch"`` or
-    ``"tensorflow"``) and ``dtype``; ``rngs`` is accepted and unused. No variables.
+    0.75, ``k`` 1.0) plus ``feature_axes`` (-1; formerly ``channel_axis``), ``convention``
+    (``"torch"`` or ``"tensorflow"``) and ``dtype``; ``rngs`` is accepted and unused. No variables.
     """
 
+    @renamed(channel_axis="feature_axes")
     def __init__(
         self,
         size: int = 5,
@@ -600,14 +602,14 @@ class LocalResponseNorm(nnx.Module):
         beta: float = 0.75,
         k: float = 1.0,
         *,
-        channel_axis: int = -1,
+        feature_axes: int = -1,
         convention: str = "torch",
         dtype: Dtype | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> None:
         del rngs
         _set_config(
-            self, size=size, alpha=alpha, beta=beta, k=k, channel_axis=channel_axis,
+            self, size=size, alpha=alpha, beta=beta, k=k, feature_axes=feature_axes,
             convention=convention, dtype=dtype,
         )
 

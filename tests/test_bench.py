@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import bench
+from benchmarks import bench, kernels
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,48 @@ def test_every_layer_mode_and_impl(report):
         assert r["temp_mib"] is None or r["temp_mib"] >= 0
 
 
+def _jnorm_names_used(path: Path) -> set[str]:
+    """Every ``jnorm...`` module a file imports and every ``jnorm`` attribute it reads."""
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.split(".")[0] == "jnorm"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "jnorm":
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Attribute):
+            chain = []
+            while isinstance(node, ast.Attribute):
+                chain.append(node.attr)
+                node = node.value
+            if isinstance(node, ast.Name) and node.id in ("jnorm", "jnn", "jnx"):
+                names.add(".".join([node.id, *reversed(chain)]))
+    return names
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC_ONLY = sorted(
+    [p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "kernels.py"]
+    + list((ROOT / "jnorm" / "experiments").glob("*.py")),
+)
+
+
+@pytest.mark.parametrize("path", PUBLIC_ONLY, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_benchmarks_and_experiments_use_only_the_public_api(path):
+    """No private name of jnorm (a ``_``-prefixed module or attribute) in the benchmarks
+    (except benchmarks/kernels.py, the kernel microbenchmark) or the experiments."""
+    private = {n for n in _jnorm_names_used(path)
+               if any(part.startswith("_") and part != "__version__"
+                      for part in n.split(".")[1:])}
+    assert not private, f"{path.name} uses private jnorm names: {sorted(private)}"
+
+
+def test_the_public_api_check_sees_private_names(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import jnorm\nfrom jnorm._pallas import suits\njnorm._stats.moments\n")
+    assert _jnorm_names_used(bad) >= {"jnorm._pallas.suits", "jnorm._stats.moments"}
+
+
 def test_kernel_rows(report):
     kernels = {k["kernel"] for k in report["kernels"]}
     for name in ("layer_norm", "rms_norm"):
@@ -60,7 +104,7 @@ def test_kernel_rows(report):
 def test_tune_times_each_distinct_launch_config():
     # (16, 128): 1024 and 2048 elements give 8 and 16 rows; 4096 also gives 16 (all rows).
     # Backward: 1024 elements (8 rows) leave 2 blocks, so 2 and 4 blocks per program agree.
-    rows = bench.kernel_bandwidth(
+    rows = kernels.kernel_bandwidth(
         [(16, 128)], rounds=1, warmup=0, inner=1,
         fwd_configs=[(1024, 4), (2048, 4), (4096, 4), (2048, 8)],
         bwd_configs=[(1024, 4, 1), (1024, 4, 2), (1024, 4, 4), (2048, 4, 1)])

@@ -307,7 +307,7 @@ def test_gradients_through_the_collective_float64() -> None:
 
         def local(x, m, w):
             y, st = jnorm.batch_norm(x, state, training=True, mask=m, axis_name="d")
-            rms = jnorm.rms_norm(x, axis=0, axis_name="d")  # the center=False collective
+            rms = jnorm.rms_norm(x, reduction_axes=0, axis_name="d")  # the center=False collective
             return lax.psum(jnp.sum(y * w) + jnp.sum(jnp.sin(rms) * w) + jnp.sum(st.var), "d")
 
         f = jax.jit(jax.shard_map(local, mesh=_mesh(), in_specs=(P("d"), P("d"), P("d")),

@@ -21,12 +21,12 @@ def _trace(f):
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: jnorm.layer_norm(X, axis=4), r"`axis`=4 is out of range .* \[-4, 3\]"),
-        (lambda: jnorm.layer_norm(X, axis=-5), r"`axis`=-5 is out of range"),
-        (lambda: jnorm.layer_norm(X, axis=(1, -3)), r"names the same axis twice"),
-        (lambda: jnorm.moments(X, axes=7), r"`axes`=7 is out of range"),
-        (lambda: jnorm.layer_norm(X, axis="a"), r"must be an int or a sequence of ints"),
-        (lambda: jnorm.instance_norm(X, channel_axis=-9), r"`channel_axis`=-9 is out of range"),
+        (lambda: jnorm.layer_norm(X, reduction_axes=4), r"`reduction_axes`=4 is out of range .* \[-4, 3\]"),
+        (lambda: jnorm.layer_norm(X, reduction_axes=-5), r"`reduction_axes`=-5 is out of range"),
+        (lambda: jnorm.layer_norm(X, reduction_axes=(1, -3)), r"names the same axis twice"),
+        (lambda: jnorm.moments(X, reduction_axes=7), r"`reduction_axes`=7 is out of range"),
+        (lambda: jnorm.layer_norm(X, reduction_axes="a"), r"must be an int or a sequence of ints"),
+        (lambda: jnorm.instance_norm(X, feature_axes=-9), r"`feature_axes`=-9 is out of range"),
         (lambda: jnorm.group_norm(X, num_groups=3), r"`num_groups`=3 does not divide the 4 "
                                                     r"channels. Pick one of \[1, 2, 4\]"),
         (lambda: jnorm.group_norm(X, num_groups=None, group_size=3), r"`group_size`=3 does not "
@@ -51,7 +51,7 @@ def _trace(f):
         (lambda: jnorm.batch_norm(X, (jnp.zeros(4), jnp.ones(4)), training=True),
          r"`state` must be a jnorm.BatchStats"),
         (lambda: jnorm.instance_norm(jnp.ones((2, 4))), r"no spatial axis.*use layer_norm"),
-        (lambda: jnorm.instance_norm(X, channel_axis=0), r"includes axis 0, which is the batch"),
+        (lambda: jnorm.instance_norm(X, feature_axes=0), r"includes axis 0, which is the batch"),
         (lambda: jnorm.group_norm(jnp.ones((2, 4)), num_groups=4), r"groups of one channel and "
                                                                    r"no spatial axis"),
         (lambda: jnorm.normalize(X, jnp.ones(3), 1.0, epsilon=1e-5),
@@ -114,9 +114,9 @@ NEG = jnp.array(-1.0)
         (lambda: jnorm.group_norm(X, epsilon=-1.0, num_groups=2), r"`epsilon` must be finite"),
         (lambda: jnorm.standardize_weight(jnp.ones((3, 4)), epsilon=-1.0),
          r"standardize_weight: `epsilon`"),
-        (lambda: jnorm.layer_norm(X, axis=[1.5]), r"`axis`=\[1.5\] must be an int"),
-        (lambda: jnorm.layer_norm(X, axis=()), r"`axis`=\(\) names no axis"),
-        (lambda: jnorm.layer_norm(X, axis=True), r"`axis` must be an int"),
+        (lambda: jnorm.layer_norm(X, reduction_axes=[1.5]), r"`reduction_axes`=\[1.5\] must be an int"),
+        (lambda: jnorm.layer_norm(X, reduction_axes=()), r"`reduction_axes`=\(\) names no axis"),
+        (lambda: jnorm.layer_norm(X, reduction_axes=True), r"`reduction_axes` must be an int"),
         (lambda: jnorm.group_norm(X, num_groups=True), r"`num_groups`=True does not divide"),
         (lambda: jnorm.group_norm(X, num_groups=2.0), r"`num_groups`=2.0 does not divide"),
         (lambda: jnorm.evonorm_s0(X, num_groups=2.0), r"evonorm_s0: `num_groups`=2.0"),
@@ -153,3 +153,89 @@ def test_traced_hyperparameters_are_still_accepted():
     f = jax.jit(lambda e, m: jnorm.batch_norm(X, S4, epsilon=e, momentum=m, **BN)[1].mean)
     assert f(1e-5, 0.9).shape == (4,)
     assert jax.jit(lambda e: jnorm.layer_norm(X, epsilon=e))(1e-3).shape == X.shape
+
+
+# ----------------------------------------------------------------- renamed axis keywords
+
+#: (function, old keyword, new keyword, call with the keyword as `kw`) for every rename.
+XR = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 4)), jnp.float32)
+RENAMED = [
+    ("layer_norm", "axis", "reduction_axes", lambda kw: jnorm.layer_norm(XR, **kw), (1, 2)),
+    ("rms_norm", "axis", "reduction_axes", lambda kw: jnorm.rms_norm(XR, **kw), (1, 2)),
+    ("moments", "axes", "reduction_axes", lambda kw: jnorm.moments(XR, **kw), (0, 2)),
+    ("batch_norm", "axis", "feature_axes",
+     lambda kw: jnorm.batch_norm(XR, jnorm.BatchStats.init(3), training=True, **kw), 2),
+    ("batch_renorm", "axis", "feature_axes",
+     lambda kw: jnorm.batch_renorm(XR, jnorm.BatchStats.init(3), training=True, **kw), 2),
+    ("decorrelated_batch_norm", "axis", "feature_axes",
+     lambda kw: jnorm.decorrelated_batch_norm(XR, jnorm.WhiteningStats.init(3), training=True,
+                                              **kw), 2),
+    ("iter_norm", "axis", "feature_axes",
+     lambda kw: jnorm.iter_norm(XR, jnorm.WhiteningStats.init(3), training=True, **kw), 2),
+    ("instance_norm", "channel_axis", "feature_axes", lambda kw: jnorm.instance_norm(XR, **kw), 2),
+    ("group_norm", "channel_axis", "feature_axes",
+     lambda kw: jnorm.group_norm(XR, num_groups=3, **kw), 2),
+    ("filter_response_norm", "channel_axis", "feature_axes",
+     lambda kw: jnorm.filter_response_norm(XR, **kw), 2),
+    ("tlu", "channel_axis", "feature_axes", lambda kw: jnorm.tlu(XR, jnp.zeros(3), **kw), 2),
+    ("local_response_norm", "channel_axis", "feature_axes",
+     lambda kw: jnorm.local_response_norm(XR, size=2, **kw), 2),
+]
+
+
+@pytest.mark.parametrize(("name", "old", "new", "call", "value"), RENAMED,
+                         ids=[r[0] for r in RENAMED])
+def test_old_axis_keywords_keep_working_and_name_the_new_one(name, old, new, call, value):
+    """Every renamed keyword gives the same result as its new name (a non-default axis, so the
+    alias cannot be silently ignored), warns with the new name, and both at once is an error."""
+    import inspect
+
+    assert new in inspect.signature(getattr(jnorm, name)).parameters
+    assert old not in inspect.signature(getattr(jnorm, name)).parameters
+    expected = call({new: value})
+    with pytest.warns(DeprecationWarning, match=rf"{name}\(\): the keyword `{old}` is renamed "
+                                                rf"`{new}`"):
+        got = call({old: value})
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+    try:  # the default gives another result, needs other shapes (state) or is required
+        default = call({})
+    except (ValueError, TypeError):
+        pass
+    else:
+        assert any(not np.array_equal(a, b) for a, b in
+                   zip(jax.tree.leaves(default), jax.tree.leaves(expected))), "no effect"
+    with pytest.raises(TypeError, match=rf"got both `{old}` and `{new}`.*Pass only `{new}`"):
+        call({old: value, new: value})
+
+
+def test_every_public_function_uses_the_two_axis_names():
+    """No public function or module constructor of jnorm takes an axis argument by another
+    name than reduction_axes / feature_axes / axis_name / axis_index_groups (flax's module
+    attributes are flax's, and checked against flax in tests/test_linen.py)."""
+    import inspect
+
+    allowed = {"reduction_axes", "feature_axes", "axis_name", "axis_index_groups"}
+    for name in jnorm.__all__:
+        obj = getattr(jnorm, name)
+        if not callable(obj) or inspect.isclass(obj):
+            continue
+        params = set(inspect.signature(obj).parameters)
+        axis_like = {p for p in params if "axis" in p or "axes" in p}
+        assert axis_like <= allowed, (name, axis_like - allowed)
+
+
+def test_lrn_module_old_attribute_keeps_working():
+    import jnorm.linen as jnn
+    import jnorm.nnx as jnx
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 3, 3)), jnp.float32)
+    expected = jnorm.local_response_norm(x, size=3, feature_axes=1)
+    with pytest.warns(DeprecationWarning, match="`channel_axis` is renamed `feature_axes`"):
+        got = jnn.LocalResponseNorm(size=3, channel_axis=1).apply({}, x)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(jnn.LocalResponseNorm(size=3, feature_axes=1).apply({}, x),
+                                  expected)
+    with pytest.warns(DeprecationWarning, match="`channel_axis` is renamed `feature_axes`"):
+        m = jnx.LocalResponseNorm(size=3, channel_axis=1)
+    np.testing.assert_array_equal(m(x), expected)

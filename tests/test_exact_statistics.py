@@ -182,7 +182,7 @@ def test_running_statistics_are_exact(x):
 @given(x=hard_data(shape=(64, 3, 64)))
 def test_moments_bound(x):
     """``moments`` meets its documented bound, 2 gamma Var (1 + gamma^2 kappa^2)."""
-    mean, var = jnorm.moments(jnp.asarray(x), axes=(0, 2))
+    mean, var = jnorm.moments(jnp.asarray(x), reduction_axes=(0, 2))
     x64 = x.astype(np.float64)
     var64 = x64.var((0, 2))
     gamma = 2.0**-24 * np.log2(4096)  # c u with c = log2 n, the bound's summation order

@@ -104,7 +104,7 @@ def test_zca_float32_with_spatial_axes_and_nchw():
     # channels on axis 1: same result, transposed
     y1, _ = jnorm.decorrelated_batch_norm(jnp.asarray(np.moveaxis(x, -1, 1)),
                                           jnorm.WhiteningStats.init(4), training=True,
-                                          epsilon=0.0, axis=1)
+                                          epsilon=0.0, feature_axes=1)
     np.testing.assert_allclose(np.moveaxis(np.asarray(y1), 1, -1), y, atol=1e-5)
 
 

@@ -149,12 +149,12 @@ def test_ghost_with_axis_name_combines_sub_batch_k_of_every_device() -> None:
         ({"virtual_batch_size": 2.0}, (12, 3), "positive int"),
         ({"virtual_batch_size": True}, (12, 3), "positive int"),
         ({"virtual_batch_size": 1}, (12, 3), "one value per channel"),
-        ({"virtual_batch_size": 2, "axis": 0}, (12, 3), "axis 0 a feature axis"),
+        ({"virtual_batch_size": 2, "feature_axes": 0}, (12, 3), "axis 0 a feature axis"),
     ],
 )
 def test_ghost_errors_name_the_argument_and_the_fix(kwargs: dict, shape: tuple, match: str) -> None:
     x = jnp.ones(shape)
-    axis = kwargs.get("axis", -1)
+    axis = kwargs.get("feature_axes", -1)
     state = jnorm.BatchStats.init(shape[axis])
     with pytest.raises(ValueError, match=match):
         jnorm.batch_norm(x, state, training=True, **kwargs)

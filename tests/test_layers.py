@@ -97,12 +97,12 @@ def test_channel_first_equals_channel_last():
     xl = np.moveaxis(x, 1, -1)
     s, b = params(6)
     pairs = [
-        (jnorm.instance_norm(x, s, b, channel_axis=1), jnorm.instance_norm(xl, s, b)),
-        (jnorm.group_norm(x, s, b, num_groups=3, channel_axis=1),
+        (jnorm.instance_norm(x, s, b, feature_axes=1), jnorm.instance_norm(xl, s, b)),
+        (jnorm.group_norm(x, s, b, num_groups=3, feature_axes=1),
          jnorm.group_norm(xl, s, b, num_groups=3)),
-        (jnorm.batch_norm(x, jnorm.BatchStats.init(6), s, b, training=True, axis=1)[0],
+        (jnorm.batch_norm(x, jnorm.BatchStats.init(6), s, b, training=True, feature_axes=1)[0],
          jnorm.batch_norm(xl, jnorm.BatchStats.init(6), s, b, training=True)[0]),
-        (jnorm.layer_norm(x, axis=(1, 2, 3)), jnorm.layer_norm(xl, axis=(1, 2, 3))),
+        (jnorm.layer_norm(x, reduction_axes=(1, 2, 3)), jnorm.layer_norm(xl, reduction_axes=(1, 2, 3))),
     ]
     for first, last in pairs:
         np.testing.assert_allclose(np.moveaxis(np.asarray(first), 1, -1), last, atol=5e-6)
@@ -112,7 +112,7 @@ def test_layer_norm_over_all_features_of_an_image():
     """The notes' layer norm: everything of a single data point, params per channel."""
     x = data(SHAPE, offset=3.0)
     s, b = params(SHAPE[-1])
-    y = jnorm.layer_norm(x, s, b, axis=(1, 2, 3), feature_axes=-1)
+    y = jnorm.layer_norm(x, s, b, reduction_axes=(1, 2, 3), feature_axes=-1)
     ref = (x - x.astype(np.float64).mean((1, 2, 3), keepdims=True)) / np.sqrt(
         x.astype(np.float64).var((1, 2, 3), keepdims=True) + 1e-6) * s + b
     np.testing.assert_allclose(y, ref, atol=1e-5)
@@ -129,7 +129,7 @@ def test_group_norm_of_features_without_spatial_axes():
 def test_group_norm_extremes_are_layer_and_instance_norm():
     x = jnp.asarray(data(SHAPE, offset=1.0))
     np.testing.assert_allclose(jnorm.group_norm(x, num_groups=1),
-                               jnorm.layer_norm(x, axis=(1, 2, 3)), atol=1e-6)
+                               jnorm.layer_norm(x, reduction_axes=(1, 2, 3)), atol=1e-6)
     np.testing.assert_allclose(jnorm.group_norm(x, num_groups=None, group_size=1),
                                jnorm.instance_norm(x), atol=1e-6)
 

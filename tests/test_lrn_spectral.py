@@ -118,13 +118,13 @@ def test_lrn_float32_bfloat16_accumulate_in_float32():
 
 def test_lrn_channel_first_jit_vmap():
     x = jnp.asarray(_x((3, 8, 4, 4), seed=3), jnp.float32)  # [N, C, H, W]
-    f = jax.jit(lambda x: jnorm.local_response_norm(x, size=3, alpha=0.1, channel_axis=1))
+    f = jax.jit(lambda x: jnorm.local_response_norm(x, size=3, alpha=0.1, feature_axes=1))
     y = f(x)
     y_last = jnorm.local_response_norm(jnp.moveaxis(x, 1, -1), size=3, alpha=0.1)
     np.testing.assert_allclose(y, jnp.moveaxis(y_last, -1, 1), rtol=1e-6)
     np.testing.assert_allclose(
         y, ref_lrn_torch(np.asarray(x, np.float64), 3, 0.1, 0.75, 1.0, axis=1), rtol=1e-5)
-    yv = jax.vmap(lambda xi: jnorm.local_response_norm(xi, size=3, alpha=0.1, channel_axis=0))(x)
+    yv = jax.vmap(lambda xi: jnorm.local_response_norm(xi, size=3, alpha=0.1, feature_axes=0))(x)
     np.testing.assert_allclose(yv, y, rtol=1e-6)
 
 
@@ -164,16 +164,16 @@ def test_lrn_errors_and_linen():
         jnorm.local_response_norm(x, beta=float("nan"))
     with pytest.raises(ValueError, match="`convention`"):
         jnorm.local_response_norm(x, convention="caffe")
-    with pytest.raises(ValueError, match="channel_axis"):
-        jnorm.local_response_norm(x, channel_axis=2)
+    with pytest.raises(ValueError, match="feature_axes"):
+        jnorm.local_response_norm(x, feature_axes=2)
     with pytest.raises(ValueError, match="depth_radius"):
         jnorm.lrn_tensorflow_args(-1)
     xs = jnp.asarray(_x((2, 6, 3, 3), seed=6), jnp.float32)
-    m = jnn.LocalResponseNorm(size=4, alpha=0.2, beta=0.6, k=2.0, channel_axis=1)
+    m = jnn.LocalResponseNorm(size=4, alpha=0.2, beta=0.6, k=2.0, feature_axes=1)
     assert m.init(jax.random.key(0), xs) == {}
     np.testing.assert_array_equal(
         m.apply({}, xs),
-        jnorm.local_response_norm(xs, size=4, alpha=0.2, beta=0.6, k=2.0, channel_axis=1))
+        jnorm.local_response_norm(xs, size=4, alpha=0.2, beta=0.6, k=2.0, feature_axes=1))
     mt = jnn.LocalResponseNorm(**jnorm.lrn_tensorflow_args(1), dtype=jnp.bfloat16)
     assert mt.apply({}, xs).dtype == jnp.bfloat16
 

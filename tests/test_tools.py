@@ -148,13 +148,13 @@ def test_torch_batch_norm_state_dict_conventions():
     x = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
     kw = jnorm.torch_norm_kwargs("batch_norm", momentum=0.1, eps=1e-5)
     y, _ = jnorm.batch_norm(jnp.asarray(x), state, params["scale"], params["bias"],
-                            training=False, axis=kw["axis"], epsilon=kw["epsilon"])
+                            training=False, feature_axes=kw["feature_axes"], epsilon=kw["epsilon"])
     c = (slice(None), None, None)
     ref = ((x - sd["features.1.running_mean"][c]) / np.sqrt(sd["features.1.running_var"][c]
            + 1e-5)) * sd["features.1.weight"][c] + sd["features.1.bias"][c]
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
     # training with the converted keywords reproduces PyTorch's running update (by hand)
-    _, s1 = jnorm.batch_norm(jnp.asarray(x), state, training=True, axis=kw["axis"],
+    _, s1 = jnorm.batch_norm(jnp.asarray(x), state, training=True, feature_axes=kw["feature_axes"],
                              momentum=kw["momentum"],
                              unbiased_running_var=kw["unbiased_running_var"])
     xb = x.transpose(1, 0, 2, 3).reshape(3, -1).astype(np.float64)

@@ -39,7 +39,7 @@ def norm_functions(groups: int = GROUPS) -> dict[str, Callable[[jax.Array], jax.
     return {
         "batch": lambda x: jnorm.batch_norm(x, jnorm.BatchStats.init(x.shape[-1]),
                                             training=True)[0],
-        "layer": lambda x: jnorm.layer_norm(x, axis=(1, 2, 3)),
+        "layer": lambda x: jnorm.layer_norm(x, reduction_axes=(1, 2, 3)),
         "instance": lambda x: jnorm.instance_norm(x),
         "group": lambda x: jnorm.group_norm(x, num_groups=groups),
     }
