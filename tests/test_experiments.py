@@ -170,7 +170,7 @@ def test_hundred_classes_get_a_hundred_outputs(tmp_path: Path, monkeypatch) -> N
 
 
 def test_sweep_panel_marks_divergence_and_draws_the_reference_lines() -> None:
-    fig, ax = subplots()
+    _, ax = subplots()
     xs, mean = [0.1, 1.0, 10.0], np.array([0.8, 0.5, 0.1])
     sweep_curve(ax, xs, mean, np.full(3, 0.05), np.array([0.0, 0.0, 0.5]), color="r",
                 label="batch norm")
