@@ -40,12 +40,17 @@ def _kernel_programs(
     scale: jax.Array, bias: jax.Array | None, center: bool, interpret: bool,
     fwd_config: tuple[int, int] | None = None, bwd_config: tuple[int, int, int] | None = None,
 ) -> dict[str, Callable[..., Any]]:
-    """The Pallas kernels and jnorm's XLA path for one row norm, as functions to compile."""
+    """The Pallas kernels and jnorm's XLA path for one row norm, as functions to compile.
+
+    The XLA rows are the public layer: ``implementation="xla"``, with its derivative rule.
+    """
+    import jnorm
     from jnorm import _pallas
-    from jnorm._normalize import _normalize_with_moments
 
     def xla_fwd(x: jax.Array) -> jax.Array:
-        return _normalize_with_moments(x, scale, bias, axes=(1,), epsilon=1e-6, center=center)[0]
+        if center:
+            return jnorm.layer_norm(x, scale, bias, epsilon=1e-6, implementation="xla")
+        return jnorm.rms_norm(x, scale, epsilon=1e-6, implementation="xla")
 
     def xla_fwd_bwd(x: jax.Array, g: jax.Array) -> Any:
         return jax.vjp(xla_fwd, x)[1](g)

@@ -34,6 +34,7 @@ __all__ = [
     "check_dtype",
     "check_epsilon",
     "check_feature_shape",
+    "check_implementation",
     "check_kernel",
     "check_mask",
     "check_momentum",
@@ -308,6 +309,15 @@ def check_mask(mask: jax.Array | None, shape: Sequence[int]) -> jax.Array | None
 
 
 # --- hyperparameters ----------------------------------------------------------------------
+
+
+def check_implementation(implementation: Any, *, layer: str) -> None:
+    """`implementation` is None, ``"xla"`` or ``"pallas"``."""
+    if implementation is not None and implementation not in ("xla", "pallas"):
+        raise ValueError(
+            f"{layer}: `implementation`={implementation!r} is not one of None (automatic: the "
+            "fused Pallas kernel on GPU where it measured faster, else XLA), 'xla' or 'pallas'."
+        )
 
 
 def check_training(training: Any, *, layer: str | None = None) -> None:

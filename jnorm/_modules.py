@@ -302,6 +302,7 @@ def layer_norm(
         reduction_axes=m.reduction_axes, feature_axes=feat, epsilon=m.epsilon, mask=mask,
         axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
         dtype=out_dtype(m.dtype, x, scale, bias),
+        implementation=getattr(m, "implementation", None),
     )
     if center:
         return F.layer_norm(x, scale, bias, **kwargs)

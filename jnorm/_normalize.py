@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm._checks import check_epsilon, check_mask
+from jnorm._checks import check_epsilon
 from jnorm._stats import (
     Moments,
     _spread,
@@ -21,7 +21,7 @@ from jnorm._stats import (
     private_copies,
     shifted_moments,
 )
-from jnorm._typing import ArrayLike, AxisIndexGroups, AxisName, DTypeLike, Scalar
+from jnorm._typing import ArrayLike, AxisIndexGroups, AxisName, DTypeLike, Implementation, Scalar
 
 __all__ = [
     "hide_masked_nonfinite", "normalize", "normalize_with_moments", "output_dtype",
@@ -109,7 +109,7 @@ def normalize(
     Examples:
       >>> import jax.numpy as jnp, jnorm
       >>> x = jnp.array([[1.0, 3.0]])
-      >>> mean, var = jnorm.moments(x, axes=1, keepdims=True)
+      >>> mean, var = jnorm.moments(x, reduction_axes=1, keepdims=True)
       >>> jnorm.normalize(x, mean, var, epsilon=0.0).tolist()
       [[-1.0, 1.0]]
     """
@@ -153,6 +153,7 @@ def normalize_with_moments(
     axis_name: AxisName = None,
     axis_index_groups: AxisIndexGroups = None,
     dtype: DTypeLike | None = None,
+    implementation: Implementation = None,
 ) -> tuple[jax.Array, Moments]:
     """Statistics of `x` over `axes`, then :func:`normalize` with them: what every layer does.
 
@@ -164,23 +165,39 @@ def normalize_with_moments(
     the input gradient, with no full-size intermediate beyond what XLA fuses away.
 
     `scale`, `bias` must already broadcast to `x` (see :func:`jnorm._checks.feature_param`).
+    `implementation` (checked by the layer) picks the forward's program: None lets
+    :func:`jnorm._pallas.suits` choose, ``"xla"`` never uses the Pallas kernel, ``"pallas"``
+    always does and raises a ValueError (at trace time) where it cannot.
     """
     x = jnp.asarray(x)
-    if (
-        mask is not None
-        or axis_name is not None
-        or axis_index_groups is not None
-        or not jnp.issubdtype(x.dtype, jnp.floating)
-        or not isinstance(epsilon, (int, float, np.floating))
-        or any(p is not None and not jnp.issubdtype(jnp.result_type(p), jnp.floating)
-               for p in (scale, bias))
-    ):
+    if isinstance(epsilon, jax.Array) and not isinstance(epsilon, jax.core.Tracer):
+        epsilon = float(epsilon)  # a concrete array: the fused rule takes it as a constant
+    general = [
+        (mask is not None, "a `mask`"),
+        (axis_name is not None or axis_index_groups is not None,
+         "cross-device statistics (`axis_name`)"),
+        (not jnp.issubdtype(x.dtype, jnp.floating), f"a {x.dtype} input"),
+        (not isinstance(epsilon, (int, float, np.floating)), "a traced `epsilon`"),
+        (any(p is not None and not jnp.issubdtype(jnp.result_type(p), jnp.floating)
+             for p in (scale, bias)), "non-float parameters"),
+    ]
+    reason = next((why for hit, why in general if hit), None)
+    if implementation == "pallas":
+        from jnorm import _pallas  # lazily: importing Pallas costs ~0.1 s
+
+        reason = reason or _pallas.unsupported(x, axes, scale, bias)
+        if reason is not None:
+            raise ValueError(
+                f"implementation='pallas': the fused Pallas kernel cannot serve this call: "
+                f"{reason}. Pass implementation=None (automatic) or 'xla'."
+            )
+    if reason is not None:
         return _normalize_with_moments(
             x, scale, bias, axes=axes, epsilon=epsilon, center=center, mask=mask,
             axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
         )
     return _fused(axes, float(epsilon), center, None if dtype is None else jnp.dtype(dtype),
-                  x, scale, bias)
+                  implementation, x, scale, bias)
 
 
 def hide_masked_nonfinite(
@@ -223,8 +240,7 @@ def _normalize_with_moments(
     Masked-out NaN/inf elements are hidden from the computation and passed through
     (:func:`hide_masked_nonfinite`), so gradients stay finite and exact.
     """
-    mask = check_mask(mask, x.shape)
-    x_raw = x
+    x_raw = x  # the mask was checked by the public function (jnorm._checks.check_mask)
     x, keep = hide_masked_nonfinite(x, mask)
     m = shifted_moments(
         x, axes, mask=mask, center=center, axis_name=axis_name,
@@ -249,14 +265,17 @@ def var_of_empty_blocks(m: Moments) -> jax.Array:
     return jnp.where(m.count > 0, m.var, jnp.full_like(m.var, jnp.inf))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3, 4))
 def _fused(
     axes: tuple[int, ...], epsilon: float, center: bool, dtype: jnp.dtype | None,
-    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+    implementation: Implementation, x: jax.Array, scale: jax.Array | None,
+    bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
     from jnorm import _pallas  # lazily: importing Pallas costs ~0.1 s
 
-    if _pallas.suits(x, axes, scale, bias, center=center):
+    if implementation == "pallas" or (
+        implementation is None and _pallas.suits(x, axes, scale, bias, center=center)
+    ):
         return _fused_pallas(axes, epsilon, center, dtype, x, scale, bias)
     return _normalize_with_moments(
         x, scale, bias, axes=axes, epsilon=epsilon, center=center, dtype=dtype
@@ -285,7 +304,7 @@ def _fused_pallas(
 @_fused.defjvp
 def _fused_jvp(
     axes: tuple[int, ...], epsilon: float, center: bool, dtype: jnp.dtype | None,
-    primals: tuple[Any, ...], tangents: tuple[Any, ...],
+    implementation: Implementation, primals: tuple[Any, ...], tangents: tuple[Any, ...],
 ) -> tuple[tuple[jax.Array, Moments], tuple[jax.Array, Moments]]:
     r"""Derivative rule of the fused path: ``y = a \hat x + b`` with ``\hat x = (x - \mu) r``.
 
@@ -310,6 +329,7 @@ def _fused_jvp(
     reduced in two stages (group norm). Each was chosen by counting passes in the compiled
     HLO and timing it with ``python -m benchmarks.bench`` on XLA:CPU; see the comments.
     """
+    del implementation  # the derivative's primal is XLA's whatever the forward used (below)
     x, scale, bias = primals
     dx, dscale, dbias = tangents
     # The XLA path even where the fused Pallas forward suits: XLA fuses these statistics

@@ -272,7 +272,7 @@ def _combine_across_devices(
 
 def shifted_moments(
     x: jax.Array,
-    axes: Axes,
+    axes: tuple[int, ...],
     *,
     mask: jax.Array | None = None,
     center: bool = True,
@@ -293,10 +293,13 @@ def shifted_moments(
     it, the result is re-centred: ``shift`` is the rounded mean and ``mean_shifted`` the rest.
     Passing a private copy of a shift (:func:`private_copies`) computes the same statistics as
     a separate value, which XLA then fuses into a different consumer's loop.
+
+    It checks nothing: `axes` are canonical (sorted non-negative ints, from
+    :func:`jnorm._checks.canonicalize_axes`), `mask` is None or a boolean array of `x`'s shape
+    (:func:`jnorm._checks.check_mask`) and `axis_name` is bound, as the public function that
+    calls it has made sure.
     """
     x = jnp.asarray(x)
-    axes = canonicalize_axes(axes, x.ndim, name="axes")
-    mask = check_mask(mask, x.shape)
     acc = accumulation_dtype(x.dtype)
     real = _real_dtype(acc)
     xa = x.astype(acc)
@@ -335,11 +338,6 @@ def shifted_moments(
         var = sq
     local = Moments(shift, mean, var, count)
     if axis_name is None:
-        if axis_index_groups is not None:
-            raise ValueError(
-                "`axis_index_groups` was given without `axis_name`; name the mapped axis the "
-                "groups index into, or drop `axis_index_groups`."
-            )
         return local
     if not center:
         stacked = jnp.stack([var * count, count])

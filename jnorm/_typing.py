@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from jax.typing import ArrayLike, DTypeLike
 
@@ -28,6 +28,7 @@ __all__ = [
     "AxisIndexGroups",
     "AxisName",
     "DTypeLike",
+    "Implementation",
     "PathLike",
     "PyTree",
     "Scalar",
@@ -40,6 +41,8 @@ Axes = int | Sequence[int]
 AxisName = Hashable | Sequence[Hashable] | None
 #: Groups of device indices along ``axis_name`` reduced separately, or None (all together).
 AxisIndexGroups = Sequence[Sequence[int]] | None
+#: Which program computes a row norm's forward: None (automatic), ``"xla"`` or ``"pallas"``.
+Implementation = Literal["xla", "pallas"] | None
 #: A real scalar hyperparameter: a Python/NumPy number or a (possibly traced) 0-d array.
 Scalar = float | ArrayLike
 #: A pytree of arrays (e.g. a BatchStats, or a dict of them).

@@ -211,7 +211,7 @@ def _whitening_norm(
             f"{x.shape}. Use a larger batch or training=False."
         )
     if training:
-        m = shifted_moments(x2, 0)
+        m = shifted_moments(x2, (0,))
         acc = m.shift.dtype
         xc = (x2.astype(acc) - m.shift) - m.mean_shifted  # [M, C] centred
         xg = xc.reshape(-1, k, g)

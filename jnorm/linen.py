@@ -49,12 +49,12 @@ from flax.linen.module import Module, compact
 
 import jnorm._modules as M
 from jnorm._checks import canonicalize_axes
-from jnorm._typing import Axes
+from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation
 
 __all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
 
-Dtype = Any
-Initializer = Any
+Dtype = DTypeLike
+Initializer = jax.nn.initializers.Initializer
 
 
 def _affine_params(
@@ -132,8 +132,8 @@ class BatchNorm(Module):
     use_scale: bool = True
     bias_init: Initializer = initializers.zeros
     scale_init: Initializer = initializers.ones
-    axis_name: str | None = None
-    axis_index_groups: Any = None
+    axis_name: AxisName = None
+    axis_index_groups: AxisIndexGroups = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
     unbiased_running_var: bool = False
@@ -164,7 +164,8 @@ class LayerNorm(Module):
     Attributes are flax's: ``epsilon`` (1e-6), ``dtype``, ``param_dtype``, ``use_bias``,
     ``use_scale``, ``bias_init``, ``scale_init``, ``reduction_axes`` (-1), ``feature_axes``
     (-1), ``axis_name``, ``axis_index_groups``, ``use_fast_variance`` (no effect),
-    ``force_float32_reductions``.
+    ``force_float32_reductions``; plus jnorm's ``implementation`` (None, ``"xla"`` or
+    ``"pallas"``: the forward's program, see :func:`jnorm.layer_norm`).
     """
 
     epsilon: float = 1e-6
@@ -176,10 +177,11 @@ class LayerNorm(Module):
     scale_init: Initializer = initializers.ones
     reduction_axes: Axes = -1
     feature_axes: Axes = -1
-    axis_name: str | None = None
-    axis_index_groups: Any = None
+    axis_name: AxisName = None
+    axis_index_groups: AxisIndexGroups = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
+    implementation: Implementation = None
 
     @compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -195,7 +197,8 @@ class RMSNorm(Module):
 
     Attributes are flax's: ``epsilon`` (1e-6), ``dtype``, ``param_dtype``, ``use_scale``,
     ``scale_init``, ``reduction_axes`` (-1), ``feature_axes`` (-1), ``axis_name``,
-    ``axis_index_groups``, ``use_fast_variance`` (no effect), ``force_float32_reductions``.
+    ``axis_index_groups``, ``use_fast_variance`` (no effect), ``force_float32_reductions``;
+    plus jnorm's ``implementation`` (see :func:`jnorm.layer_norm`).
     """
 
     epsilon: float = 1e-6
@@ -205,10 +208,11 @@ class RMSNorm(Module):
     scale_init: Initializer = initializers.ones
     reduction_axes: Axes = -1
     feature_axes: Axes = -1
-    axis_name: str | None = None
-    axis_index_groups: Any = None
+    axis_name: AxisName = None
+    axis_index_groups: AxisIndexGroups = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
+    implementation: Implementation = None
 
     @compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -239,8 +243,8 @@ class GroupNorm(Module):
     bias_init: Initializer = initializers.zeros
     scale_init: Initializer = initializers.ones
     reduction_axes: Axes | None = None
-    axis_name: str | None = None
-    axis_index_groups: Any = None
+    axis_name: AxisName = None
+    axis_index_groups: AxisIndexGroups = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
 
@@ -269,8 +273,8 @@ class InstanceNorm(Module):
     bias_init: Initializer = initializers.zeros
     scale_init: Initializer = initializers.ones
     feature_axes: Axes = -1
-    axis_name: str | None = None
-    axis_index_groups: Any = None
+    axis_name: AxisName = None
+    axis_index_groups: AxisIndexGroups = None
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
 
@@ -380,8 +384,8 @@ class BatchRenorm(Module):
     use_scale: bool = True
     bias_init: Initializer = initializers.zeros
     scale_init: Initializer = initializers.ones
-    axis_name: str | None = None
-    axis_index_groups: Any = None
+    axis_name: AxisName = None
+    axis_index_groups: AxisIndexGroups = None
     force_float32_reductions: bool = True
 
     @compact

@@ -45,12 +45,12 @@ from flax.nnx.nn import dtypes, initializers
 import jnorm._modules as M
 from jnorm._aliases import renamed
 from jnorm._checks import resolve_groups
-from jnorm._typing import Axes
+from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation
 
 __all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
 
-Dtype = Any
-Initializer = Any
+Dtype = DTypeLike
+Initializer = jax.nn.initializers.Initializer
 _NO_METADATA: Mapping[str, Any] = MappingProxyType({})
 _ZEROS = initializers.zeros_init()  # flax.nnx's defaults, created once
 _ONES = initializers.ones_init()
@@ -183,8 +183,8 @@ class BatchNorm(_Stateful):
         use_scale: bool = True,
         bias_init: Initializer = _ZEROS,
         scale_init: Initializer = _ONES,
-        axis_name: str | None = None,
-        axis_index_groups: Any = None,
+        axis_name: AxisName = None,
+        axis_index_groups: AxisIndexGroups = None,
         use_fast_variance: bool = True,
         promote_dtype: Callable[..., Any] = dtypes.promote_dtype,
         rngs: nnx.Rngs,
@@ -217,7 +217,8 @@ class LayerNorm(nnx.Module):
     Arguments are flax's: ``num_features``, ``epsilon`` (1e-6), ``dtype``, ``param_dtype``,
     ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``, ``reduction_axes`` (-1),
     ``feature_axes`` (-1), ``axis_name``, ``axis_index_groups``, ``use_fast_variance`` (no
-    effect), ``promote_dtype``, ``rngs``, ``bias_metadata``, ``scale_metadata``.
+    effect), ``promote_dtype``, ``rngs``, ``bias_metadata``, ``scale_metadata``; plus jnorm's
+    ``implementation`` (None, ``"xla"`` or ``"pallas"``, see :func:`jnorm.layer_norm`).
     """
 
     def __init__(
@@ -233,13 +234,14 @@ class LayerNorm(nnx.Module):
         scale_init: Initializer = _ONES,
         reduction_axes: Axes = -1,
         feature_axes: Axes = -1,
-        axis_name: str | None = None,
-        axis_index_groups: Any = None,
+        axis_name: AxisName = None,
+        axis_index_groups: AxisIndexGroups = None,
         use_fast_variance: bool = True,
         promote_dtype: Callable[..., Any] = dtypes.promote_dtype,
         rngs: nnx.Rngs,
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
+        implementation: Implementation = None,
     ) -> None:
         _setup(self, locals())
 
@@ -255,7 +257,8 @@ class RMSNorm(nnx.Module):
     Arguments are flax's: ``num_features``, ``epsilon`` (1e-6), ``dtype``, ``param_dtype``,
     ``use_scale``, ``scale_init``, ``reduction_axes`` (-1), ``feature_axes`` (-1),
     ``axis_name``, ``axis_index_groups``, ``use_fast_variance`` (no effect), ``promote_dtype``,
-    ``rngs``, ``scale_metadata``.
+    ``rngs``, ``scale_metadata``; plus jnorm's ``implementation`` (see
+    :func:`jnorm.layer_norm`).
     """
 
     def __init__(
@@ -269,12 +272,13 @@ class RMSNorm(nnx.Module):
         scale_init: Initializer = initializers.ones,
         reduction_axes: Axes = -1,
         feature_axes: Axes = -1,
-        axis_name: str | None = None,
-        axis_index_groups: Any = None,
+        axis_name: AxisName = None,
+        axis_index_groups: AxisIndexGroups = None,
         use_fast_variance: bool = True,
         promote_dtype: Callable[..., Any] = dtypes.promote_dtype,
         rngs: nnx.Rngs,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
+        implementation: Implementation = None,
     ) -> None:
         _setup(self, locals())
 
@@ -309,8 +313,8 @@ class GroupNorm(nnx.Module):
         bias_init: Initializer = _ZEROS,
         scale_init: Initializer = _ONES,
         reduction_axes: Axes | None = None,
-        axis_name: str | None = None,
-        axis_index_groups: Any = None,
+        axis_name: AxisName = None,
+        axis_index_groups: AxisIndexGroups = None,
         use_fast_variance: bool = True,
         promote_dtype: Callable[..., Any] = dtypes.promote_dtype,
         rngs: nnx.Rngs,
@@ -350,8 +354,8 @@ class InstanceNorm(nnx.Module):
         bias_init: Initializer = initializers.zeros,
         scale_init: Initializer = initializers.ones,
         feature_axes: Axes = -1,
-        axis_name: str | None = None,
-        axis_index_groups: Any = None,
+        axis_name: AxisName = None,
+        axis_index_groups: AxisIndexGroups = None,
         use_fast_variance: bool = True,
         promote_dtype: Callable[..., Any] = dtypes.promote_dtype,
         rngs: nnx.Rngs,
@@ -403,8 +407,8 @@ class BatchRenorm(_Stateful):
         use_scale: bool = True,
         bias_init: Initializer = _ZEROS,
         scale_init: Initializer = _ONES,
-        axis_name: str | None = None,
-        axis_index_groups: Any = None,
+        axis_name: AxisName = None,
+        axis_index_groups: AxisIndexGroups = None,
         rngs: nnx.Rngs,
     ) -> None:
         _setup(self, locals(), "batch")

@@ -21,7 +21,8 @@ def _trace(f):
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: jnorm.layer_norm(X, reduction_axes=4), r"`reduction_axes`=4 is out of range .* \[-4, 3\]"),
+        (lambda: jnorm.layer_norm(X, reduction_axes=4),
+         r"`reduction_axes`=4 is out of range .* \[-4, 3\]"),
         (lambda: jnorm.layer_norm(X, reduction_axes=-5), r"`reduction_axes`=-5 is out of range"),
         (lambda: jnorm.layer_norm(X, reduction_axes=(1, -3)), r"names the same axis twice"),
         (lambda: jnorm.moments(X, reduction_axes=7), r"`reduction_axes`=7 is out of range"),
@@ -114,7 +115,8 @@ NEG = jnp.array(-1.0)
         (lambda: jnorm.group_norm(X, epsilon=-1.0, num_groups=2), r"`epsilon` must be finite"),
         (lambda: jnorm.standardize_weight(jnp.ones((3, 4)), epsilon=-1.0),
          r"standardize_weight: `epsilon`"),
-        (lambda: jnorm.layer_norm(X, reduction_axes=[1.5]), r"`reduction_axes`=\[1.5\] must be an int"),
+        (lambda: jnorm.layer_norm(X, reduction_axes=[1.5]),
+         r"`reduction_axes`=\[1.5\] must be an int"),
         (lambda: jnorm.layer_norm(X, reduction_axes=()), r"`reduction_axes`=\(\) names no axis"),
         (lambda: jnorm.layer_norm(X, reduction_axes=True), r"`reduction_axes` must be an int"),
         (lambda: jnorm.group_norm(X, num_groups=True), r"`num_groups`=True does not divide"),

@@ -102,7 +102,8 @@ def test_channel_first_equals_channel_last():
          jnorm.group_norm(xl, s, b, num_groups=3)),
         (jnorm.batch_norm(x, jnorm.BatchStats.init(6), s, b, training=True, feature_axes=1)[0],
          jnorm.batch_norm(xl, jnorm.BatchStats.init(6), s, b, training=True)[0]),
-        (jnorm.layer_norm(x, reduction_axes=(1, 2, 3)), jnorm.layer_norm(xl, reduction_axes=(1, 2, 3))),
+        (jnorm.layer_norm(x, reduction_axes=(1, 2, 3)),
+         jnorm.layer_norm(xl, reduction_axes=(1, 2, 3))),
     ]
     for first, last in pairs:
         np.testing.assert_allclose(np.moveaxis(np.asarray(first), 1, -1), last, atol=5e-6)

@@ -89,55 +89,93 @@ def test_half_precision_forward():
     )
 
 
-@pytest.fixture
-def forced(monkeypatch):
-    """Routes the layers through the kernels (interpret mode on CPU)."""
-    monkeypatch.setattr(_row_norm, "FORCE", True)
-
-
 @pytest.mark.parametrize("layer", ["layer_norm", "rms_norm"])
-def test_layers_use_kernels_and_keep_transforms(layer, forced):
+def test_layers_use_kernels_and_keep_transforms(layer):
+    """``implementation="pallas"`` (interpret mode on CPU) gives the XLA path's values,
+    gradients and tangents, under jit, grad, jvp and vmap."""
     x, scale, bias, g = _data((4, 8, 128), 1e4 if layer == "layer_norm" else 0.0, seed=2)
-    assert _pallas.suits(x, (2,), scale.reshape(1, 1, -1), center=layer == "layer_norm")
 
-    def f(x, scale):
+    def f(x, scale, implementation="pallas"):
         if layer == "layer_norm":
-            return jnorm.layer_norm(x, scale, bias)
-        return jnorm.rms_norm(x, scale)
+            return jnorm.layer_norm(x, scale, bias, implementation=implementation)
+        return jnorm.rms_norm(x, scale, implementation=implementation)
 
+    def ref(x, scale):
+        return f(x, scale, "xla")
+
+    assert "pallas_call" in str(jax.make_jaxpr(f)(x, scale))
+    assert "pallas_call" not in str(jax.make_jaxpr(ref)(x, scale))
     y = jax.jit(f)(x, scale)
     gx, gs = jax.grad(lambda x, s: jnp.sum(f(x, s) * g), argnums=(0, 1))(x, scale)
     _, ty = jax.jvp(f, (x, scale), (g, scale))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_row_norm, "FORCE", False)
-        y_ref = f(x, scale)
-        gx_ref, gs_ref = jax.grad(lambda x, s: jnp.sum(f(x, s) * g), argnums=(0, 1))(x, scale)
-        _, ty_ref = jax.jvp(f, (x, scale), (g, scale))
+    y_ref = ref(x, scale)
+    gx_ref, gs_ref = jax.grad(lambda x, s: jnp.sum(ref(x, s) * g), argnums=(0, 1))(x, scale)
+    _, ty_ref = jax.jvp(ref, (x, scale), (g, scale))
     np.testing.assert_allclose(y, y_ref, atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(gx, gx_ref, atol=5e-5, rtol=1e-4)
     np.testing.assert_allclose(gs, gs_ref, atol=5e-4, rtol=1e-4)
     np.testing.assert_allclose(ty, ty_ref, atol=5e-5, rtol=1e-4)
-    assert jax.vmap(f, in_axes=(0, None))(x, scale).shape == x.shape
+    np.testing.assert_allclose(jax.vmap(f, in_axes=(0, None))(x, scale), y_ref, atol=2e-5,
+                               rtol=1e-5)
 
 
-def test_kernel_serves_the_forward_and_xla_the_derivative(forced):
+def test_kernel_serves_the_forward_and_xla_the_derivative():
     """Plain evaluation uses the kernel; grad and jvp use the XLA path, which XLA fuses with
     the derivative's loops (the kernel's separate output measured slower in training)."""
     x, scale, bias, g = _data((16, 128), 0.0)
 
     def f(x):
-        return jnorm.layer_norm(x, scale, bias)
+        return jnorm.layer_norm(x, scale, bias, implementation="pallas")
 
     assert "pallas_call" in str(jax.make_jaxpr(f)(x))
     assert "pallas_call" not in str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(f(x) * g)))(x))
     assert "pallas_call" not in str(jax.make_jaxpr(lambda x: jax.jvp(f, (x,), (g,)))(x))
 
 
-def test_constant_rows_give_the_bias(forced):
+def test_constant_rows_give_the_bias():
     x = jnp.full((16, 128), 10000.1, jnp.float32)
     bias = jnp.arange(128.0, dtype=jnp.float32)
-    y = jnorm.layer_norm(x, jnp.ones(128, jnp.float32), bias)
+    y = jnorm.layer_norm(x, jnp.ones(128, jnp.float32), bias, implementation="pallas")
     np.testing.assert_array_equal(y, jnp.broadcast_to(bias, y.shape))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape", "scale_shape", "why"),
+    [
+        ({"reduction_axes": 0, "feature_axes": 1}, (16, 128), (128,),
+         r"statistics are over axes \(0,\)"),
+        ({}, (16, 100), (100,), r"last axis has size 100.*power of two in \[128, 16384\]"),
+        ({"mask": jnp.ones((16, 128), bool)}, (16, 128), (128,), r"a `mask`"),
+        ({"epsilon": jnp.float32(1e-6)}, (16, 128), (128,), None),  # concrete: fine
+        ({"feature_axes": (0, 1)}, (16, 128), (16, 128), r"parameters vary along other axes"),
+    ],
+)
+def test_pallas_refuses_what_it_cannot_serve(kwargs, shape, scale_shape, why):
+    x = jnp.ones(shape, jnp.float32)
+    scale = jnp.ones(scale_shape, jnp.float32)
+    if why is None:
+        jnorm.layer_norm(x, scale, implementation="pallas", **kwargs)
+        return
+    with pytest.raises(ValueError, match=rf"implementation='pallas'.*{why}.*Pass "
+                                         r"implementation=None \(automatic\) or 'xla'"):
+        jnorm.layer_norm(x, scale, implementation="pallas", **kwargs)
+    jnorm.layer_norm(x, scale, implementation="xla", **kwargs)  # XLA serves every call
+    jnorm.layer_norm(x, scale, **kwargs)  # and the automatic choice falls back to it
+
+
+def test_implementation_is_checked():
+    with pytest.raises(ValueError, match=r"rms_norm: `implementation`='triton' is not one of"):
+        jnorm.rms_norm(jnp.ones((2, 128)), implementation="triton")
+
+
+def test_xla_never_uses_the_kernel(monkeypatch):
+    """``implementation="xla"`` keeps XLA even where the automatic choice takes the kernel."""
+    x = jnp.ones((8, 256), jnp.float32)
+    monkeypatch.setattr(_row_norm, "suits", lambda *a, **k: True)
+    monkeypatch.setattr(_pallas, "suits", lambda *a, **k: True)
+    assert "pallas_call" in str(jax.make_jaxpr(jnorm.layer_norm)(x))
+    assert "pallas_call" not in str(jax.make_jaxpr(
+        lambda x: jnorm.layer_norm(x, implementation="xla"))(x))
 
 
 def test_suits_only_kernel_shapes(monkeypatch):
@@ -186,3 +224,25 @@ def test_bad_warp_count_names_the_argument():
     with pytest.raises(ValueError, match="num_warps must be a power of two"):
         _pallas.row_norm_forward(x, scale, bias, epsilon=1e-6, interpret=INTERPRET,
                                  config=(1024, 3))
+
+
+def test_modules_pass_implementation_through():
+    """jnorm's LayerNorm/RMSNorm (linen and nnx) take ``implementation`` like the functions."""
+    from flax import nnx
+
+    import jnorm.linen as jnn
+    import jnorm.nnx as jnx
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 128)), jnp.float32)
+    for cls in (jnn.LayerNorm, jnn.RMSNorm):
+        for impl, has_kernel in (("pallas", True), ("xla", False), (None, False)):
+            m = cls(implementation=impl)
+            v = m.init(jax.random.key(0), x)
+            assert ("pallas_call" in str(jax.make_jaxpr(m.apply)(v, x))) == has_kernel
+            np.testing.assert_allclose(m.apply(v, x), cls().apply(v, x), atol=2e-5, rtol=1e-5)
+    for cls in (jnx.LayerNorm, jnx.RMSNorm):
+        m = cls(128, implementation="pallas", rngs=nnx.Rngs(0))
+        assert "pallas_call" in str(jax.make_jaxpr(m.__call__)(x))
+        np.testing.assert_allclose(m(x), cls(128, rngs=nnx.Rngs(0))(x), atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="`implementation`='cuda'"):
+        jnn.LayerNorm(implementation="cuda").init(jax.random.key(0), x)

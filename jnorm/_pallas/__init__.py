@@ -15,5 +15,6 @@ from jnorm._pallas._row_norm import block_rows as block_rows
 from jnorm._pallas._row_norm import row_norm_backward as row_norm_backward
 from jnorm._pallas._row_norm import row_norm_forward as row_norm_forward
 from jnorm._pallas._row_norm import suits as suits
+from jnorm._pallas._row_norm import unsupported as unsupported
 
-__all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits"]
+__all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits", "unsupported"]

@@ -12,7 +12,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-__all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits"]
+__all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits", "unsupported"]
 
 #: The forward's launch configuration ``(elements per row block, warps per program)``; one
 #: row block is held at once (in registers on GPU). Chosen with ``python -m benchmarks.bench
@@ -25,8 +25,6 @@ _MIN_D, _MAX_D = 128, 16384
 #: Smallest feature size for which the forward kernel is used automatically (layer norm):
 #: the smallest measured, where it took 0.79x flax's time (H200, (524288, 256)).
 AUTO_MIN_D = 256
-#: Tests set this to use the kernels (in interpret mode) on CPU too.
-FORCE = False
 
 
 def _triton_params(num_warps: int) -> Any:
@@ -63,23 +61,39 @@ def suits(
     16384), not RMS norm (XLA's fusion was 0.85-0.95x the kernel's time there). It serves
     plain evaluation only: the derivative rule computes its primal with XLA, which fuses it
     with the derivative's loops. The environment variable ``JNORM_PALLAS=0`` turns the
-    kernels off everywhere; tests set :data:`FORCE` to use them for every shape they handle
-    (in interpret mode on CPU).
+    automatic choice off everywhere; ``implementation="pallas"`` in :func:`jnorm.layer_norm`
+    and :func:`jnorm.rms_norm` asks for the kernel whatever this says (in interpret mode off
+    GPU), ``"xla"`` never uses it.
     """
     if os.environ.get("JNORM_PALLAS", "1") == "0":
         return False
-    if not FORCE and (backend or jax.default_backend()) != "gpu":
+    if (backend or jax.default_backend()) != "gpu":
         return False
+    if unsupported(x, axes, *params) is not None:
+        return False
+    return center and x.shape[-1] >= AUTO_MIN_D
+
+
+def unsupported(x: jax.Array, axes: tuple[int, ...], *params: Any) -> str | None:
+    """Why the forward kernel cannot compute this call, or None if it can.
+
+    >>> unsupported(jnp.zeros((8, 256)), (1,)) is None
+    True
+    >>> unsupported(jnp.zeros((8, 100)), (1,))
+    'the last axis has size 100, and the kernel needs a power of two in [128, 16384]'
+    """
     if x.ndim < 2 or axes != (x.ndim - 1,):
-        return False
+        return (f"the statistics are over axes {axes} of a {x.ndim}-d input, and the kernel "
+                "needs exactly the last axis of an input with at least 2 axes")
     if x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
-        return False
+        return f"the input is {x.dtype}, and the kernel needs float32, bfloat16 or float16"
     d = x.shape[-1]
     if d < _MIN_D or d > _MAX_D or d & (d - 1):
-        return False
+        return (f"the last axis has size {d}, and the kernel needs a power of two in "
+                f"[{_MIN_D}, {_MAX_D}]")
     if not all(p is None or p.shape == (1,) * (x.ndim - 1) + (d,) for p in params):
-        return False
-    return FORCE or (center and d >= AUTO_MIN_D)
+        return "the parameters vary along other axes than the last, and the kernel needs (D,)"
+    return None
 
 
 def _fwd_kernel(x_ref: Any, s_ref: Any, b_ref: Any, y_ref: Any, p_ref: Any, m_ref: Any,

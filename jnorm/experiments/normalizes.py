@@ -223,11 +223,12 @@ def run(ctx: Context) -> ExperimentResult:
                       "cells expected", "match", "max |set mean| after",
                       "max |set std − 1| after"], rows)
     method = (f"A random `{CUBE}` (N, H, W, C) tensor goes through `jnorm.batch_norm` "
-              "(training mode), `jnorm.layer_norm(axis=(1, 2, 3))`, `jnorm.instance_norm` and "
-              f"`jnorm.group_norm(num_groups={GROUPS})`. One Jacobian column (a `jax.jvp` with "
-              f"a one-hot tangent at element {PROBE}) marks every output that depends on that "
-              "input: that is the set whose mean and variance the element shares. The cube "
-              "shows N × C × (H·W) as in Wu & He (2018), Fig. 2. The histograms use the "
+              "(training mode), `jnorm.layer_norm(reduction_axes=(1, 2, 3))`, "
+              f"`jnorm.instance_norm` and `jnorm.group_norm(num_groups={GROUPS})`. One Jacobian "
+              f"column (a `jax.jvp` with a one-hot tangent at element {PROBE}) marks every "
+              "output that depends on that input: that is the set whose mean and variance the "
+              "element shares. The cube shows N × C × (H·W) as in Wu & He (2018), Fig. 2. The "
+              "histograms use the "
               "second-conv activation of a plain CNN trained briefly on the data (test images), "
               "normalized by each function (group norm with 4 groups of 4 channels); the last "
               "two table columns check that every normalized set has mean 0 and std 1 "
