@@ -257,6 +257,10 @@ class ModuleCase:
     ``flax.nnx`` and ``jnorm.nnx``), which must then have the same variables, outputs and
     updates (tests/test_linen.py, tests/test_nnx.py). A module whose class name flax also has
     needs at least one (tests/test_registry.py checks).
+
+    ``nnx_twin``: keyword arguments ``kw`` for which ``jnorm.nnx.<cls>(C, **kw)`` must be
+    bitwise equal to its ``jnorm.linen`` twin on the same variables (tests/test_nnx.py;
+    :data:`NNX_TWIN_CASES`).
     """
 
     cls: str
@@ -267,6 +271,7 @@ class ModuleCase:
     wraps_dense: bool = False  # the module wraps a dense layer (linen: flax.linen.Dense(5))
     flax: tuple[Mapping[str, Any], ...] = ()
     flax_nnx: tuple[Mapping[str, Any], ...] = ()
+    nnx_twin: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,7 +435,8 @@ REGISTRY: tuple[Entry, ...] = (
             flax=({"use_running_average": False},
                   {"use_running_average": False, "axis": 1, "momentum": 0.9},
                   {"use_running_average": True}),
-            flax_nnx=({}, {"momentum": 0.9, "use_bias": False})),),
+            flax_nnx=({}, {"momentum": 0.9, "use_bias": False}),
+            nnx_twin=({}, {"momentum": None})),),
         companions=("BatchStats", "update_batch_stats"),
         errors=((lambda x: jnorm.batch_norm(x, jnorm.BatchStats.init(3), training=True),
                  r"`state.mean` has shape \(3,\)"),),
@@ -446,7 +452,8 @@ REGISTRY: tuple[Entry, ...] = (
                 x, v["params"]["scale"], v["params"]["bias"]),
             flax=({}, {"reduction_axes": (1, 2, 3), "feature_axes": -1},
                   {"use_bias": False, "epsilon": 1e-3}),
-            flax_nnx=({}, {"reduction_axes": (1, 2, 3), "epsilon": 1e-3})),),
+            flax_nnx=({}, {"reduction_axes": (1, 2, 3), "epsilon": 1e-3}),
+            nnx_twin=({},)),),
         offset=1e3,
     ),
     Entry(
@@ -455,7 +462,8 @@ REGISTRY: tuple[Entry, ...] = (
         _core("rms_norm"),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
         linen=(ModuleCase("RMSNorm", {}, lambda v, x: jnorm.rms_norm(x, v["params"]["scale"]),
-                          flax=({}, {"reduction_axes": (2, 3)}), flax_nnx=({},)),),
+                          flax=({}, {"reduction_axes": (2, 3)}), flax_nnx=({},),
+            nnx_twin=({},)),),
     ),
     Entry(
         "instance_norm", (3, 4, 2, 4), _sb,
@@ -465,7 +473,8 @@ REGISTRY: tuple[Entry, ...] = (
         linen=(ModuleCase(
             "InstanceNorm", {}, lambda v, x: jnorm.instance_norm(
                 x, v["params"]["scale"], v["params"]["bias"]),
-            flax=({}, {"use_scale": False}), flax_nnx=({}, {"use_scale": False})),),
+            flax=({}, {"use_scale": False}), flax_nnx=({}, {"use_scale": False}),
+            nnx_twin=({},)),),
         offset=50.0,
     ),
     Entry(
@@ -479,7 +488,8 @@ REGISTRY: tuple[Entry, ...] = (
                 x, v["params"]["scale"], v["params"]["bias"], num_groups=2),
             flax=({"num_groups": 4}, {"num_groups": None, "group_size": 2},
                   {"num_groups": 2, "reduction_axes": (2, 3)}),
-            flax_nnx=({"num_groups": 4}, {"num_groups": None, "group_size": 2})),),
+            flax_nnx=({"num_groups": 4}, {"num_groups": None, "group_size": 2}),
+            nnx_twin=({"num_groups": 2},)),),
         errors=((lambda x: jnorm.group_norm(x, num_groups=3), r"`num_groups`=3 does not divide"),
                 (lambda x: jnorm.group_norm(x, num_groups=True), r"`num_groups`=True"),),
     ),
@@ -494,7 +504,8 @@ REGISTRY: tuple[Entry, ...] = (
         frozenset({"stateful", "training", "epsilon", "momentum", "dtype", "mask",
                    "axis_name"}),
         linen=(ModuleCase("BatchRenorm", {"use_running_average": False}, _renorm_module,
-                          mutable=True),),
+                          mutable=True,
+            nnx_twin=({},)),),
         companions=("batch_renorm_schedule",),
         offset=0.5,
         state=_state,
@@ -507,7 +518,8 @@ REGISTRY: tuple[Entry, ...] = (
         lambda x, p: _whiten(x, p, 1e-5, None),
         frozenset({"stateful", "training", "epsilon", "momentum", "dtype", "grad"}),
         linen=(ModuleCase("DecorrelatedBatchNorm", {"use_running_average": False},
-                          _dbn_module(None), mutable=True),),
+                          _dbn_module(None), mutable=True,
+            nnx_twin=({"group_size": 4},)),),
         companions=("WhiteningStats", "whitening_matrix"),
         rtol=1e-4,
         state=_wstate,
@@ -520,7 +532,8 @@ REGISTRY: tuple[Entry, ...] = (
         lambda x, p: _whiten(x, p, 1e-5, 5),
         frozenset({"stateful", "training", "epsilon", "momentum", "dtype", "grad"}),
         linen=(ModuleCase("IterNorm", {"use_running_average": False}, _dbn_module(5),
-                          mutable=True),),
+                          mutable=True,
+            nnx_twin=({"group_size": 4},)),),
         rtol=1e-4,
         state=_wstate,
     ),
@@ -531,7 +544,8 @@ REGISTRY: tuple[Entry, ...] = (
         lambda x, p: _ref_evonorm_b0(x, p),
         frozenset({"stateful", "training", "epsilon", "momentum", "dtype", "half", "grad"}),
         linen=(ModuleCase("EvoNormB0", {"use_running_average": False}, _evob0_module,
-                          mutable=True),),
+                          mutable=True,
+            nnx_twin=({},)),),
         offset=0.0,
         state=_state,
     ),
@@ -542,7 +556,8 @@ REGISTRY: tuple[Entry, ...] = (
         lambda x, p: _ref_evonorm_s0(x, p),
         frozenset({"epsilon", "dtype", "half", "grad"}),
         linen=(ModuleCase("EvoNormS0", {"num_groups": 2}, lambda v, x: jnorm.evonorm_s0(
-            x, v["params"]["scale"], v["params"]["bias"], v["params"]["v"], num_groups=2)),),
+            x, v["params"]["scale"], v["params"]["bias"], v["params"]["v"], num_groups=2),
+            nnx_twin=({"num_groups": 2},)),),
         errors=((lambda x: jnorm.evonorm_s0(x, num_groups=2.0), r"`num_groups`=2.0"),),
         offset=0.0,
     ),
@@ -554,7 +569,8 @@ REGISTRY: tuple[Entry, ...] = (
         frozenset({"epsilon", "dtype", "half", "grad"}),
         linen=(ModuleCase("FilterResponseNorm", {}, lambda v, x: jnorm.tlu(
             jnorm.filter_response_norm(x, v["params"]["scale"], v["params"]["bias"]),
-            v["params"]["tau"])),),
+            v["params"]["tau"]),
+            nnx_twin=({"learned_epsilon": True},)),),
         companions=("tlu",),
         offset=0.0,
     ),
@@ -639,6 +655,7 @@ REGISTRY = tuple(
 #: The comparisons with flax: ``(ModuleCase, kwargs)`` for flax.linen and for flax.nnx.
 FLAX_LINEN_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.flax]
 FLAX_NNX_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.flax_nnx]
+NNX_TWIN_CASES = [(mc.cls, kw) for e in REGISTRY for mc in e.linen for kw in mc.nnx_twin]
 #: Public classes of jnorm.linen that are not a normalization's module.
 LINEN_SUPPORT: dict[str, str] = {}
 #: Public classes of jnorm.nnx that are not a normalization's module.

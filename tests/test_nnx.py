@@ -17,7 +17,7 @@ import jnorm
 import jnorm.linen as jnn
 import jnorm.nnx as jnx
 from tests.helpers import data
-from tests.registry import FLAX_NNX_CASES
+from tests.registry import FLAX_NNX_CASES, NNX_TWIN_CASES
 
 X = data((6, 3, 3, 8), offset=1.5, spread=2.0)
 STANDARD = jax.numpy_dtype_promotion("standard")  # flax itself mixes dtypes implicitly
@@ -122,13 +122,9 @@ def _linen_twin(name, kw):
     return getattr(jnn, name)(**linen_kw)
 
 
-EVERY = [
-    ("BatchNorm", {}), ("BatchNorm", {"momentum": None}), ("LayerNorm", {}), ("RMSNorm", {}),
-    ("GroupNorm", {"num_groups": 2}), ("InstanceNorm", {}), ("BatchRenorm", {}),
-    ("DecorrelatedBatchNorm", {"group_size": 4}), ("IterNorm", {"group_size": 4}),
-    ("FilterResponseNorm", {"learned_epsilon": True}), ("EvoNormS0", {"num_groups": 2}),
-    ("EvoNormB0", {}),
-]
+#: (class name, constructor keywords) compared bitwise with the linen twin (the registry's
+#: ModuleCase.nnx_twin).
+EVERY = NNX_TWIN_CASES
 
 
 @pytest.mark.parametrize(("name", "kw"), EVERY, ids=[f"{n}-{i}" for i, (n, _) in
@@ -364,7 +360,7 @@ def test_every_module_is_in_both_frameworks_and_tested_here():
         assert isinstance(getattr(jnx, name), type) and isinstance(getattr(jnn, name), type)
     tested = {n for n, _ in EVERY} | {"WeightNorm", "WeightStandardization", "SpectralNorm",
                                       "LocalResponseNorm"}
-    assert set(jnx.__all__) == tested  # a new module needs a row in EVERY (or test_wrappers)
+    assert set(jnx.__all__) == tested  # a new module needs ModuleCase.nnx_twin (or test_wrappers)
 
 
 def test_cumulative_average_with_a_mask_counts_per_feature():
