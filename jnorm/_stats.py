@@ -372,10 +372,10 @@ def moments(
     the corrected two-pass algorithm (a first pass for the mean, then shifted sums around
     it; see :mod:`jnorm._stats`), in at least float32. Its error bound,
 
-    .. math::  |\\widehat{\\sigma^2} - \\sigma^2| \\lesssim 2\\gamma\\,\\sigma^2
-               (1 + \\gamma^2\\kappa^2), \\qquad \\kappa = E|x| / \\sigma,
+    .. math::  |\widehat{\sigma^2} - \sigma^2| \lesssim 2\gamma\,\sigma^2
+               (1 + \gamma^2\kappa^2), \qquad \kappa = E|x| / \sigma,
 
-    with ``\\gamma`` the relative error of one float32 sum (about ``u log2 n``), depends neither
+    with ``\gamma`` the relative error of one float32 sum (about ``u log2 n``), depends neither
     on where the data sits (``1e6 + N(0, 1)`` keeps full accuracy, unlike
     ``E[x^2] - E[x]^2``) nor on which element comes first (one outlier anywhere does not
     cancel).
