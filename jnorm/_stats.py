@@ -42,8 +42,9 @@ in float32 is not (at ``|mean| = 1e6`` one float32 ulp is 0.06).
 
 Across devices (``axis_name``) every device contributes ``(n, m, \bar d, M_2)`` with
 ``M_2 = \sum |d - \bar d|^2``; one collective brings all of them to every device, which
-combines them with Chan et al.'s parallel formula around a common pivot (one device's ``m``),
-then re-centres the result on the rounded global mean. The combination is
+combines them with Chan et al.'s parallel formula around a common pivot (the count-weighted
+mean of the devices' means, so no single device's data decides it), then re-centres the
+result on the rounded global mean. The combination is
 exact for any per-device counts (including zero) and identical on every device. The collective
 is an all-reduce of per-device slots (its result is typed as replicated under ``shard_map``, so
 running statistics can leave with ``out_specs=P()``), or an ``all_gather`` with
@@ -254,18 +255,21 @@ def _combine_across_devices(
     shifts, means, m2s = gathered[:, 1], gathered[:, 2], gathered[:, 3]
     m2s = lax.real(m2s) if jnp.iscomplexobj(m2s) else m2s
     has = counts > 0
-    # A common pivot: the shift of the first device that has data (the same on every device).
-    first = jnp.argmax(has, axis=0)[None]
-    common = jnp.take_along_axis(shifts, first, axis=0)[0]
-    offsets = jnp.where(has, (shifts - common[None]) + means, jnp.zeros_like(means))
     total = jnp.sum(counts, axis=0)
     safe = jnp.maximum(total, jnp.ones_like(total))
     counts_acc = counts.astype(acc)
+    # A common pivot, the same on every device: the count-weighted mean of the devices' means
+    # (a first pass over them). Not one device's mean: a device holding only an outlier would
+    # make every other device's offset large, and its rounding (ulp of the outlier) would
+    # reach the global mean -- the first-element pivot again, one level up. The offsets then
+    # correct the pivot's own rounding (the second pass).
+    local_means = jnp.where(has, shifts + means, jnp.zeros_like(means))
+    common = lax.stop_gradient(jnp.sum(counts_acc * local_means, axis=0) / safe.astype(acc))
+    offsets = jnp.where(has, (shifts - common[None]) + means, jnp.zeros_like(means))
     mean = jnp.sum(counts_acc * offsets, axis=0) / safe.astype(acc)
     spread = jnp.sum(counts * _abs_sq(offsets - mean[None]), axis=0)
     var = (jnp.sum(m2s, axis=0) + spread) / safe
-    # Re-centred on the rounded global mean: x - shift then stays exact for every device's
-    # data even when the first device's mean (the common pivot) is far from the others'.
+    # Re-centred on the rounded global mean, so a constant input gives exactly the bias.
     centre, residual = _recentre(common, mean)
     return Moments(centre, residual, var.astype(real), total.astype(real))
 
