@@ -306,7 +306,7 @@ class Entry:
     nnx_cases: tuple[ModuleCase, ...] = ()
     companions: tuple[str, ...] = ()
     errors: tuple[tuple[Callable[[jax.Array], Any], str], ...] = ()
-    rtol: float = 2e-5
+    rtol: float = 1e-6  # observed <= 2.4e-7; a 10x epsilon in layer norm: 3.8e-6
     offset: float = 2.0
     state: Callable[[Any], Any] | None = None  # a fresh state for an input (stateful only)
 
@@ -521,7 +521,7 @@ REGISTRY: tuple[Entry, ...] = (
                           _dbn_module(None), mutable=True,
             nnx_twin=({"group_size": 4},)),),
         companions=("WhiteningStats", "whitening_matrix"),
-        rtol=1e-4,
+        rtol=2e-6,  # whitening: observed 3e-7
         state=_wstate,
     ),
     Entry(
@@ -534,7 +534,7 @@ REGISTRY: tuple[Entry, ...] = (
         linen=(ModuleCase("IterNorm", {"use_running_average": False}, _dbn_module(5),
                           mutable=True,
             nnx_twin=({"group_size": 4},)),),
-        rtol=1e-4,
+        rtol=2e-6,  # whitening: observed 3e-7
         state=_wstate,
     ),
     Entry(
@@ -628,7 +628,7 @@ REGISTRY: tuple[Entry, ...] = (
                           call_kwargs={"update_stats": True}, mutable=True, wraps_dense=True,
                           flax=({},), flax_nnx=({},)),),
         companions=("spectral_norm_init",),
-        rtol=1e-5,
+        rtol=1e-6,
     ),
 )
 BY_NAME = {e.name: e for e in REGISTRY}

@@ -113,7 +113,7 @@ def test_bfloat16_returns_bfloat16_close_to_oracle(entry: Entry):
     y = _y(entry.call(jnp.asarray(x), p))
     assert y.dtype == jnp.bfloat16
     x64 = np.asarray(x.astype(np.float32), np.float64)
-    assert _rel(y.astype(jnp.float32), entry.ref(x64, p)) <= 2e-2
+    assert _rel(y.astype(jnp.float32), entry.ref(x64, p)) <= 8e-3  # one bf16 ulp; seen 3.4e-3
 
 
 # ------------------------------------------------------------------------ transformations
