@@ -132,6 +132,26 @@ def test_compare_margin_from_seed_spread_and_floor() -> None:
     assert one.se is None and one.margin == 0.05 and "1 seed, no spread" in one.describe()
 
 
+def test_no_difference_is_shown_only_by_a_tight_interval() -> None:
+    """An absence of a difference counts only when diff ± 2 SE lies within the floor; one
+    lost in the seed spread is undecided, never "reproduced" (the momentum-0.999 case: a
+    4.5-point drop with a wide spread)."""
+    tight = compare([0.900, 0.901, 0.902], [0.899, 0.900, 0.901], floor=0.01)
+    assert tight.agrees() == (True, None) and tight.not_greater() == (True, None)
+    wide = compare([0.98, 0.88, 0.95], [0.98, 0.98, 0.98], floor=0.01)  # -0.043 ± 0.06
+    assert wide.within  # the old rule called this agreement
+    holds, why = wide.agrees()
+    assert not holds and why is not None and "undecided" in why
+    assert wide.not_greater()[0] is False  # 2 SE reaches past the floor: not shown either
+    worse = compare([0.98, 0.98, 0.98], [0.88, 0.95, 0.98], floor=0.01)
+    assert worse.not_greater()[0] is False and worse.not_greater()[1] is not None
+    far = compare([0.70, 0.71, 0.72], [0.90, 0.91, 0.92], floor=0.01)
+    assert far.agrees() == (False, None)  # refuted: beyond the margin
+    one = compare([0.9], [0.905], floor=0.01)
+    assert one.agrees() == (True, None)  # one seed: the floor alone decides
+    assert compare([0.9], [0.95], floor=0.01).agrees() == (False, None)
+
+
 def test_guard_makes_claims_inconclusive_below_the_validity_bar(digits: Dataset) -> None:
     ctx = Context(digits, "unused", scale="tiny", seeds=(0,))
     assert ctx.chance == pytest.approx(np.bincount(digits.y_test).max() / len(digits.y_test))

@@ -163,11 +163,18 @@ def fmt_seeds(values: Any, digits: int = 3) -> str:
 
 @dataclasses.dataclass
 class Comparison:
-    """``a − b`` over seeds with its margin ``max(floor, 2·combined standard error)``."""
+    """``a − b`` over seeds with its margin ``max(floor, 2·combined standard error)``.
+
+    A difference is shown by :attr:`greater` / :attr:`less` (beyond the margin). An absence of
+    a difference is shown only when the whole interval ``diff ± 2 SE`` lies within the floor
+    (:meth:`agrees`, :meth:`not_greater`): a difference lost in the seed spread is not evidence
+    that there is none, and those methods call it undecided.
+    """
 
     diff: float
     margin: float
     se: float | None  # None with one seed per side
+    floor: float
 
     @property
     def greater(self) -> bool:
@@ -183,6 +190,31 @@ class Comparison:
     def within(self) -> bool:
         """``|a − b|`` is at most the margin."""
         return abs(self.diff) <= self.margin
+
+    def _undecided(self, bound: float, digits: int = 3) -> str:
+        return (f"undecided: the difference {self.diff:+.{digits}f} lies within the margin, but "
+                f"its 2-SE bound {bound:+.{digits}f} is beyond the floor {self.floor:g}, so the "
+                "seeds can neither show the claimed agreement nor refute it (more seeds would)")
+
+    def agrees(self) -> tuple[bool, str | None]:
+        """``|a − b| ≤ floor`` shown: ``(True, None)`` if ``|diff| + 2 SE ≤ floor``,
+        ``(False, None)`` if ``|diff|`` exceeds the margin, else ``(False, why undecided)``."""
+        bound = abs(self.diff) + (0.0 if self.se is None else 2 * self.se)
+        if bound <= self.floor:
+            return True, None
+        if not self.within:
+            return False, None
+        return False, self._undecided(bound)
+
+    def not_greater(self) -> tuple[bool, str | None]:
+        """``a − b ≤ floor`` shown (one-sided): ``(True, None)`` if ``diff + 2 SE ≤ floor``,
+        ``(False, None)`` if ``diff`` exceeds the margin, else ``(False, why undecided)``."""
+        bound = self.diff + (0.0 if self.se is None else 2 * self.se)
+        if bound <= self.floor:
+            return True, None
+        if self.greater:
+            return False, None
+        return False, self._undecided(bound)
 
     def describe(self, digits: int = 3) -> str:
         """``"difference +0.052, margin 0.020 (2 × SE 0.006)"`` or ``"(1 seed, no spread)"``."""
@@ -202,11 +234,11 @@ def compare(a: Any, b: Any, floor: float) -> Comparison:
     b = np.asarray(b, np.float64).reshape(-1)
     diff = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
-        return Comparison(diff, floor, None)
+        return Comparison(diff, floor, None, floor)
     se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     if not math.isfinite(se):
         se = math.inf
-    return Comparison(diff, max(floor, 2 * se), se)
+    return Comparison(diff, max(floor, 2 * se), se, floor)
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
