@@ -40,7 +40,7 @@ def _oracle(x, scale, bias, center):
 @pytest.mark.parametrize("center", [True, False], ids=["layer", "rms"])
 @pytest.mark.parametrize("offset", [0.0, 1e4])
 def test_forward_matches_xla(shape, center, offset):
-    x, scale, bias, _ = _data(shape, offset if center else 0.0)
+    x, scale, bias, _ = _data(shape, offset)
     b = bias if center else None
     y, shift, mean, var = _pallas.row_norm_forward(
         x, scale, b, epsilon=1e-6, center=center, interpret=INTERPRET
@@ -59,7 +59,7 @@ def test_forward_matches_xla(shape, center, offset):
 @pytest.mark.parametrize("center", [True, False], ids=["layer", "rms"])
 @pytest.mark.parametrize("offset", [0.0, 1e4])
 def test_backward_matches_xla(shape, center, offset):
-    x, scale, bias, g = _data(shape, offset if center else 0.0, seed=1)
+    x, scale, bias, g = _data(shape, offset, seed=1)
     b = bias if center else None
 
     def f(x, scale, bias):
@@ -91,8 +91,9 @@ def test_half_precision_forward():
 
 @pytest.mark.parametrize("layer", ["layer_norm", "rms_norm"])
 def test_layers_use_kernels_and_keep_transforms(layer):
-    """``implementation="pallas"`` (interpret mode on CPU) gives the XLA path's values,
-    gradients and tangents, under jit, grad, jvp and vmap."""
+    """``implementation="pallas"`` (interpret mode on CPU) gives the XLA path's values under
+    jit and vmap (the kernel runs there). grad and jvp go through XLA's derivative rule by
+    design (the next test asserts it), so their comparison only shows they still work."""
     x, scale, bias, g = _data((4, 8, 128), 1e4 if layer == "layer_norm" else 0.0, seed=2)
 
     def f(x, scale, implementation="pallas"):
