@@ -28,6 +28,12 @@ def data(shape: tuple[int, ...], *, offset: float = 0.0, spread: float = 1.0, se
     return np.asarray(offset + spread * rng.standard_normal(shape)).astype(dtype)
 
 
+def rel_err(got: Any, ref: Any) -> float:
+    """Max-norm relative error of `got` against the reference `ref`."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
 def as64(x: Any) -> np.ndarray:
     """Any array (bfloat16 too) as float64 NumPy."""
     return np.asarray(np.asarray(x).astype(np.float32) if str(np.asarray(x).dtype) == "bfloat16"

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 import jnorm
 import jnorm.linen as jnn
 from benchmarks.bench_collectives import count_collectives
+from tests.helpers import rel_err
 
 D = 8  # devices
 R = 3  # rows per device
@@ -61,12 +62,6 @@ def _data(seed: int = 0) -> dict[str, np.ndarray]:
 
 DATA = _data()
 STATE = jnorm.BatchStats.init(C)
-
-
-def _rel(a: object, b: object) -> float:
-    """Max-norm relative error of `a` against the reference `b`."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 def _oracle(x: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,7 +132,7 @@ def test_single_device_reference_matches_float64_oracle(single_device: dict) -> 
     for masked in (False, True):
         y, state, _, _ = single_device[masked]
         want_y, mean, var = _oracle(DATA["x"], DATA["mask"] if masked else None)
-        assert _rel(y, want_y) < 1e-5
+        assert rel_err(y, want_y) < 1e-5
         np.testing.assert_allclose(state.mean, MOMENTUM * 0 + (1 - MOMENTUM) * mean, rtol=1e-5)
         np.testing.assert_allclose(state.var, MOMENTUM * 1 + (1 - MOMENTUM) * var, rtol=1e-5)
 
@@ -153,17 +148,17 @@ def test_synced_batch_norm_equals_single_device(style: str, masked: bool,
     forward = {"shard_map": _shard_map, "pmap": _pmap}[style]
     y, state, dx, dscale = _with_grads(forward)(DATA["x"], mask, DATA["scale"], DATA["bias"])
     want_y, want_state, want_dx, want_dscale = single_device[masked]
-    assert _rel(y, want_y) <= 1e-6
-    assert _rel(dx, want_dx) <= 1e-6
-    assert _rel(dscale, want_dscale) <= 1e-6
+    assert rel_err(y, want_y) <= 1e-6
+    assert rel_err(dx, want_dx) <= 1e-6
+    assert rel_err(dscale, want_dscale) <= 1e-6
     mean, var = np.asarray(state.mean), np.asarray(state.var)
     if style == "pmap":  # one copy per device, bitwise identical
         assert mean.shape == (D, C)
         assert (mean == mean[:1]).all() and (var == var[:1]).all()
         assert (np.asarray(state.count) == 1).all()
         mean, var = mean[0], var[0]
-    assert _rel(mean, want_state.mean) <= 1e-6
-    assert _rel(var, want_state.var) <= 1e-6
+    assert rel_err(mean, want_state.mean) <= 1e-6
+    assert rel_err(var, want_state.var) <= 1e-6
 
 
 def test_linen_batch_norm_synced_under_shard_map() -> None:
@@ -196,12 +191,12 @@ def test_linen_batch_norm_synced_under_shard_map() -> None:
     (_, (want_y, want_stats)), (want_dparams, want_dx) = jax.jit(grads(model))(
         params, x, mask, w
     )
-    assert _rel(y, want_y) <= 1e-6
-    assert _rel(dx, want_dx) <= 1e-6
+    assert rel_err(y, want_y) <= 1e-6
+    assert rel_err(dx, want_dx) <= 1e-6
     for k in ("scale", "bias"):
-        assert _rel(dparams[k], want_dparams[k]) <= 1e-6
+        assert rel_err(dparams[k], want_dparams[k]) <= 1e-6
     for k in ("mean", "var"):
-        assert _rel(stats[k], want_stats[k]) <= 1e-6
+        assert rel_err(stats[k], want_stats[k]) <= 1e-6
     _, mean, _ = _oracle(DATA["x"], DATA["mask"])
     np.testing.assert_allclose(stats["mean"], (1 - MOMENTUM) * mean, rtol=1e-5)
 
@@ -215,11 +210,11 @@ def test_sharded_jit_equals_single_device(single_device: dict) -> None:
     y, state, dx, dscale = _with_grads(_single)(x, mask, DATA["scale"], DATA["bias"])
     assert y.sharding.is_equivalent_to(rows, y.ndim)  # the output stays sharded by rows
     want_y, want_state, want_dx, want_dscale = single_device[True]
-    assert _rel(y, want_y) <= 1e-6
-    assert _rel(dx, want_dx) <= 1e-6
-    assert _rel(dscale, want_dscale) <= 1e-6
-    assert _rel(state.mean, want_state.mean) <= 1e-6
-    assert _rel(state.var, want_state.var) <= 1e-6
+    assert rel_err(y, want_y) <= 1e-6
+    assert rel_err(dx, want_dx) <= 1e-6
+    assert rel_err(dscale, want_dscale) <= 1e-6
+    assert rel_err(state.mean, want_state.mean) <= 1e-6
+    assert rel_err(state.var, want_state.var) <= 1e-6
 
 
 GROUPS = [[0, 2, 4, 6], [1, 3, 5, 7]]  # interleaved, so a wrong device order shows
@@ -252,11 +247,11 @@ def test_axis_index_groups_give_per_group_statistics(style: str) -> None:
         want_y, want_state, want_dx, _ = ref(
             x[rows], mask[rows], DATA["scale"], DATA["bias"], DATA["w"][rows]
         )
-        assert _rel(np.asarray(y)[rows], want_y) <= 1e-6
-        assert _rel(np.asarray(dx)[rows], want_dx) <= 1e-6
+        assert rel_err(np.asarray(y)[rows], want_y) <= 1e-6
+        assert rel_err(np.asarray(dx)[rows], want_dx) <= 1e-6
         for d in group:
-            assert _rel(state.mean[d], want_state.mean) <= 1e-6
-            assert _rel(state.var[d], want_state.var) <= 1e-6
+            assert rel_err(state.mean[d], want_state.mean) <= 1e-6
+            assert rel_err(state.var[d], want_state.var) <= 1e-6
     assert not np.allclose(state.mean[0], state.mean[1])  # the two groups really differ
 
 

@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 import jnorm
 from tests.helpers import CASES, CENTERED, ref_norm
+from tests.registry import BY_NAME
 
 TOL = 2e-6  # seen <= 3.1e-7; the first-element pivot: 1.4e-2
 
@@ -300,19 +301,13 @@ def test_other_layers_with_an_outlier_first(fn):
             jnp.asarray(x), jnorm.BatchStats.init(4), jnp.ones(4), jnp.zeros(4),
             jnp.ones(4), training=True, momentum=0.0,
         )
-        var = x64.var((0, 1, 2), keepdims=True)
-        inst = x64.var((1, 2), keepdims=True)
-        ref = x64 / np.maximum(np.sqrt(var + 1e-5), x64 + np.sqrt(inst + 1e-5))
-        _close(y, ref)
-        np.testing.assert_allclose(state.var, var.ravel(), rtol=1e-5)
+        _close(y, BY_NAME["evonorm_b0"].ref(x64, {"v": np.ones(4)}))
+        np.testing.assert_allclose(state.var, x64.var((0, 1, 2)), rtol=1e-5)
     else:
         y = jnorm.evonorm_s0(
             jnp.asarray(x), jnp.ones(4), jnp.zeros(4), jnp.ones(4), num_groups=2
         )
-        xg = x64.reshape(8, 4, 4, 2, 2)
-        std = np.sqrt(xg.var((1, 2, 4), keepdims=True) + 1e-5)
-        sig = 1 / (1 + np.exp(-xg))
-        _close(y, (xg * sig / std).reshape(x.shape))
+        _close(y, BY_NAME["evonorm_s0"].ref(x64, {"v": np.ones(4)}))
 
 
 def test_whitening_mean_and_precise_bn_with_an_outlier_first():
@@ -342,8 +337,8 @@ def test_weight_standardization_with_an_outlier_first():
     w[0, 0, 0, :] += 1e3
     w = w.astype(np.float32)
     w64 = w.astype(np.float64)
-    ref = (w64 - w64.mean((0, 1, 2))) / np.sqrt(w64.var((0, 1, 2)) + 1e-5)
-    _close(jnorm.standardize_weight(jnp.asarray(w), epsilon=1e-5), ref)
+    _close(jnorm.standardize_weight(jnp.asarray(w), epsilon=1e-5),
+           BY_NAME["standardize_weight"].ref(w64, {}))
 
 
 @pytest.mark.parametrize("case", CENTERED, ids=repr)

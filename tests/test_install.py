@@ -13,8 +13,6 @@ import sys
 
 import pytest
 
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXTRAS_ONLY = ("flax", "optax", "matplotlib", "sklearn", "tqdm", "orbax", "torch", "chex")
 
@@ -31,6 +29,7 @@ def test_import_jnorm_imports_no_optional_package():
 
 
 def test_core_dependencies_are_jax_and_numpy_only():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = sorted(d.split(">")[0].split("=")[0].split("[")[0] for d in project["dependencies"])
     assert names == ["jax", "jaxlib", "numpy"]

@@ -18,6 +18,7 @@ from jax.test_util import check_grads
 
 import jnorm
 import jnorm.linen as jnn
+from tests.helpers import rel_err
 from tests.registry import LINEN_SUPPORT, NNX_SUPPORT, REGISTRY, SUPPORT, Entry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,11 +27,6 @@ MODULE_CASES = [(e, mc) for e in REGISTRY for mc in e.linen]
 
 def _y(out):
     return out[0] if isinstance(out, tuple) else out
-
-
-def _rel(got, ref) -> float:
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
 def _with(flag: str) -> list[Entry]:
@@ -103,7 +99,7 @@ def test_float32_matches_float64_oracle(entry: Entry):
     y = _y(entry.call(jnp.asarray(x), p))
     assert y.shape == x.shape and y.dtype == jnp.float32
     ref = entry.ref(x.astype(np.float64), {k: np.asarray(v, np.float64) for k, v in p.items()})
-    assert _rel(y, ref) <= entry.rtol
+    assert rel_err(y, ref) <= entry.rtol
 
 
 @pytest.mark.parametrize("entry", _with("half"), ids=repr)
@@ -113,7 +109,7 @@ def test_bfloat16_returns_bfloat16_close_to_oracle(entry: Entry):
     y = _y(entry.call(jnp.asarray(x), p))
     assert y.dtype == jnp.bfloat16
     x64 = np.asarray(x.astype(np.float32), np.float64)
-    assert _rel(y.astype(jnp.float32), entry.ref(x64, p)) <= 8e-3  # one bf16 ulp; seen 3.4e-3
+    assert rel_err(y.astype(jnp.float32), entry.ref(x64, p)) <= 8e-3  # one bf16 ulp; seen 3.4e-3
 
 
 # ------------------------------------------------------------------------ transformations
