@@ -428,7 +428,9 @@ def batch_norm(
     check_training(training, layer="batch_norm")
     features, stat_axes = batch_axes(x, state, feature_axes, cls=BatchStats, layer="batch_norm")
     check_momentum(momentum, layer="batch_norm")
-    _check_common("batch_norm", epsilon, dtype, axis_name, axis_index_groups)
+    # eval uses no collective, so an axis_name need not be bound there (flax's eval too)
+    _check_common("batch_norm", epsilon, dtype, *((axis_name, axis_index_groups) if training
+                                                  else (None, None)))
     if virtual_batch_size is not None:
         virtual_batch_size = check_positive_int(
             virtual_batch_size, "virtual_batch_size", layer="batch_norm"

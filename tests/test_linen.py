@@ -197,3 +197,18 @@ def test_single_value_per_statistic_returns_flax_value():
                      upd_theirs)
     with pytest.raises(ValueError, match="The channel axes cannot include the leading"):
         jnn.InstanceNorm(feature_axes=0).init(jax.random.key(0), jnp.asarray(X))
+
+
+def test_eval_with_an_unbound_axis_name_works_as_in_flax():
+    """Eval uses no collective, so flax accepts an ``axis_name`` no map binds there (models
+    built for data parallelism are initialised and evaluated outside the map); so do jnorm's
+    module and function. Training with it is an error in both."""
+    x = jnp.asarray(X)
+    kw = {"use_running_average": True, "axis_name": "batch"}
+    ours, theirs, v_ours, v_theirs = _init_both("BatchNorm", kw, x)
+    np.testing.assert_allclose(ours.apply(v_ours, x), theirs.apply(v_theirs, x), atol=5e-6)
+    state = jnorm.BatchStats.init(8)
+    y, _ = jnorm.batch_norm(x, state, training=False, axis_name="batch")
+    np.testing.assert_array_equal(y, jnorm.batch_norm(x, state, training=False)[0])
+    with pytest.raises(ValueError, match="`axis_name`='batch' is not bound"):
+        jnorm.batch_norm(x, state, training=True, axis_name="batch")
