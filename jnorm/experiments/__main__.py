@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(problem)
 
     from . import Context, load_dataset, run_suite
+    from .common import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, VERDICTS
     from .data import DataError
 
     try:
@@ -115,10 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "finished", file=sys.stderr)
         return 130
     claims = [c for r in results for c in r.claims]
-    counts = {v: sum(c.verdict == v for c in claims)
-              for v in ("reproduced", "not reproduced", "inconclusive")}
-    print(f"{len(claims)} claims: {counts['reproduced']} reproduced, "
-          f"{counts['not reproduced']} not reproduced, {counts['inconclusive']} inconclusive, "
+    counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
+    print(f"{len(claims)} claims: {counts[REPRODUCED]} reproduced, "
+          f"{counts[NOT_REPRODUCED]} not reproduced, {counts[INCONCLUSIVE]} inconclusive, "
           f"in {time.perf_counter() - t0:.0f} s; report: {out.resolve() / 'report.md'} "
           "(results.json and PNGs alongside)")
     return 0

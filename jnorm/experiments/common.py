@@ -22,7 +22,7 @@ import numpy as np
 from .data import Dataset
 
 __all__ = ["SCALES", "Claim", "Comparison", "Context", "ExperimentResult", "compare", "fmt",
-           "fmt_seeds", "mean_std", "seed_note"]
+           "fmt_seeds", "mean_std", "seed_count", "seed_note"]
 
 #: Run sizes: ``tiny`` (unit tests), ``quick`` (CI, ≤ 3 min for the suite), ``full`` (default).
 SCALES = ("tiny", "quick", "full")
@@ -129,6 +129,12 @@ class ExperimentResult:
     claims: list[Claim]
     numbers: dict[str, Any]
     seconds: float = 0.0
+
+
+def seed_count(ctx: Context) -> str:
+    """``"3 seeds"`` or ``"1 seed"``."""
+    n = len(ctx.seeds)
+    return f"{n} seed" + ("" if n == 1 else "s")
 
 
 def seed_note(ctx: Context) -> str:

@@ -110,8 +110,9 @@ def run(ctx: Context) -> ExperimentResult:
                 claim=f"A{'n MLP' if arch == 'mlp' else ' CNN'} of depth {depth} with {norm} norm "
                       "trains well at learning rates "
                       "where the same net without normalization fails.",
-                criterion=f"at some rate above the plain net's best rate (any rate if the plain "
-                          f"net reaches the validity bar {ctx.valid_bar:.2f} at none), {norm} "
+                criterion=f"at some rate above the plain net's best rate (at any rate if the "
+                          f"plain net reaches the validity bar {ctx.valid_bar:.2f} at no rate), "
+                          f"{norm} "
                           f"norm's test accuracy exceeds the plain net's by more than "
                           f"max({FLOOR:g}, 2 SE) and reaches the validity bar",
                 measured=measured + (f"; rates won: {won}" if won else ""),

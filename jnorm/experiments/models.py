@@ -30,12 +30,13 @@ NORMS: tuple[str, ...] = ("none", "batch", "layer", "group", "instance", "renorm
 class Norm(nn.Module):
     """One normalization layer chosen by name, applied to NHWC or NC activations.
 
-    ``layer`` normalizes all features of one example (H, W and C for images, as in the notes and
-    the group-norm paper), ``group`` uses ``min(num_groups, C)`` groups, ``instance`` needs
-    spatial axes. ``renorm`` is batch renormalization with the ``r_max``/``d_max`` warm-up of
-    :func:`jnorm.batch_renorm_schedule` stretched over ``renorm_steps`` training steps (a step
-    counter lives in ``batch_stats``); ``decorrelated`` (ZCA) and ``iternorm`` (Newton–Schulz)
-    whiten groups of ``group_size`` features.
+    ``layer`` normalizes all features of one example (H, W and C for images, as in the
+    group-norm paper, Wu & He 2018, Fig. 2), ``group`` uses ``min(num_groups, C)`` groups,
+    ``instance`` needs spatial axes. ``renorm`` is batch renormalization with the
+    ``r_max``/``d_max`` warm-up of :func:`jnorm.batch_renorm_schedule` stretched over
+    ``renorm_steps`` training steps (a step counter lives in ``batch_stats``);
+    ``decorrelated`` (ZCA) and ``iternorm`` (Newton–Schulz) whiten groups of ``group_size``
+    features.
     """
 
     kind: str = "none"

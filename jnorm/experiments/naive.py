@@ -20,7 +20,7 @@ import numpy as np
 
 import jnorm
 
-from .common import Claim, Context, ExperimentResult, fmt_seeds, md_table, mean_std
+from .common import Claim, Context, ExperimentResult, fmt_seeds, md_table, mean_std, seed_count
 from .plotting import NORM_COLORS, save, styled, subplots
 from .training import loss_fn, train
 
@@ -145,7 +145,7 @@ def run(ctx: Context) -> ExperimentResult:
             a.set_xlabel("SGD step")
             a.legend(fontsize=7, loc="center right" if a is ax[i, 2] else "best")
     fig.suptitle("The naive method: b's updates are undone by the next normalization "
-                 f"(SGD η = {LR}, batch 64; {len(ctx.seeds)} seed(s), one line per seed)")
+                 f"(SGD η = {LR}, batch 64; {seed_count(ctx)}, one line per seed)")
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     n, r = traces["all", "naive"], traces["all", "batch"]

@@ -32,6 +32,8 @@ TITLE = "What each normalization normalizes"
 CUBE = (4, 2, 3, 6)  # N, H, W, C of the probe tensor
 PROBE = (0, 0, 0, 0)  # the perturbed element (n, h, w, c): a visible corner
 GROUPS = 2
+#: Groups of group norm on the real activation (16 channels) of the histograms.
+HIST_GROUPS = 4
 
 
 def norm_functions(groups: int = GROUPS) -> dict[str, Callable[[jax.Array], jax.Array]]:
@@ -147,14 +149,15 @@ def run(ctx: Context) -> ExperimentResult:
 
     act, act_info = real_activation(ctx)
     ja = jnp.asarray(act)
-    after = {k: np.asarray(f(ja)) for k, f in norm_functions(groups=4).items()}
+    after = {k: np.asarray(f(ja)) for k, f in norm_functions(groups=HIST_GROUPS).items()}
     # Check the statistics each layer produces over its own sets: per set mean ~0, std ~1.
     n, h, w, c = act.shape
     group_view = {
         "batch": lambda a: a.reshape(-1, c).T,  # one row per channel
         "layer": lambda a: a.reshape(n, -1),  # one row per example
         "instance": lambda a: a.transpose(0, 3, 1, 2).reshape(n * c, -1),
-        "group": lambda a: a.reshape(n, h * w, 4, c // 4).transpose(0, 2, 1, 3).reshape(n * 4, -1),
+        "group": lambda a: a.reshape(n, h * w, HIST_GROUPS, c // HIST_GROUPS)
+        .transpose(0, 2, 1, 3).reshape(n * HIST_GROUPS, -1),
     }
     set_stats = {}
     for k, a in after.items():
@@ -176,7 +179,8 @@ def run(ctx: Context) -> ExperimentResult:
         ax2.hist(act.ravel(), bins=bins, color="#888888", alpha=0.6, density=True,
                  label="before (conv output)")
         ax2.hist(after[k].ravel(), bins=bins, color=NORM_COLORS[k], alpha=0.6, density=True,
-                 label=f"after {k} norm")
+                 label=f"after {k} norm"
+                 + (f" ({HIST_GROUPS} groups)" if k == "group" else ""))
         ax2.set_xlabel("activation value (range ±4 shown)")
         ax2.legend(loc="upper left", fontsize=7)
         if j == 0:
@@ -230,7 +234,7 @@ def run(ctx: Context) -> ExperimentResult:
               "element shares. The cube shows N × C × (H·W) as in Wu & He (2018), Fig. 2. The "
               "histograms use the "
               "second-conv activation of a plain CNN trained briefly on the data (test images), "
-              "normalized by each function (group norm with 4 groups of 4 channels); the last "
+              f"normalized by each function (group norm with {HIST_GROUPS} groups); the last "
               "two table columns check that every normalized set has mean 0 and std 1 "
               "(sets that were constant before are skipped). For images, batch norm pools over "
               "the pixels (H, W) as well as the examples (Ioffe & Szegedy 2015, §3.2).")

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 import jnorm
@@ -45,8 +46,8 @@ def population_stats(model: Any, variables: dict, x: np.ndarray) -> dict:
 
 
 def _flat(tree: Any) -> dict[str, np.ndarray]:
-    return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    """``{"Norm_0/BatchNorm_0/mean": array, ...}``."""
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 @styled
@@ -97,7 +98,7 @@ def run(ctx: Context) -> ExperimentResult:
         for name, err in layer_err.items():
             mm, ms = mean_std(err["mean_err_in_std"], 0)
             vm, vs = mean_std(err["var_ratio"], 0)
-            layer = "BN " + str(int(name.split("/")[0][-1]) + 1)
+            layer = "BN " + str(int(name.split("/")[0].rsplit("_", 1)[1]) + 1)
             rows.append([m, layer] + [fmt(a, b, n=len(ctx.seeds)) for a, b in
                                       ((mm, ms), (vm, vs), (am, as_), (pm, ps), (dm, ds))])
         ax[2].errorbar([j - 0.15], [am], [as_], fmt="o", color=f"C{j}", capsize=3,

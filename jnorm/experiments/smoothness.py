@@ -22,8 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from .common import Claim, Context, ExperimentResult, compare, fmt_seeds, md_table
+from .common import Claim, Context, ExperimentResult, compare, fmt_seeds, md_table, seed_count
 from .models import DEPTH_WIDTH, deep_mlp
 from .plotting import NORM_COLORS, save, styled, subplots
 from .training import loss_fn, train
@@ -51,13 +52,12 @@ def make_probe(model: nn.Module, x: jax.Array, y: jax.Array, etas: jax.Array) ->
 
     def probe(params: dict, batch_stats: dict) -> dict[str, jax.Array]:
         loss0, g = grad_at(params, batch_stats)
-        gnorm = jnp.sqrt(sum(jnp.sum(t * t) for t in jax.tree_util.tree_leaves(g)))
+        gnorm = optax.tree.norm(g)
 
         def at(eta: jax.Array) -> tuple[jax.Array, jax.Array]:
             moved = jax.tree_util.tree_map(lambda p, d: p - eta * d, params, g)
             loss, g2 = grad_at(moved, batch_stats)
-            diff = jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in
-                                zip(jax.tree_util.tree_leaves(g2), jax.tree_util.tree_leaves(g))))
+            diff = optax.tree.norm(jax.tree.map(jnp.subtract, g2, g))
             return loss, diff
 
         losses, diffs = jax.vmap(at)(etas)
@@ -126,7 +126,7 @@ def run(ctx: Context) -> ExperimentResult:
             ax[i, j].legend(fontsize=7, loc="best")
     fig.suptitle(f"Landscape probes along training, plain SGD η = {LR}\nprobes at η ∈ "
                  f"{[round(float(e), 3) for e in etas]} on {PROBE_BATCH} training images "
-                 f"(curves: means over {len(ctx.seeds)} seed(s))")
+                 f"(curves: means over {seed_count(ctx)})")
     fname = save(fig, ctx.out, NAME, dpi=ctx.dpi)
 
     # Summaries: per seed, the median over the checkpoints after initialisation.
