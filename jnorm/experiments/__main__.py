@@ -13,8 +13,8 @@ from typing import NoReturn
 __all__ = ["main"]
 
 #: Measured wall times (see README, "Experiments"), quoted in ``--help``.
-TIMES = ("about 6 minutes at the default size and 2 with --quick on 2 CPU cores (measured "
-         "on a busy machine; see the README)")
+TIMES = ("4 to 6 minutes at the default size and 1.5 to 2 with --quick on 2 CPU cores "
+         "(measured; see the README)")
 
 
 class _Parser(argparse.ArgumentParser):

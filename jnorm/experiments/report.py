@@ -120,8 +120,10 @@ def render(payload: dict[str, Any], ctx: Context) -> str:
         "*inconclusive*.",
         "* **Margins from the seed spread.** A difference counts only if it exceeds "
         "max(floor, 2 × its combined standard error over seeds); the floor is stated per "
-        "claim. Spreads are sample standard deviations over seeds; a single seed has no "
-        "spread, and then only the floor applies (shown as \"1 seed\").",
+        "claim. A claim that two things agree holds only if the difference ± 2 SE lies "
+        "within the floor; a difference lost in the seed spread makes it *inconclusive*, "
+        "not reproduced. Spreads are sample standard deviations over seeds; a single seed "
+        "has no spread, and then only the floor applies (shown as \"1 seed\").",
         "",
         "A claim that does not reproduce is reported as such. All numbers are in "
         "`results.json`." + (
