@@ -373,25 +373,22 @@ def _stats(bs: Mapping[str, Any]) -> jnorm.BatchStats:
     return jnorm.BatchStats(bs["mean"], bs["var"], bs.get("count", jnp.zeros((), jnp.int32)))
 
 
-def _bn_module(v: Any, x: jax.Array) -> Any:
-    bs = v["batch_stats"]
-    y, s = jnorm.batch_norm(x, _stats(bs),
-                            v["params"]["scale"], v["params"]["bias"], training=True)
-    return y, {"mean": s.mean, "var": s.var, "count": s.count}
+def _batch_stats_module(
+    fn: Callable[..., tuple[jax.Array, jnorm.BatchStats]], *param_names: str
+) -> Callable[[Any, jax.Array], Any]:
+    """What a module wrapping ``fn`` computes: ``fn(x, state, *params, training=True)`` with
+    the module's ``batch_stats`` as the state, and the new statistics as the module stores
+    them."""
+    def module_fn(v: Any, x: jax.Array) -> Any:
+        y, s = fn(x, _stats(v["batch_stats"]), *(v["params"][n] for n in param_names),
+                  training=True)
+        return y, {"mean": s.mean, "var": s.var, "count": s.count}
+    return module_fn
 
 
-def _renorm_module(v: Any, x: jax.Array) -> Any:
-    bs = v["batch_stats"]
-    y, s = jnorm.batch_renorm(x, _stats(bs),
-                              v["params"]["scale"], v["params"]["bias"], training=True)
-    return y, {"mean": s.mean, "var": s.var, "count": s.count}
-
-
-def _evob0_module(v: Any, x: jax.Array) -> Any:
-    bs, p = v["batch_stats"], v["params"]
-    y, s = jnorm.evonorm_b0(x, _stats(bs),
-                            p["scale"], p["bias"], p["v"], training=True)
-    return y, {"mean": s.mean, "var": s.var, "count": s.count}
+_bn_module = _batch_stats_module(jnorm.batch_norm, "scale", "bias")
+_renorm_module = _batch_stats_module(jnorm.batch_renorm, "scale", "bias")
+_evob0_module = _batch_stats_module(jnorm.evonorm_b0, "scale", "bias", "v")
 
 
 def _spectral_module(v: Any, x: jax.Array) -> Any:
@@ -655,7 +652,7 @@ REGISTRY = tuple(
 #: The comparisons with flax: ``(ModuleCase, kwargs)`` for flax.linen and for flax.nnx.
 FLAX_LINEN_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.flax]
 FLAX_NNX_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.flax_nnx]
-NNX_TWIN_CASES = [(mc.cls, kw) for e in REGISTRY for mc in e.linen for kw in mc.nnx_twin]
+NNX_TWIN_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.nnx_twin]
 #: Public classes of jnorm.linen that are not a normalization's module.
 LINEN_SUPPORT: dict[str, str] = {}
 #: Public classes of jnorm.nnx that are not a normalization's module.

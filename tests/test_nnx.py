@@ -112,24 +112,18 @@ def test_complex_input_as_flax_nnx():
 
 
 # Every nnx module beside its linen twin and its function: bitwise equal on the same variables.
-def _linen_twin(name, kw):
-    linen_kw = {k: v for k, v in kw.items() if k != "num_features"}
-    if name in ("BatchNorm", "BatchRenorm", "DecorrelatedBatchNorm", "IterNorm", "EvoNormB0"):
-        linen_kw["use_running_average"] = False
-    return getattr(jnn, name)(**linen_kw)
-
-
-#: (class name, constructor keywords) compared bitwise with the linen twin (the registry's
-#: ModuleCase.nnx_twin).
+#: (ModuleCase, nnx constructor keywords) compared bitwise with the linen twin, which is
+#: built with the case's linen keywords (e.g. use_running_average=False) plus the same ones
+#: (the registry's ModuleCase.nnx_twin).
 EVERY = NNX_TWIN_CASES
 
 
-@pytest.mark.parametrize(("name", "kw"), EVERY, ids=[f"{n}-{i}" for i, (n, _) in
-                                                      enumerate(EVERY)])
-def test_bitwise_equal_to_linen_on_the_same_variables(name, kw):
+@pytest.mark.parametrize(("mc", "kw"), EVERY, ids=[f"{mc.cls}-{i}" for i, (mc, _) in
+                                                    enumerate(EVERY)])
+def test_bitwise_equal_to_linen_on_the_same_variables(mc, kw):
     x = jnp.asarray(X)
-    ours = getattr(jnx, name)(8, rngs=nnx.Rngs(0), **kw)
-    twin = _linen_twin(name, kw)
+    ours = getattr(jnx, mc.cls)(8, rngs=nnx.Rngs(0), **kw)
+    twin = getattr(jnn, mc.cls)(**{**mc.kwargs, **kw})
     variables = twin.init(jax.random.key(0), x)
     variables = jax.tree.map(lambda a: a + 0.25 if a.dtype == jnp.float32 else a, variables)
     flat = {".".join(str(k.key) for k in path[1:]): value
@@ -350,7 +344,7 @@ def test_every_module_is_in_both_frameworks_and_tested_here():
     assert jnx.__all__ == jnn.__all__
     for name in jnx.__all__:
         assert isinstance(getattr(jnx, name), type) and isinstance(getattr(jnn, name), type)
-    tested = {n for n, _ in EVERY} | {"WeightNorm", "WeightStandardization", "SpectralNorm",
+    tested = {mc.cls for mc, _ in EVERY} | {"WeightNorm", "WeightStandardization", "SpectralNorm",
                                       "LocalResponseNorm"}
     assert set(jnx.__all__) == tested  # a new module needs ModuleCase.nnx_twin (or test_wrappers)
 

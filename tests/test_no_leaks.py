@@ -84,10 +84,9 @@ def test_cumulative_average_skips_features_without_data():
         _, state = jnorm.batch_norm(
             jnp.asarray(b), state, training=True, momentum=None, mask=jnp.asarray(mask)
         )
-    seen0 = np.concatenate([b[:, 0] for b in batches[1:]]).astype(np.float64)
     means0 = [b[:, 0].astype(np.float64).mean() for b in batches[1:]]
     np.testing.assert_allclose(state.mean[0], np.mean(means0), rtol=1e-6)
-    assert abs(float(state.mean[0]) - 30.0) < 1.0 and seen0.size == 48
+    assert abs(float(state.mean[0]) - 30.0) < 1.0
     np.testing.assert_array_equal(state.count, [3, 4])
 
 
