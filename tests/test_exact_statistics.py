@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -102,6 +102,19 @@ def test_every_layer_is_exact_on_adversarial_data(case, data):
     x = data.draw(hard_data(BIG[case.name]))
     y, y64 = _standardized(case, x)
     _close(y, y64)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@given(data=st.data())
+def test_half_precision_inputs_are_exact_on_adversarial_data(case, dtype, data):
+    """Half inputs reduce in float32: on the same rounded half input, the output is within
+    the output's own rounding (two ulps of its dtype) of float64, outliers anywhere."""
+    xh = np.asarray(jnp.asarray(data.draw(hard_data(BIG[case.name]))).astype(dtype))
+    assume(np.all(np.isfinite(xh.astype(np.float32))))  # float16 overflows past 65504
+    y, y64 = _standardized(case, xh)
+    assert y.dtype == dtype
+    _close(np.asarray(y.astype(jnp.float32)), y64, tol=2 * float(jnp.finfo(dtype).eps))
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
