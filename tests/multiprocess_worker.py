@@ -14,17 +14,11 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = ""  # one CPU device per process (the test runner forces 8)
-
 import jax
-
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.config.update("jax_platforms", "cpu")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 ROWS, C = 4, 3  # rows per process, channels
 
@@ -83,4 +77,9 @@ def main(port: int, pid: int, nproc: int) -> None:
 
 
 if __name__ == "__main__":
+    # Only when run as the worker: pytest imports this file too (--doctest-modules), and
+    # these settings there would take the suite's 8 forced host devices away.
+    os.environ["XLA_FLAGS"] = ""  # one CPU device per process, set before JAX starts one
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_platforms", "cpu")
     main(*(int(a) for a in sys.argv[1:4]))
