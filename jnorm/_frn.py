@@ -20,7 +20,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
     batch_axes,
@@ -42,7 +41,6 @@ from jnorm._typing import Axes, DTypeLike, Scalar
 __all__ = ["evonorm_b0", "evonorm_s0", "filter_response_norm", "tlu"]
 
 
-@renamed(channel_axis="feature_axes")
 def filter_response_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
@@ -61,8 +59,7 @@ def filter_response_norm(
     inputs with few spatial positions (1x1) the paper learns ``epsilon``: pass
     ``epsilon = eps0 + jnp.abs(eps_learned)`` (a traced scalar is accepted).
 
-    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels at ``feature_axes``,
-    formerly ``channel_axis``);
+    Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels at ``feature_axes``);
     ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
 
     Examples:
@@ -85,11 +82,10 @@ def filter_response_norm(
     )
 
 
-@renamed(channel_axis="feature_axes")
 def tlu(x: jax.Array, tau: jax.Array, *, feature_axes: Axes = -1) -> jax.Array:
     r"""Thresholded linear unit (Singh & Krishnan 2019, Eq. 4): ``z = max(y, tau)``.
 
-    Shapes: ``x: [N, ..., C]`` (channels at ``feature_axes``, formerly ``channel_axis``);
+    Shapes: ``x: [N, ..., C]`` (channels at ``feature_axes``);
     ``tau: [C]`` (learned, initialised to 0). Returns ``x``'s shape
     and dtype.
 

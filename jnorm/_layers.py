@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
     batch_axes,
@@ -113,7 +112,6 @@ def _apply(
     )
 
 
-@renamed(axis="reduction_axes")
 def layer_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
@@ -141,8 +139,7 @@ def layer_norm(
     Args:
       x: input.
       scale, bias: optional learned gain and offset.
-      reduction_axes: axes the statistics are taken over (formerly ``axis``, which still
-        works).
+      reduction_axes: axes the statistics are taken over.
       feature_axes: axes the parameters vary along (default ``reduction_axes``), as flax's
         LayerNorm.
       epsilon: added to the variance.
@@ -171,7 +168,6 @@ def layer_norm(
     )
 
 
-@renamed(axis="reduction_axes")
 def rms_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
@@ -207,7 +203,6 @@ def rms_norm(
     )
 
 
-@renamed(channel_axis="feature_axes")
 def instance_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
@@ -226,8 +221,7 @@ def instance_norm(
     .. math::  y_{nc} = \frac{a_c}{\sqrt{\mathrm{Var}_{HW}[x_{nc}] + \epsilon}}
                (x_{nc} - E_{HW}[x_{nc}]) + b_c
 
-    Statistics over every axis except the batch axis 0 and ``feature_axes`` (the channels;
-    formerly ``channel_axis``, which still works).
+    Statistics over every axis except the batch axis 0 and ``feature_axes`` (the channels).
 
     Shapes: ``x: [N, H, W, C]`` (any number of spatial axes; channels where ``feature_axes``
     says); ``scale``, ``bias``: ``[C]``. Returns ``x``'s shape.
@@ -254,7 +248,6 @@ def instance_norm(
     )
 
 
-@renamed(channel_axis="feature_axes")
 def group_norm(
     x: jax.Array,
     scale: jax.Array | None = None,
@@ -288,7 +281,7 @@ def group_norm(
       scale, bias: optional per-channel gain and offset.
       num_groups: ``G``; pass ``None`` to use ``group_size`` instead.
       group_size: channels per group, ``C / G``.
-      feature_axes: the channel axis, one axis (formerly ``channel_axis``, which still works).
+      feature_axes: the channel axis, one axis.
       reduction_axes: the non-channel axes the statistics cover (default: all but 0).
       epsilon, mask, axis_name, axis_index_groups, dtype: as in :func:`jnorm.layer_norm`.
 
@@ -336,7 +329,6 @@ def group_norm(
     return y.reshape(x.shape)
 
 
-@renamed(axis="feature_axes")
 def batch_norm(
     x: jax.Array,
     state: BatchStats,
@@ -380,7 +372,7 @@ def batch_norm(
       state: running statistics, e.g. ``BatchStats.init(C)``.
       scale, bias: optional per-feature gain and offset.
       training: Python bool: batch statistics (True) or running statistics (False).
-      feature_axes: feature axis or axes (formerly ``axis``, which still works).
+      feature_axes: feature axis or axes.
       momentum: weight of the old running value, in ``[0, 1]``, or None (cumulative).
       epsilon: added to the variance.
       mask: optional boolean array broadcastable to ``x``; only ``True`` elements count in the

@@ -46,7 +46,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
     check_dtype,
@@ -64,7 +63,6 @@ _CONVENTIONS = ("torch", "tensorflow")
 
 
 
-@renamed(channel_axis="feature_axes")
 def local_response_norm(
     x: jax.Array,
     *,
@@ -103,8 +101,7 @@ def local_response_norm(
       alpha: scale of the sum of squares (``>= 0``); divided by ``size`` in the torch convention.
       beta: exponent (``>= 0``).
       k: additive constant (``>= 0``; TensorFlow's ``bias``, the paper's ``k``).
-      feature_axes: the channel axis, which the window slides along (one axis; formerly
-        ``channel_axis``, which still works).
+      feature_axes: the channel axis, which the window slides along (one axis).
       convention: ``"torch"`` (default) or ``"tensorflow"``.
       dtype: output dtype (default: the input's).
 

@@ -16,7 +16,6 @@ way:
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal, NamedTuple
 
@@ -380,18 +379,9 @@ def evonorm_s0(
 
 
 def local_response_norm(m: Any, x: jax.Array) -> jax.Array:
-    """:func:`jnorm.local_response_norm` with ``m``'s attributes (linen's deprecated
-    ``channel_axis`` wins over ``feature_axes`` when set)."""
-    axis = m.feature_axes
-    if getattr(m, "channel_axis", None) is not None:
-        warnings.warn(
-            f"{type(m).__name__}: the attribute `channel_axis` is renamed `feature_axes` (same "
-            "meaning); `channel_axis` keeps working but will be removed in jnorm 1.0.",
-            DeprecationWarning, stacklevel=2,
-        )
-        axis = m.channel_axis
+    """:func:`jnorm.local_response_norm` with ``m``'s attributes."""
     return _lrn.local_response_norm(
-        x, size=m.size, alpha=m.alpha, beta=m.beta, k=m.k, feature_axes=axis,
+        x, size=m.size, alpha=m.alpha, beta=m.beta, k=m.k, feature_axes=m.feature_axes,
         convention=m.convention, dtype=m.dtype,
     )
 

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
     batch_axes,
@@ -99,7 +98,6 @@ def batch_renorm_schedule(
     return 1.0 + (r_max - 1.0) * ramp(r_max_steps), d_max * ramp(d_max_steps)
 
 
-@renamed(axis="feature_axes")
 def batch_renorm(
     x: jax.Array,
     state: BatchStats,

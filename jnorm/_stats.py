@@ -59,7 +59,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jnorm._aliases import renamed
 from jnorm._checks import as_input, canonicalize_axes, check_axis_name, check_mask
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
@@ -356,7 +355,6 @@ def shifted_moments(
     return _combine_across_devices(local, axis_name, axis_index_groups)
 
 
-@renamed(axes="reduction_axes")
 def moments(
     x: jax.Array,
     reduction_axes: Axes,
@@ -390,8 +388,7 @@ def moments(
 
     Args:
       x: input array.
-      reduction_axes: axis or axes to reduce over, each in ``[-x.ndim, x.ndim)`` (formerly
-        ``axes``, which still works).
+      reduction_axes: axis or axes to reduce over, each in ``[-x.ndim, x.ndim)``.
       mask: optional boolean array broadcastable to ``x``; only ``True`` elements count.
         A block with no ``True`` element gives mean 0 and variance 0.
       axis_name: name of a mapped axis (``shard_map``, ``pmap``, ``vmap``) to also reduce over.

@@ -10,8 +10,8 @@ Axis arguments follow one naming scheme across jnorm (see README, "Axis argument
 * ``axis_name``, ``axis_index_groups``: the mapped (device) axis of ``pmap``/``shard_map``/
   ``vmap`` that statistics are also reduced over.
 
-The old names (``axis``, ``axes``, ``channel_axis``) keep working through
-:func:`jnorm._aliases.renamed`. Flax modules keep flax's attribute names.
+Flax modules keep flax's attribute names (``BatchNorm(axis=...)``,
+``LayerNorm(reduction_axes=...)``).
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jnorm._aliases import renamed
 from jnorm._checks import (
     as_input,
     check_dtype,
@@ -256,7 +255,6 @@ def _whitening_norm(
     return y, new_state
 
 
-@renamed(axis="feature_axes")
 def decorrelated_batch_norm(
     x: jax.Array,
     state: WhiteningStats,
@@ -298,7 +296,7 @@ def decorrelated_batch_norm(
       scale, bias: optional per-feature gain and offset.
       training: Python bool: batch statistics (and update) or running statistics.
       group_size: features whitened together, dividing ``C``; None: all ``C`` together.
-      feature_axes: the feature axis, one axis (formerly ``axis``, which still works).
+      feature_axes: the feature axis, one axis.
       momentum: weight of the old running value, or None for a cumulative average.
       epsilon: added to the covariance's diagonal.
       dtype: output dtype (default ``x``'s).
@@ -322,7 +320,6 @@ def decorrelated_batch_norm(
     )
 
 
-@renamed(axis="feature_axes")
 def iter_norm(
     x: jax.Array,
     state: WhiteningStats,

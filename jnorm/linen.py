@@ -634,9 +634,9 @@ class LocalResponseNorm(Module):
 
     Attributes are ``torch.nn.LocalResponseNorm``'s (``size`` 5, ``alpha`` 1e-4, ``beta`` 0.75,
     ``k`` 1.0, same meaning with the default ``convention="torch"``) plus ``feature_axes``
-    (the channel axis; -1: channels last, flax's layout; 1 for ``[N, C, ...]``; the old name
-    ``channel_axis`` still works and wins when given), ``convention`` (``"torch"`` or
-    ``"tensorflow"``, see :func:`jnorm.lrn_tensorflow_args`) and ``dtype``. No variables.
+    (the channel axis; -1: channels last, flax's layout; 1 for ``[N, C, ...]``),
+    ``convention`` (``"torch"`` or ``"tensorflow"``, see :func:`jnorm.lrn_tensorflow_args`)
+    and ``dtype``. No variables.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jnorm.linen as jnn
@@ -652,7 +652,6 @@ class LocalResponseNorm(Module):
     feature_axes: int = -1
     convention: str = "torch"
     dtype: Dtype | None = None
-    channel_axis: int | None = None  # deprecated name of feature_axes
 
     @compact
     def __call__(self, x: jax.Array) -> jax.Array:

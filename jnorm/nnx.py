@@ -43,7 +43,6 @@ from flax.nnx.module import first_from
 from flax.nnx.nn import dtypes, initializers
 
 import jnorm._modules as M
-from jnorm._aliases import renamed
 from jnorm._checks import resolve_groups
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation
 
@@ -594,11 +593,10 @@ class LocalResponseNorm(nnx.Module):
     """Local response normalization on :func:`jnorm.local_response_norm` (Krizhevsky 2012).
 
     Arguments are ``torch.nn.LocalResponseNorm``'s (``size`` 5, ``alpha`` 1e-4, ``beta``
-    0.75, ``k`` 1.0) plus ``feature_axes`` (-1; formerly ``channel_axis``), ``convention``
+    0.75, ``k`` 1.0) plus ``feature_axes`` (-1), ``convention``
     (``"torch"`` or ``"tensorflow"``) and ``dtype``; ``rngs`` is accepted and unused. No variables.
     """
 
-    @renamed(channel_axis="feature_axes")
     def __init__(
         self,
         size: int = 5,

@@ -157,58 +157,7 @@ def test_traced_hyperparameters_are_still_accepted():
     assert jax.jit(lambda e: jnorm.layer_norm(X, epsilon=e))(1e-3).shape == X.shape
 
 
-# ----------------------------------------------------------------- renamed axis keywords
-
-#: (function, old keyword, new keyword, call with the keyword as `kw`) for every rename.
-XR = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 4)), jnp.float32)
-RENAMED = [
-    ("layer_norm", "axis", "reduction_axes", lambda kw: jnorm.layer_norm(XR, **kw), (1, 2)),
-    ("rms_norm", "axis", "reduction_axes", lambda kw: jnorm.rms_norm(XR, **kw), (1, 2)),
-    ("moments", "axes", "reduction_axes", lambda kw: jnorm.moments(XR, **kw), (0, 2)),
-    ("batch_norm", "axis", "feature_axes",
-     lambda kw: jnorm.batch_norm(XR, jnorm.BatchStats.init(3), training=True, **kw), 2),
-    ("batch_renorm", "axis", "feature_axes",
-     lambda kw: jnorm.batch_renorm(XR, jnorm.BatchStats.init(3), training=True, **kw), 2),
-    ("decorrelated_batch_norm", "axis", "feature_axes",
-     lambda kw: jnorm.decorrelated_batch_norm(XR, jnorm.WhiteningStats.init(3), training=True,
-                                              **kw), 2),
-    ("iter_norm", "axis", "feature_axes",
-     lambda kw: jnorm.iter_norm(XR, jnorm.WhiteningStats.init(3), training=True, **kw), 2),
-    ("instance_norm", "channel_axis", "feature_axes", lambda kw: jnorm.instance_norm(XR, **kw), 2),
-    ("group_norm", "channel_axis", "feature_axes",
-     lambda kw: jnorm.group_norm(XR, num_groups=3, **kw), 2),
-    ("filter_response_norm", "channel_axis", "feature_axes",
-     lambda kw: jnorm.filter_response_norm(XR, **kw), 2),
-    ("tlu", "channel_axis", "feature_axes", lambda kw: jnorm.tlu(XR, jnp.zeros(3), **kw), 2),
-    ("local_response_norm", "channel_axis", "feature_axes",
-     lambda kw: jnorm.local_response_norm(XR, size=2, **kw), 2),
-]
-
-
-@pytest.mark.parametrize(("name", "old", "new", "call", "value"), RENAMED,
-                         ids=[r[0] for r in RENAMED])
-def test_old_axis_keywords_keep_working_and_name_the_new_one(name, old, new, call, value):
-    """Every renamed keyword gives the same result as its new name (a non-default axis, so the
-    alias cannot be silently ignored), warns with the new name, and both at once is an error."""
-    import inspect
-
-    assert new in inspect.signature(getattr(jnorm, name)).parameters
-    assert old not in inspect.signature(getattr(jnorm, name)).parameters
-    expected = call({new: value})
-    with pytest.warns(DeprecationWarning, match=rf"{name}\(\): the keyword `{old}` is renamed "
-                                                rf"`{new}`"):
-        got = call({old: value})
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
-        np.testing.assert_array_equal(a, b)
-    try:  # the default gives another result, needs other shapes (state) or is required
-        default = call({})
-    except (ValueError, TypeError):
-        pass
-    else:
-        assert any(not np.array_equal(a, b) for a, b in
-                   zip(jax.tree.leaves(default), jax.tree.leaves(expected))), "no effect"
-    with pytest.raises(TypeError, match=rf"got both `{old}` and `{new}`.*Pass only `{new}`"):
-        call({old: value, new: value})
+# ----------------------------------------------------------------- axis keyword names
 
 
 def test_every_public_function_uses_the_two_axis_names():
@@ -227,17 +176,13 @@ def test_every_public_function_uses_the_two_axis_names():
         assert axis_like <= allowed, (name, axis_like - allowed)
 
 
-def test_lrn_module_old_attribute_keeps_working():
+def test_lrn_modules_take_feature_axes():
     import jnorm.linen as jnn
     import jnorm.nnx as jnx
 
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 3, 3)), jnp.float32)
     expected = jnorm.local_response_norm(x, size=3, feature_axes=1)
-    with pytest.warns(DeprecationWarning, match="`channel_axis` is renamed `feature_axes`"):
-        got = jnn.LocalResponseNorm(size=3, channel_axis=1).apply({}, x)
-    np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(jnn.LocalResponseNorm(size=3, feature_axes=1).apply({}, x),
                                   expected)
-    with pytest.warns(DeprecationWarning, match="`channel_axis` is renamed `feature_axes`"):
-        m = jnx.LocalResponseNorm(size=3, channel_axis=1)
-    np.testing.assert_array_equal(m(x), expected)
+    np.testing.assert_array_equal(jnx.LocalResponseNorm(size=3, feature_axes=1)(x), expected)
+    assert not np.array_equal(jnx.LocalResponseNorm(size=3)(x), expected)  # the axis is used
