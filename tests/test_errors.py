@@ -91,8 +91,7 @@ def test_torch_conversion_errors():
         jnorm.from_torch_batch_norm([0.0, 0.0], [1.0, 1.0], weight=[1.0])
 
 
-# Bad arguments that used to be accepted silently, or failed with errors that did not name the
-# argument (issue 13). Each must now fail at trace time and name the argument.
+# Bad arguments: each fails at trace time with an error that names the argument.
 S4 = jnorm.BatchStats.init(4)
 BN = dict(training=True)
 M15 = jnp.array(1.5)  # concrete arrays, made outside the traced function as a user would
@@ -144,7 +143,7 @@ NEG = jnp.array(-1.0)
          r"`virtual_batch_size` must be a positive int"),
     ],
 )
-def test_formerly_silent_errors_name_the_argument(call, match):
+def test_bad_arguments_fail_at_trace_time_naming_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _trace(call)
 

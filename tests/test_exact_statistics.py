@@ -147,8 +147,8 @@ def test_the_issues_outlier_cases(case, position):
         _close(y, y64)
 
 
-def test_the_issues_table():
-    """The cases of the issue's table, at its sizes (layer norm 16x4096, batch norm 65536x4)."""
+def test_an_outlier_in_the_first_element_at_readme_accuracy_sizes():
+    """README's accuracy rows with an outlier first: layer norm 16x4096, batch norm 65536x4."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((16, 4096)).astype(np.float32)
     x[:, 0] = 100

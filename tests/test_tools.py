@@ -176,8 +176,8 @@ def test_torch_batch_norm_state_dict_conventions():
 
 
 def test_from_torch_copies_the_values():
-    # Converted state must not share memory with the arrays it came from (the old code returned
-    # views: a later in-place update of the torch buffers changed jnorm's state).
+    # Converted state must not share memory with the arrays it came from: a later in-place
+    # update of the torch buffers must not change jnorm's state.
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
     w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
     params, state = jnorm.from_torch_batch_norm(rm, rv, 2, w, b)
