@@ -1,4 +1,6 @@
-"""jnorm.experiments.data_parallel at a tiny size: it runs; its synced step is the 1-device step.
+"""examples/: each example runs at a tiny size and does what it says.
+
+data_parallel.py: it runs; its synced step is the 1-device step.
 
 Kept fast (a few seconds): width 4, 2 examples per device, a handful of steps.
 """
@@ -17,7 +19,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "jnorm" / "experiments" / "data_parallel.py"
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "data_parallel.py"
 pytestmark = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")
 
 

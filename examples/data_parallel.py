@@ -7,7 +7,7 @@ statistics stay identical on every device (checked at the end, shard by shard).
 
 Run on CPU with 8 simulated devices (about a minute)::
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m jnorm.experiments.data_parallel
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python examples/data_parallel.py
 
 The same file runs unchanged on a multi-host TPU/GPU slice: call ``jax.distributed.initialize()``
 first (``--distributed``); the mesh then spans every device of every host and each process
