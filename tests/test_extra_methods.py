@@ -349,6 +349,21 @@ def test_evonorm_match_paper_equations():
         assert out.shape == xf.shape and np.isfinite(np.asarray(out)).all()
 
 
+def test_evonorm_b0_training_needs_more_than_one_value_per_channel():
+    """A batch variance of one value is 0 (y = x / sqrt(eps)): refused at trace time, as
+    batch_norm refuses it; eval (running variance) and a spatial extent are fine."""
+    s = jnorm.BatchStats.init(3)
+    for shape in ((1, 1, 1, 3), (1, 1, 3)):
+        with pytest.raises(ValueError, match=r"evonorm_b0 in training needs more than one value "
+                                             r"per channel.*training=False"):
+            jax.eval_shape(lambda shape=shape: jnorm.evonorm_b0(jnp.ones(shape), s,
+                                                                training=True))
+    one = jnp.asarray(_data((1, 1, 1, 3), seed=15, mix=False), jnp.float32)
+    assert np.isfinite(np.asarray(jnorm.evonorm_b0(one, s, training=False)[0])).all()
+    y, _ = jnorm.evonorm_b0(jnp.ones((1, 2, 1, 3)), s, training=True)  # 2 values per channel
+    assert y.shape == (1, 2, 1, 3)
+
+
 # -------------------------------------------------------------------------- weight transforms
 
 

@@ -178,6 +178,18 @@ def test_lrn_errors_and_linen():
     assert mt.apply({}, xs).dtype == jnp.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])
+def test_lrn_refuses_complex_input(dtype):
+    """A complex input was cast to float32 (imaginary part dropped, a real result returned as
+    complex): it is refused at trace time, naming `x` and the alternatives."""
+    x = jnp.ones((2, 4), jnp.complex64) * (1 + 1j)
+    with jax.enable_x64(dtype == jnp.complex128):
+        with pytest.raises(TypeError, match=r"local_response_norm: `x` is complex.*jnp\.abs"):
+            jax.eval_shape(lambda: jnorm.local_response_norm(x.astype(dtype), size=3))
+        with pytest.raises(TypeError, match=r"`x` is complex"):
+            jnn.LocalResponseNorm(size=3).apply({}, x.astype(dtype))
+
+
 # ----------------------------------------------------------------------- spectral norm
 
 
