@@ -355,12 +355,20 @@ def _bench_layer(
     return rows
 
 
-def _allocator() -> str:
+def _allocator(maps: str = "/proc/self/maps") -> str:
+    """The malloc this process really runs with: what is mapped into it, not what LD_PRELOAD
+    asked for (ld.so ignores a preload it cannot load, with only a message on stderr)."""
     preload = os.environ.get("LD_PRELOAD", "")
-    if "tcmalloc" in preload:
-        return "tcmalloc"
-    if "jemalloc" in preload:
-        return "jemalloc"
+    try:
+        with open(maps) as f:
+            mapped = f.read()
+    except OSError:  # no /proc (macOS, Windows): say what was asked, and that it is unchecked
+        return f"unknown (no {maps}; LD_PRELOAD={preload!r})" if preload else "default"
+    for name in ("tcmalloc", "jemalloc"):
+        if f"lib{name}" in mapped:
+            return name
+    if preload:
+        return f"default (glibc malloc): LD_PRELOAD={preload!r} was not loaded"
     return "default (glibc malloc on Linux)"
 
 

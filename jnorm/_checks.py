@@ -285,11 +285,19 @@ def check_mask(mask: jax.Array | None, shape: Sequence[int]) -> jax.Array | None
     """Checks that `mask` broadcasts to `shape` and returns it as a boolean array of that shape.
 
     A mask that is already a boolean array of `shape` passes through unchanged, so checking it
-    twice costs nothing.
+    twice costs nothing. A mask of any other dtype is an error (as in flax, a mask is boolean):
+    an int or float mask often holds weights or indices, which ``!= 0`` would silently turn into
+    a different selection.
     """
     if mask is None:
         return None
     mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(
+            f"`mask` must be a boolean array (True = element counts), got dtype {mask.dtype}. "
+            "Pass `mask.astype(bool)` if nonzero means keep, or a comparison such as "
+            "`weights > 0`."
+        )
     try:
         np.broadcast_shapes(mask.shape, tuple(shape))
     except ValueError:
@@ -303,8 +311,6 @@ def check_mask(mask: jax.Array | None, shape: Sequence[int]) -> jax.Array | None
             f"`mask` of shape {mask.shape} would enlarge the input of shape {tuple(shape)}; "
             "it must broadcast to the input's shape."
         )
-    if mask.dtype != jnp.bool_:
-        mask = mask != 0
     return jnp.broadcast_to(mask, tuple(shape))
 
 

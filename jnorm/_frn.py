@@ -24,6 +24,7 @@ from jnorm._checks import (
     as_input,
     batch_axes,
     canonicalize_axes,
+    check_batch_size,
     check_dtype,
     check_epsilon,
     check_momentum,
@@ -200,6 +201,8 @@ def evonorm_b0(
     eps = jnp.asarray(epsilon, acc)
     xa = x.astype(acc)
     if training:
+        # The batch variance of one value per channel is 0: y = x / sqrt(eps), not a norm.
+        check_batch_size(x, batch, None, layer="evonorm_b0")
         mb = shifted_moments(x, batch)
         batch_var = mb.var
         new_state = update_batch_stats(

@@ -93,7 +93,7 @@ def local_response_norm(
 
     Shapes: ``x: [N, ..., C]`` (``feature_axes=-1``, flax's layout) or ``[N, C, ...]``
     (``feature_axes=1``, PyTorch's); any rank >= 1. Returns ``x``'s shape and dtype (``dtype``
-    overrides; integers give float32).
+    overrides; integers give float32). Complex ``x`` is an error (as in PyTorch and TensorFlow).
 
     Args:
       x: the activations.
@@ -117,6 +117,14 @@ def local_response_norm(
       [0.4082, 0.5164, 0.8018]
     """
     x = as_input(x, layer="local_response_norm")
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        # The float32 accumulation below would drop the imaginary part, and x * x of a complex
+        # value is no energy: neither PyTorch nor TensorFlow defines LRN on complex input.
+        raise TypeError(
+            f"local_response_norm: `x` is complex ({x.dtype}); local response normalization is "
+            "defined for real activations. Pass the real and imaginary parts as channels "
+            "(jnp.concatenate([x.real, x.imag], axis=feature_axes)), or normalize jnp.abs(x)."
+        )
     if convention not in _CONVENTIONS:
         raise ValueError(
             f"local_response_norm: `convention` must be one of {_CONVENTIONS}, got "

@@ -57,11 +57,14 @@ class BatchStats(NamedTuple):
         """Fresh statistics: mean 0, variance 1, count 0, of shape ``num_features``.
 
         ``per_feature_count=True`` gives ``count`` the feature shape (see the class docstring).
+        A complex ``dtype`` (for complex inputs) gives a complex mean and a real variance of the
+        same precision, the dtypes a complex batch leaves in the state.
         """
         shape = check_feature_shape(num_features, layer="BatchStats.init")
-        check_dtype(dtype, layer="BatchStats.init", floating=True)
+        check_dtype(dtype, layer="BatchStats.init")
+        real = jnp.finfo(dtype).dtype  # the variance is real, also for a complex mean
         count = jnp.zeros(shape if per_feature_count else (), jnp.int32)
-        return cls(jnp.zeros(shape, dtype), jnp.ones(shape, dtype), count)
+        return cls(jnp.zeros(shape, dtype), jnp.ones(shape, real), count)
 
 
 def update_batch_stats(
@@ -89,6 +92,11 @@ def update_batch_stats(
     Features whose batch count is 0 (fully masked) keep their values; so do features whose batch
     statistics are not finite when ``skip_nonfinite``. A ``()``-shaped ``count`` grows by one if
     any feature was updated, a feature-shaped one where its feature was.
+
+    A complex batch mean (complex input) makes a real running mean complex, of the state's
+    precision (``float32 -> complex64``), as flax does: the imaginary part is kept, never
+    dropped. The variance stays real. To keep the state's dtypes fixed across steps (a
+    ``lax.scan`` carry), create it complex: ``BatchStats.init(C, jnp.complex64)``.
     """
     check_state(state, BatchStats, {"mean": state.mean.shape, "var": state.var.shape},
                 init="BatchStats.init(num_features)", layer="update_batch_stats")
@@ -98,7 +106,12 @@ def update_batch_stats(
     n = count.astype(real)
     if unbiased_running_var:
         var = var * jnp.where(n > 1, n / jnp.maximum(n - 1, jnp.ones_like(n)), jnp.ones_like(n))
-    mean = mean.astype(state.mean.dtype)
+    mean_dtype = state.mean.dtype
+    if jnp.iscomplexobj(mean) and not jnp.issubdtype(mean_dtype, jnp.complexfloating):
+        with jax.numpy_dtype_promotion("standard"):  # dtypes only, also under strict mode
+            mean_dtype = jnp.promote_types(mean_dtype, jnp.complex64)
+        state = state._replace(mean=state.mean.astype(mean_dtype))
+    mean = mean.astype(mean_dtype)
     var = var.astype(state.var.dtype)
     if momentum is None:
         step = 1 / (state.count.astype(real) + 1)

@@ -518,7 +518,7 @@ REGISTRY: tuple[Entry, ...] = (
                           _dbn_module(None), mutable=True,
             nnx_twin=({"group_size": 4},)),),
         companions=("WhiteningStats", "whitening_matrix"),
-        rtol=2e-6,  # whitening: observed 3e-7
+        rtol=2e-5,  # iter_norm's bound d (d + sqrt(m)) u / s for this data: 1.7e-5
         state=_wstate,
     ),
     Entry(
@@ -531,7 +531,7 @@ REGISTRY: tuple[Entry, ...] = (
         linen=(ModuleCase("IterNorm", {"use_running_average": False}, _dbn_module(5),
                           mutable=True,
             nnx_twin=({"group_size": 4},)),),
-        rtol=2e-6,  # whitening: observed 3e-7
+        rtol=2e-5,  # iter_norm's bound d (d + sqrt(m)) u / s for this data: 1.7e-5
         state=_wstate,
     ),
     Entry(

@@ -173,3 +173,24 @@ def test_fused_rule_reads_and_writes_less_than_flax():
     # kernels of their own, read by the other loops: 8 passes, flax 14.
     for layer, most in (("layer_norm", 8), ("rms_norm", 6)):
         assert rows[(layer, "jnorm")]["reads"] + rows[(layer, "jnorm")]["writes"] <= most, layer
+
+
+def test_allocator_reports_what_is_loaded_not_what_was_asked(tmp_path):
+    """A failed LD_PRELOAD (ld.so prints "cannot be preloaded ... ignored" and goes on) must not
+    be reported as tcmalloc: the header reads the process's mapped libraries."""
+    missing = tmp_path / "libtcmalloc_minimal.so.4"  # does not exist: ld.so ignores it
+    out = subprocess.run(
+        [sys.executable, "-c", "from benchmarks import bench; print(bench._allocator())"],
+        capture_output=True, text=True, check=True, timeout=300,
+        env={**__import__("os").environ, "LD_PRELOAD": str(missing)},
+    )
+    assert "cannot be preloaded" in out.stderr  # the preload really failed
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("default (glibc malloc)") and "was not loaded" in line, line
+    # a process with tcmalloc mapped (as /proc/self/maps lists it) is reported as tcmalloc
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libtcmalloc_minimal.so.4.5.9\n")
+    assert bench._allocator(str(maps)) == "tcmalloc"
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n")
+    assert bench._allocator(str(maps)).startswith("default")
+    assert bench._allocator(str(tmp_path / "absent")).startswith(("default", "unknown"))

@@ -185,3 +185,61 @@ def test_lrn_modules_take_feature_axes():
                                   expected)
     np.testing.assert_array_equal(jnx.LocalResponseNorm(size=3, feature_axes=1)(x), expected)
     assert not np.array_equal(jnx.LocalResponseNorm(size=3)(x), expected)  # the axis is used
+
+
+# ------------------------------------------------------------------------------ mask dtype
+
+
+def _mask_calls():
+    """Every public function and module call of jnorm that takes `mask`, as (name, call(mask)).
+
+    nnx modules mutate their state in place, which jax.eval_shape forbids: they run eagerly (the
+    check is Python code that runs before any computation either way)."""
+    import inspect
+
+    import flax.nnx as fnnx
+
+    import jnorm.nnx as jnx
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 4)), jnp.float32)
+    extra = {"group_norm": {"num_groups": 2}, "GroupNorm": {"num_groups": 2},
+             "moments": {"reduction_axes": 0}}
+    calls = []
+    for name in jnorm.__all__:
+        fn = getattr(jnorm, name)
+        if inspect.isclass(fn) or not callable(fn):
+            continue
+        params = inspect.signature(fn).parameters
+        if "mask" not in params:
+            continue
+        kw = dict(extra.get(name, {}))
+        if "state" in params:
+            kw.update(state=jnorm.BatchStats.init(4), training=True)
+        calls.append((name, lambda m, fn=fn, kw=kw: fn(x, mask=m, **kw)))
+    for name in ("BatchNorm", "BatchRenorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm"):
+        kw = dict(extra.get(name, {}))
+        if "Batch" in name:
+            kw["use_running_average"] = False
+        lin = getattr(jnn, name)(**kw)
+        v = lin.init(jax.random.key(0), x)
+        calls.append((f"linen.{name}", lambda m, lin=lin, v=v: lin.apply(
+            v, x, mask=m, mutable=["batch_stats"])))
+        mod = getattr(jnx, name)(4, rngs=fnnx.Rngs(0), **kw)
+        calls.append((f"nnx.{name}", lambda m, mod=mod: mod(x, mask=m)))
+    return x, [(name, call if name.startswith("nnx.") else
+                (lambda m, call=call: _trace(lambda: call(m)))) for name, call in calls]
+
+
+def test_non_boolean_mask_is_rejected_by_every_layer():
+    """flax's masks are boolean; an int or float mask (often weights or indices) was silently
+    turned into `mask != 0`. Every function and module that takes `mask` now refuses it at trace
+    time, naming `mask` and the fix; the same mask as booleans is accepted."""
+    x, calls = _mask_calls()
+    assert len(calls) == 7 + 2 * 6, [c[0] for c in calls]
+    keep = np.random.default_rng(1).random(x.shape) < 0.7
+    for name, call in calls:
+        for bad in (keep.astype(np.int32), jnp.asarray(keep, jnp.float32)):
+            with pytest.raises(TypeError, match=r"`mask` must be a boolean array.*"
+                                                r"got dtype (int32|float32).*mask\.astype\(bool\)"):
+                call(bad)
+        assert call(jnp.asarray(keep)) is not None, name  # booleans: accepted

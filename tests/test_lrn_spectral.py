@@ -178,6 +178,18 @@ def test_lrn_errors_and_linen():
     assert mt.apply({}, xs).dtype == jnp.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])
+def test_lrn_refuses_complex_input(dtype):
+    """A complex input was cast to float32 (imaginary part dropped, a real result returned as
+    complex): it is refused at trace time, naming `x` and the alternatives."""
+    x = jnp.ones((2, 4), jnp.complex64) * (1 + 1j)
+    with jax.enable_x64(dtype == jnp.complex128):
+        with pytest.raises(TypeError, match=r"local_response_norm: `x` is complex.*jnp\.abs"):
+            jax.eval_shape(lambda: jnorm.local_response_norm(x.astype(dtype), size=3))
+        with pytest.raises(TypeError, match=r"`x` is complex"):
+            jnn.LocalResponseNorm(size=3).apply({}, x.astype(dtype))
+
+
 # ----------------------------------------------------------------------- spectral norm
 
 
@@ -282,9 +294,15 @@ def test_spectral_norm_linen_wrapper(layer):
     # exact from step 0; params hold the layer's own (unnormalized) kernel
     np.testing.assert_allclose(stats["layer_instance/kernel/sigma"], smax, rtol=1e-5)
     plain = {"kernel": k / smax, "bias": v["params"]["layer_instance"]["bias"]}
-    np.testing.assert_allclose(y0, layer.apply({"params": plain}, x), rtol=1e-5, atol=1e-6)
+    # Two float32 layers whose kernels differ by the factor sigma / smax (relative error
+    # <= 1e-5, asserted above) differ by <= 1e-5 |y - b| plus both sums' rounding, at most
+    # fan_in * u * sum |k / sigma| |x| each (any summation order): the tolerances below.
+    fan_in = k2d.shape[0]
+    absolute = {"kernel": jnp.abs(k) / smax, "bias": jnp.zeros_like(plain["bias"])}
+    atol = 2 * fan_in * 2.0**-24 * float(jnp.max(layer.apply({"params": absolute}, jnp.abs(x))))
+    np.testing.assert_allclose(y0, layer.apply({"params": plain}, x), rtol=1e-5, atol=atol)
     y, upd = jax.jit(lambda v: m.apply(v, x, update_stats=True, mutable=["batch_stats"]))(v)
-    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=atol)
     np.testing.assert_allclose(upd["batch_stats"]["layer_instance/kernel/sigma"], smax,
                                rtol=1e-5)
     # update_stats=False leaves the state as it was
@@ -296,7 +314,7 @@ def test_spectral_norm_linen_wrapper(layer):
     fv = fm.init(jax.random.key(1), x, update_stats=False)
     fy, fupd = fm.apply(fv, x, update_stats=True, mutable=["batch_stats"])
     jy, jupd = m.apply(fv, x, update_stats=True, mutable=["batch_stats"])
-    np.testing.assert_allclose(jy, fy, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jy, fy, rtol=1e-5, atol=atol)
     for name in ("u", "sigma"):
         key = f"layer_instance/kernel/{name}"
         np.testing.assert_allclose(jupd["batch_stats"][key], fupd["batch_stats"][key],
