@@ -266,7 +266,16 @@ def _browse(browser: str, page: Path) -> dict:
     return json.loads(html.unescape(m.group(1)))
 
 
-@pytest.mark.parametrize("page", ["index.html", "api/jnorm.html", "concepts/scheme.html"])
+# page: (formulas at least, local images at least)
+BROWSED = {
+    "index.html": (1, 0),
+    "api/jnorm.html": (10, 0),
+    "concepts/scheme.html": (5, 5),  # the cube figures
+    "evidence/experiments.html": (0, 9),  # the experiments' figures
+}
+
+
+@pytest.mark.parametrize("page", sorted(BROWSED))
 def test_browser_renders_page(site: Path, page: str) -> None:
     browser = _chromium()
     if browser is None:
@@ -274,11 +283,11 @@ def test_browser_renders_page(site: Path, page: str) -> None:
             pytest.fail("Chromium is missing in CI (.ci/run installs Debian's chromium)")
         pytest.skip("no Chromium here (apt-get install chromium)")
     seen = _browse(browser, site / page)
+    min_math, min_images = BROWSED[page]
     assert seen["text"] > 500, seen
-    assert seen["math"] > 0, f"{page}: no formula on the page"
+    assert seen["math"] >= min_math, f"{page}: {seen['math']} formulas, expected {min_math}+"
     assert not seen["raw"], f"{page}: formulas left as raw TeX: {seen['raw'][:5]}"
     assert seen["typeset"] == seen["math"] and seen["errors"] == 0, seen
+    assert len(seen["images"]) >= min_images, seen["images"]
     broken = [src for src, complete, width in seen["images"] if not complete or width == 0]
     assert not broken, f"{page}: images that did not load: {broken}"
-    if page.startswith("concepts/"):
-        assert len(seen["images"]) >= 5, seen["images"]  # the cube figures
