@@ -49,6 +49,7 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 nb_execution_mode = "off"  # notebooks are committed executed; tests run them (nbmake)
 nb_merge_streams = True
+nb_render_markdown_format = "myst"  # markdown outputs (the experiments' tables) as MyST: tables
 
 # --------------------------------------------------------------------------------- strict
 nitpicky = True

@@ -291,3 +291,19 @@ def test_browser_renders_page(site: Path, page: str) -> None:
     assert len(seen["images"]) >= min_images, seen["images"]
     broken = [src for src, complete, width in seen["images"] if not complete or width == 0]
     assert not broken, f"{page}: images that did not load: {broken}"
+
+
+def test_new_top_level_pages_join_the_site(tmp_path: Path) -> None:
+    """A docs/*.md page another branch adds appears in the home page's "More pages" toctree;
+    pages the home page already places are not listed twice."""
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        import jnorm_site
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    index = (DOCS / "index.md").read_text()
+    for name in ("index", "benchmarks", "distributed", "qk_norm"):
+        (tmp_path / f"{name}.md").write_text(f"# {name}\n")
+    assert jnorm_site.more_pages(index, tmp_path) == ["qk_norm"]
+    assert jnorm_site.more_pages(index, DOCS) == sorted(
+        p.stem for p in DOCS.glob("*.md") if p.stem not in ("index", "benchmarks", "distributed"))
