@@ -8,8 +8,9 @@ function give bitwise-equal results.
 
 Differences from flax, all in accuracy's favour:
 
-* statistics are always computed with jnorm's stable one-pass algorithm; ``use_fast_variance``
-  is accepted for compatibility and has no effect (jnorm's default is fast *and* accurate);
+* statistics are always computed with the corrected two-pass algorithm of
+  :func:`jnorm.moments`; ``use_fast_variance`` is accepted for compatibility and has no effect
+  (jnorm's default is fast *and* accurate);
 * ``force_float32_reductions`` is accepted; statistics are always accumulated in at least
   float32 (``False`` only changes the parameter dtype used in the affine step, as in flax);
 * ``BatchNorm`` with ``axis_name`` combines devices by count, exactly, also with masks.
