@@ -29,6 +29,7 @@ number of failed checks, capped at 100):
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import importlib.util
 import math
@@ -132,6 +133,13 @@ def _reference(x64: np.ndarray, scale: np.ndarray, bias: np.ndarray, center: boo
         return (x64 - mean) / np.sqrt(var + EPSILON) * scale + (bias if center else 0.0)
 
 
+@functools.cache
+def _jitted(layer: str, impl: Any) -> Callable[..., jax.Array]:
+    """One jitted function per layer and implementation: same shapes compile once."""
+    fn = getattr(jnorm, layer)
+    return jax.jit(lambda x, *p: fn(x, *p, epsilon=EPSILON, implementation=impl))
+
+
 def check_values(d: int, n: int, dtype: Any, kinds: Sequence[str], impls: Sequence[Any],
                  rng: np.random.Generator) -> list[str]:
     """One batch of ``n`` rows cycling through `kinds`; failures as text (empty: all pass)."""
@@ -147,13 +155,12 @@ def check_values(d: int, n: int, dtype: Any, kinds: Sequence[str], impls: Sequen
     for layer in LAYERS:
         center = layer == "layer_norm"
         fn = getattr(jnorm, layer)
-        args = (scale, bias) if center else (scale,)
+        args = (jnp.asarray(scale), jnp.asarray(bias)) if center else (jnp.asarray(scale),)
         y64 = _reference(x64, scale.astype(np.float64), bias.astype(np.float64), center)
         tol = bound(x64, d, dtype, center)[:, None]
         ys = {}
         for impl in ("xla", *impls):
-            y = jax.jit(lambda x, *p, impl=impl, fn=fn: fn(x, *p, epsilon=EPSILON,
-                                                           implementation=impl))(x, *args)
+            y = _jitted(layer, impl)(x, *args)
             ys[impl] = y = np.asarray(y.astype(jnp.float32), np.float64)
             name = f"{layer} {impl or 'auto'} D={d} rows={n} {jnp.dtype(dtype).name}"
             if y.shape != x.shape or jnp.dtype(dtype) != fn(x[:0], *args).dtype:
@@ -324,9 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sharded": sharded,
         "bench": lambda: _subprocess(
             [sys.executable, "-m", "benchmarks.bench"]
-            + (["--quick", "--layers", "layer_norm,rms_norm"] if quick else []), timeout=300)
+            + (["--quick", "--layers", "layer_norm,rms_norm"] if quick else []), timeout=200)
         + (_subprocess([sys.executable, "-m", "benchmarks.models"]
-                       + (["--quick"] if quick else []), timeout=300)
+                       + (["--quick"] if quick else []), timeout=200)
            if importlib.util.find_spec("benchmarks.models") is not None
            else print("  benchmarks/models.py is MISSING: no whole-model figures") or []),
     }
