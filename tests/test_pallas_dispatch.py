@@ -10,6 +10,7 @@ it. On CPU the kernel runs in Pallas' interpret mode.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import export
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jnorm
@@ -61,9 +62,11 @@ def test_automatic_choice_lowers_the_kernel_for_cuda_only(gpu_host, monkeypatch)
     x = _x()
     assert TRITON in _custom_calls(jnorm.layer_norm, x, platform="cuda")[0]
     assert TRITON not in _custom_calls(jnorm.layer_norm, x, platform="cpu")[0]
-    assert TRITON not in jax.jit(jnorm.layer_norm).lower(x).as_text()
-    with jax.default_device(jax.devices("cpu")[0]):
+    cpu = jax.devices("cpu")[0]
+    assert TRITON not in jax.jit(jnorm.layer_norm).lower(jax.device_put(x, cpu)).as_text()
+    with jax.default_device(cpu):
         y = jax.jit(jnorm.layer_norm)(x)
+    assert y.devices() == {cpu}
     np.testing.assert_allclose(y, jax.jit(_layer("xla"))(x), **TOL)
     # what the automatic choice leaves to XLA stays XLA on CUDA too
     assert TRITON not in _custom_calls(jnorm.rms_norm, x, platform="cuda")[0]
@@ -94,8 +97,9 @@ def test_requested_kernel_on_a_host_without_gpu():
 # --- sharded inputs --------------------------------------------------------------------------
 
 def _sharded(shape, spec, mesh_shape=(4,), names=("data",), axis_types=None):
-    mesh = jax.make_mesh(mesh_shape, names, axis_types=axis_types or
-                         (AxisType.Explicit,) * len(names))
+    """`_x(shape)` over a mesh of host CPU devices (on a GPU host too: a CPU computation)."""
+    devices = np.array(jax.devices("cpu")[: math.prod(mesh_shape)]).reshape(mesh_shape)
+    mesh = Mesh(devices, names, axis_types=axis_types or (AxisType.Explicit,) * len(names))
     return jax.device_put(_x(shape), NamedSharding(mesh, spec))
 
 
