@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -229,3 +230,23 @@ def test_broken_pallas_falls_back_to_xla_with_one_warning():
     assert re.match(r"implementation='pallas': the fused Pallas kernel cannot be imported with "
                     r"jax .*(Module|Import).*Error.*Pass implementation=None \(automatic\) or "
                     r"'xla'", out[2])
+
+
+def test_a_kernel_that_fails_to_trace_falls_back_with_one_warning(gpu_host, monkeypatch):
+    """API drift that shows only when the kernel is traced (a changed pallas_call keyword):
+    the automatic choice warns once and computes with XLA."""
+    from jnorm._pallas import _row_norm
+
+    def drifted(*args, **kwargs):
+        raise TypeError("pallas_call() got an unexpected keyword argument 'compiler_params'")
+
+    monkeypatch.setattr(_row_norm, "row_norm_forward", drifted)
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    x = _x((3, 2048))  # a shape no other test traces (jax caches traces)
+    with pytest.warns(RuntimeWarning, match=r"failed to trace with jax .*TypeError.*uses XLA"):
+        y = jax.jit(jnorm.layer_norm)(x)
+    assert "pallas_call" not in str(jax.make_jaxpr(jnorm.layer_norm)(x))
+    np.testing.assert_allclose(y, jax.jit(_layer("xla"))(x), **TOL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.jit(jnorm.layer_norm)(x[:1])  # traced again: no second warning
