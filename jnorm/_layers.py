@@ -148,10 +148,13 @@ def layer_norm(
       axis_name, axis_index_groups: also reduce over a mapped axis (see :func:`jnorm.moments`).
       dtype: output dtype (default ``x``'s; float32 for integers).
       implementation: the program for the forward value. None (default): the fused Pallas
-        kernel on a GPU where it measured faster than XLA (layer norm over a last axis of
-        256 to 16384, a power of two), else XLA. ``"xla"``: always XLA. ``"pallas"``: always
-        the kernel (on other backends in Pallas' interpret mode: slow, for testing); a call it
-        cannot serve (not the last axis, other sizes, a mask, ``axis_name``) raises a
+        kernel where the computation runs on an NVIDIA GPU and the kernel measured faster
+        than XLA (layer norm over a last axis of 256 to 16384, a power of two), else XLA;
+        decided per platform at lowering (a computation placed on the CPU runs XLA), per shard
+        for rows split over explicit mesh axes, XLA for a split last axis, partitioner-sharded
+        inputs or an empty batch. ``"xla"``: always XLA. ``"pallas"``: always the kernel (on
+        other platforms in Pallas' interpret mode: slow, for testing); a call it cannot serve
+        (not the last axis, other sizes, a mask, ``axis_name``, a sharded last axis) raises a
         ValueError saying why. Derivatives (``grad``, ``jvp``) use XLA's fused rule either
         way: it measured faster in training.
 

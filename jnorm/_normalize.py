@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jnorm import _pallas  # imports no Pallas: the kernels load where they run
 from jnorm._checks import check_epsilon
 from jnorm._stats import (
     Moments,
@@ -183,8 +184,6 @@ def normalize_with_moments(
     ]
     reason = next((why for hit, why in general if hit), None)
     if implementation == "pallas":
-        from jnorm import _pallas  # lazily: importing Pallas costs ~0.1 s
-
         reason = reason or _pallas.unsupported(x, axes, scale, bias)
         if reason is not None:
             raise ValueError(
@@ -271,34 +270,15 @@ def _fused(
     implementation: Implementation, x: jax.Array, scale: jax.Array | None,
     bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
-    from jnorm import _pallas  # lazily: importing Pallas costs ~0.1 s
+    def xla() -> tuple[jax.Array, Moments]:
+        return _normalize_with_moments(
+            x, scale, bias, axes=axes, epsilon=epsilon, center=center, dtype=dtype
+        )
 
-    if implementation == "pallas" or (
-        implementation is None and _pallas.suits(x, axes, scale, bias, center=center)
-    ):
-        return _fused_pallas(axes, epsilon, center, dtype, x, scale, bias)
-    return _normalize_with_moments(
-        x, scale, bias, axes=axes, epsilon=epsilon, center=center, dtype=dtype
-    )
-
-
-def _fused_pallas(
-    axes: tuple[int, ...], epsilon: float, center: bool, dtype: jnp.dtype | None,
-    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
-) -> tuple[jax.Array, Moments]:
-    """The value of :func:`_fused` from the fused Pallas kernel (last axis, on GPU)."""
-    from jnorm import _pallas
-
-    d = x.shape[-1]
-    y, shift, mean, var = _pallas.row_norm_forward(
-        x.reshape(-1, d), scale, bias, epsilon=epsilon, center=center,
-        out_dtype=output_dtype(x.dtype, dtype), interpret=jax.default_backend() != "gpu",
-    )
-    keep = x.shape[:-1] + (1,)
-    acc = accumulation_dtype(x.dtype)
-    m = Moments(shift.reshape(keep).astype(acc), mean.reshape(keep).astype(acc),
-                var.reshape(keep).astype(acc), jnp.full(keep, d, acc))
-    return y.reshape(x.shape), m
+    # The fused Pallas kernel or XLA, per platform, sharding and shape (jnorm._pallas).
+    return _pallas.row_norm(x, scale, bias, axes=axes, epsilon=epsilon, center=center,
+                            out_dtype=output_dtype(x.dtype, dtype),
+                            implementation=implementation, xla=xla)
 
 
 @_fused.defjvp

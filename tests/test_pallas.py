@@ -14,7 +14,7 @@ import pytest
 import jnorm
 from jnorm import _pallas
 from jnorm._normalize import _normalize_with_moments
-from jnorm._pallas import _row_norm
+from jnorm._pallas import _dispatch
 
 INTERPRET = jax.default_backend() != "gpu"
 SHAPES = [(256, 128), (24, 512)]  # several row blocks; a row count that halves the block
@@ -170,10 +170,10 @@ def test_implementation_is_checked():
 
 
 def test_xla_never_uses_the_kernel(monkeypatch):
-    """``implementation="xla"`` keeps XLA even where the automatic choice takes the kernel."""
+    """``implementation="xla"`` keeps XLA even where the automatic choice takes the kernel
+    (a GPU host, faked: the automatic program then stages the kernel for CUDA)."""
     x = jnp.ones((8, 256), jnp.float32)
-    monkeypatch.setattr(_row_norm, "suits", lambda *a, **k: True)
-    monkeypatch.setattr(_pallas, "suits", lambda *a, **k: True)
+    monkeypatch.setattr(_dispatch, "gpu_present", lambda: True)
     assert "pallas_call" in str(jax.make_jaxpr(jnorm.layer_norm)(x))
     assert "pallas_call" not in str(jax.make_jaxpr(
         lambda x: jnorm.layer_norm(x, implementation="xla"))(x))
@@ -181,17 +181,87 @@ def test_xla_never_uses_the_kernel(monkeypatch):
 
 def test_suits_only_kernel_shapes(monkeypatch):
     x = jnp.zeros((8, 4096), jnp.float32)
-    assert _pallas.suits(x, (1,), backend="gpu")
-    assert not _pallas.suits(x, (1,), center=False, backend="gpu")  # RMS: XLA measured faster
-    assert _pallas.suits(jnp.zeros((8, 256)), (1,), backend="gpu")
-    assert not _pallas.suits(jnp.zeros((8, 128)), (1,), backend="gpu")  # below AUTO_MIN_D
-    assert not _pallas.suits(jnp.zeros((8, 5000)), (1,), backend="gpu")  # not a power of two
-    assert not _pallas.suits(x, (0,), backend="gpu")  # not the last axis
-    assert not _pallas.suits(x.astype(jnp.int32), (1,), backend="gpu")
-    if jax.default_backend() != "gpu":
-        assert not _pallas.suits(x, (1,))  # CPU keeps the XLA path
+    assert _pallas.suits(x, (1,))
+    assert not _pallas.suits(x, (1,), center=False)  # RMS: XLA measured faster
+    assert _pallas.suits(jnp.zeros((8, 256)), (1,))
+    assert not _pallas.suits(jnp.zeros((8, 128)), (1,))  # below AUTO_MIN_D
+    assert not _pallas.suits(jnp.zeros((8, 5000)), (1,))  # not a power of two
+    assert not _pallas.suits(jnp.zeros((0, 4096)), (1,))  # an empty batch
+    assert not _pallas.suits(x, (0,))  # not the last axis
+    assert not _pallas.suits(x.astype(jnp.int32), (1,))
     monkeypatch.setenv("JNORM_PALLAS", "0")
-    assert not _pallas.suits(x, (1,), backend="gpu")
+    assert not _pallas.suits(x, (1,))
+
+
+def test_a_host_without_gpu_never_stages_the_kernel():
+    """Without a CUDA backend the automatic choice is XLA, whatever the shape."""
+    if _dispatch.gpu_present():
+        pytest.skip("this host has a GPU")
+    x = jnp.zeros((8, 4096), jnp.float32)
+    assert "pallas_call" not in str(jax.make_jaxpr(jnorm.layer_norm)(x))
+
+
+def _nonfinite_rows(dtype=jnp.float32):
+    """Rows with a NaN, +inf, -inf, both infinities, all NaN; then ordinary rows."""
+    x = np.random.default_rng(3).normal(size=(8, 256)).astype(np.float32) + 3.0
+    x[0, 5] = np.nan
+    x[1, 0] = np.inf
+    x[2, 255] = -np.inf
+    x[3, 7], x[3, 9] = np.inf, -np.inf
+    x[4] = np.nan
+    return jnp.asarray(x, dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("layer", ["layer_norm", "rms_norm"])
+def test_nonfinite_rows_match_xla(layer, dtype):
+    """A NaN or inf row gives what XLA gives (NaN where XLA has NaN), the other rows are
+    untouched; the kernel's statistics carry the NaN too (Triton's max would drop it)."""
+    x = _nonfinite_rows(dtype)
+    scale = jnp.linspace(0.5, 1.5, 256, dtype=jnp.float32)
+    fn = getattr(jnorm, layer)
+    y = fn(x, scale, implementation="pallas")
+    y_ref = fn(x, scale, implementation="xla")
+    y, y_ref = np.asarray(y, np.float32), np.asarray(y_ref, np.float32)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(y_ref))
+    assert np.isnan(y[:5] if layer == "layer_norm" else y[[0, 4]]).all()  # NaN rows: NaN
+    tol = 2e-5 if dtype == jnp.float32 else 2 ** -7
+    np.testing.assert_allclose(y[5:], y_ref[5:], atol=tol * 4, rtol=tol)
+    _, _, _, var = _pallas.row_norm_forward(
+        x, scale, None, epsilon=1e-6, center=layer == "layer_norm", interpret=INTERPRET)
+    _, m = _oracle(x, scale, None, layer == "layer_norm")
+    np.testing.assert_array_equal(np.isnan(var), np.isnan(m.var[:, 0]))
+
+
+def test_kernels_use_no_nan_dropping_max():
+    """Triton lowers ``max`` (jnp.maximum, jnp.clip) to a NaN-dropping max: the kernels'
+    bodies must not contain one, or a NaN row's statistics differ between GPU and XLA."""
+    x, scale, bias, g = _data((16, 256), 0.0)
+    for center in (True, False):
+        kw = {"epsilon": 1e-6, "center": center, "interpret": True}
+
+        def fwd_bwd(x, g, kw=kw):
+            stats = _pallas.row_norm_forward(x, scale, bias, **kw)[1:]
+            return _pallas.row_norm_backward(x, g, scale, *stats, **kw)
+
+        jaxpr = jax.make_jaxpr(fwd_bwd)(x, g)
+        kernels = [e.params["jaxpr"] for e in jaxpr.eqns if e.primitive.name == "pallas_call"]
+        assert len(kernels) == 2
+        names = {e.primitive.name for k in kernels for e in _all_eqns(k)}
+        assert "sqrt" in names or "rsqrt" in names  # the walk sees the kernels' bodies
+        assert not names & {"max", "min", "clamp"}, names
+
+
+def _all_eqns(jaxpr):
+    """Every equation of `jaxpr` and of the jaxprs in its equations' parameters."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
+                if hasattr(getattr(sub, "jaxpr", sub), "eqns"):
+                    yield from _all_eqns(sub)
 
 
 def test_block_rows():

@@ -1,9 +1,14 @@
-"""Pallas kernels: layer norm / RMS norm forward and backward over the last axis of (R, D)."""
+"""Pallas kernels: layer norm / RMS norm forward and backward over the last axis of (R, D).
+
+Importing this module imports ``jax.experimental.pallas`` and its Triton backend; the
+library imports it lazily, only where a kernel runs (:mod:`jnorm._pallas._dispatch`), so an
+API change there costs the kernel, never the layers.
+"""
 
 from __future__ import annotations
 
 import functools
-import os
+import inspect
 from typing import Any
 
 import jax
@@ -12,88 +17,42 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-__all__ = ["block_rows", "row_norm_backward", "row_norm_forward", "suits", "unsupported"]
+from jnorm._pallas._support import BACKWARD_CONFIG, FORWARD_CONFIG, block_rows
 
-#: The forward's launch configuration ``(elements per row block, warps per program)``; one
-#: row block is held at once (in registers on GPU). Chosen with ``python -m benchmarks.bench
-#: --tune`` on an H200 at (131072, 1024) and (32768, 4096): see docs/benchmarks.md.
-FORWARD_CONFIG = (2048, 8)
-#: The backward's ``(elements per row block, warps, row blocks per program)``, chosen alike
-#: (the warps grow with ``D`` beyond 4096, see :func:`row_norm_backward`).
-BACKWARD_CONFIG = (4096, 8, 64)
-_MIN_D, _MAX_D = 128, 16384
-#: Smallest feature size for which the forward kernel is used automatically (layer norm):
-#: the smallest measured, where it took 0.79x flax's time (H200, (524288, 256)).
-AUTO_MIN_D = 256
+__all__ = ["row_norm_backward", "row_norm_forward"]
+
+# Resolved at import, so API drift (a renamed class) shows as an import error the dispatch
+# catches, not as a failure inside a user's traced program.
+_CompilerParams = pltriton.CompilerParams
 
 
 def _triton_params(num_warps: int) -> Any:
     """Triton on GPU (jax's default GPU Pallas backend, Mosaic GPU, limits block copies)."""
     if num_warps < 1 or num_warps & (num_warps - 1):
         raise ValueError(f"num_warps must be a power of two >= 1, got {num_warps}")
-    return pltriton.CompilerParams(num_warps=num_warps)
+    return _CompilerParams(num_warps=num_warps)
 
 
-def block_rows(rows: int, d: int, block_elements: int = FORWARD_CONFIG[0]) -> int:
-    """Rows per block: the largest power of two ``br`` with ``br * d <= block_elements`` that
-    divides `rows` (at least 1).
-
-    >>> block_rows(256, 128, 8192), block_rows(24, 512, 8192), block_rows(256, 128, 1024)
-    (64, 8, 8)
-    """
-    br = max(1, block_elements // d)
-    br = 1 << (br.bit_length() - 1)
-    while br > 1 and rows % br:
-        br //= 2
-    return br
+def _like(shape: tuple[int, ...], dtype: Any, x: jax.Array) -> jax.ShapeDtypeStruct:
+    """An output type that varies over the same manual mesh axes as `x`: inside a
+    ``shard_map`` (``check_vma=True``) a Pallas call must say so (jax >= 0.10 calls it
+    ``manual_axis_type``, earlier ``vma``)."""
+    aval = jax.typeof(x)
+    if _VARYING == "manual_axis_type":
+        return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=aval.manual_axis_type)
+    if _VARYING == "vma":
+        return jax.ShapeDtypeStruct(shape, dtype, vma=aval.vma)
+    return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def suits(
-    x: jax.Array, axes: tuple[int, ...], *params: Any, center: bool = True,
-    backend: str | None = None,
-) -> bool:
-    """Whether the fused forward kernel is used for this call.
-
-    The kernels handle the last axis of a float array whose size is a power of two in
-    ``[128, 16384]``, with per-feature (or no) parameters. The forward kernel is used
-    automatically on GPU only where it measured faster than XLA's fusion: layer norm with
-    ``D >= AUTO_MIN_D`` (on an H200, 0.72-0.86x XLA's forward time at every ``D`` from 256 to
-    16384), not RMS norm (XLA's fusion was 0.85-0.95x the kernel's time there). It serves
-    plain evaluation only: the derivative rule computes its primal with XLA, which fuses it
-    with the derivative's loops. The environment variable ``JNORM_PALLAS=0`` turns the
-    automatic choice off everywhere; ``implementation="pallas"`` in :func:`jnorm.layer_norm`
-    and :func:`jnorm.rms_norm` asks for the kernel whatever this says (in interpret mode off
-    GPU), ``"xla"`` never uses it.
-    """
-    if os.environ.get("JNORM_PALLAS", "1") == "0":
-        return False
-    if (backend or jax.default_backend()) != "gpu":
-        return False
-    if unsupported(x, axes, *params) is not None:
-        return False
-    return center and x.shape[-1] >= AUTO_MIN_D
+_VARYING = next((k for k in ("manual_axis_type", "vma")
+                 if k in inspect.signature(jax.ShapeDtypeStruct).parameters), None)
 
 
-def unsupported(x: jax.Array, axes: tuple[int, ...], *params: Any) -> str | None:
-    """Why the forward kernel cannot compute this call, or None if it can.
-
-    >>> unsupported(jnp.zeros((8, 256)), (1,)) is None
-    True
-    >>> unsupported(jnp.zeros((8, 100)), (1,))
-    'the last axis has size 100, and the kernel needs a power of two in [128, 16384]'
-    """
-    if x.ndim < 2 or axes != (x.ndim - 1,):
-        return (f"the statistics are over axes {axes} of a {x.ndim}-d input, and the kernel "
-                "needs exactly the last axis of an input with at least 2 axes")
-    if x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
-        return f"the input is {x.dtype}, and the kernel needs float32, bfloat16 or float16"
-    d = x.shape[-1]
-    if d < _MIN_D or d > _MAX_D or d & (d - 1):
-        return (f"the last axis has size {d}, and the kernel needs a power of two in "
-                f"[{_MIN_D}, {_MAX_D}]")
-    if not all(p is None or p.shape == (1,) * (x.ndim - 1) + (d,) for p in params):
-        return "the parameters vary along other axes than the last, and the kernel needs (D,)"
-    return None
+def _clip_negative(v: jax.Array) -> jax.Array:
+    """``max(v, 0)`` that keeps NaN: Triton lowers ``jnp.maximum`` to a max that drops NaN
+    (``max(NaN, 0) = 0``), where XLA and interpret mode propagate it."""
+    return jnp.where(v < 0, jnp.zeros_like(v), v)
 
 
 def _fwd_kernel(x_ref: Any, s_ref: Any, b_ref: Any, y_ref: Any, p_ref: Any, m_ref: Any,
@@ -106,7 +65,7 @@ def _fwd_kernel(x_ref: Any, s_ref: Any, b_ref: Any, y_ref: Any, p_ref: Any, m_re
         pivot = jnp.sum(x, axis=1) / d_size
         dev = x - pivot[:, None]
         mean = jnp.sum(dev, axis=1) / d_size
-        var = jnp.maximum(jnp.sum(dev * dev, axis=1) / d_size - mean * mean, 0.0)
+        var = _clip_negative(jnp.sum(dev * dev, axis=1) / d_size - mean * mean)
         centred = dev - mean[:, None]
         # Re-centred as shifted_moments returns them: the rounded mean and the rest.
         pivot, mean = pivot + mean, (pivot - (pivot + mean)) + mean
@@ -142,13 +101,13 @@ def row_norm_forward(
     out_dtype = jnp.dtype(out_dtype or x.dtype)
     scale = jnp.ones((d,), jnp.float32) if scale is None else scale.reshape(d)
     bias = jnp.zeros((d,), jnp.float32) if bias is None else bias.reshape(d)
-    stat = jax.ShapeDtypeStruct((rows,), jnp.float32)
+    stat = _like((rows,), jnp.float32, x)
     row_block = pl.BlockSpec((br, d), lambda i: (i, 0))
     vec = pl.BlockSpec((d,), lambda i: (0,))
     stat_block = pl.BlockSpec((br,), lambda i: (i,))
     return pl.pallas_call(
         functools.partial(_fwd_kernel, epsilon=float(epsilon), center=center),
-        out_shape=(jax.ShapeDtypeStruct((rows, d), out_dtype), stat, stat, stat),
+        out_shape=(_like((rows, d), out_dtype, x), stat, stat, stat),
         grid=(rows // br,),
         in_specs=[row_block, vec, vec],
         out_specs=(row_block, stat_block, stat_block, stat_block),
@@ -219,9 +178,9 @@ def row_norm_backward(
         functools.partial(_bwd_kernel, epsilon=float(epsilon), center=center, br=br,
                           steps=steps),
         out_shape=(
-            jax.ShapeDtypeStruct((rows, d), x.dtype),
-            jax.ShapeDtypeStruct((nb, d), jnp.float32),
-            jax.ShapeDtypeStruct((nb, d), jnp.float32),
+            _like((rows, d), x.dtype, x),
+            _like((nb, d), jnp.float32, x),
+            _like((nb, d), jnp.float32, x),
         ),
         grid=(nb,),
         in_specs=[row_block, row_block, vec, stat_block, stat_block, stat_block],
