@@ -344,8 +344,9 @@ def test_cli_refuses_before_training_and_names_the_setting(tmp_path: Path, monke
     assert main(["--out", out, "--no-progress", "--seeds", "1"]) == 0
     before = _snapshot(tmp_path)
     capsys.readouterr()
-    for args, words in ((["--quick", "--only", "two"], ["--quick", "full there", "--overwrite"]),
-                        (["--only", "two"], ["--seeds", "1 seed [0] there", "--overwrite"]),
+    for args, words in ((["--quick", "--only", "two"],
+                         ["scale: full there", "without --quick", "--overwrite"]),
+                        (["--only", "two"], ["1 seed [0] there", "with --seeds 1", "--overwrite"]),
                         (["--seeds", "1"], ["--only NAME", "--overwrite", "another --out"])):
         assert main(["--out", out, "--no-progress", *args]) == 2, args
         captured = capsys.readouterr()

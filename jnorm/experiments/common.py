@@ -276,9 +276,9 @@ class Comparison:
 
     def _undecided(self, shown: str, bound: float, digits: int = 3) -> str:
         return (f"undecided: the difference {self.diff:+.{digits}f} lies within the margin "
-                f"{self.margin:.{digits}f}, and {shown} {bound:+.{digits}f} is beyond the floor "
-                f"{self.floor:g}, so the seeds can neither show the claim nor refute it (more "
-                "seeds would)")
+                f"{self.margin:.{digits}f}, and {shown} {bound:+.{digits + 1}f} is beyond the "
+                f"floor {self.floor:g}, so the seeds can neither show the claim nor refute it "
+                "(more seeds would)")
 
     def beats(self) -> Outcome:
         """The claim ``a > b`` (by more than the floor): shown if ``diff > margin``; refuted

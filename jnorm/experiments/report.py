@@ -46,7 +46,7 @@ class ResultsConflict(ValueError):
     message (one line) names what differs and how to proceed."""
 
 
-#: The settings that must agree for results to share one report, with the flag that sets each.
+#: The settings that must agree for results to share one report, with the option that sets each.
 SETTINGS = {"dataset": "--data", "scale": "--quick", "seeds": "--seeds"}
 
 
@@ -112,19 +112,34 @@ def load_entries(ctx: Context, known: list[str], *, only: bool = False,
     if not isinstance(exps, dict) or not all(isinstance(e, dict) for e in exps.values()):
         raise ResultsConflict(f"--out {out}: its {RESULTS} is not a jnorm results file; {fix}")
     key = run_key(ctx)
-    diffs: dict[str, str] = {}
+    diffs: dict[str, tuple[str, str]] = {}
     for e in exps.values():
         run = e.get("run", {}) if isinstance(e.get("run"), dict) else {}
-        for k, flag in SETTINGS.items():
-            if run.get(k) != key[k] and flag not in diffs:
-                diffs[flag] = (f"{k}: {_setting(k, run.get(k))} there, {_setting(k, key[k])} "
-                               "here")
+        for k in SETTINGS:
+            if run.get(k) != key[k] and k not in diffs:
+                diffs[k] = (f"{k}: {_setting(k, run.get(k))} there, {_setting(k, key[k])} "
+                            "here", _same(k, run.get(k)))
     if diffs:
         raise ResultsConflict(
-            f"--out {out} holds results with other settings ({'; '.join(diffs.values())}); "
-            f"--only merges only into a run with the same settings: rerun with the same "
-            f"{', '.join(diffs)}, or {fix}")
+            f"--out {out} holds results with other settings "
+            f"({'; '.join(d for d, _ in diffs.values())}); --only merges only into results "
+            f"with the same settings: rerun {' and '.join(h for _, h in diffs.values())}, "
+            f"{fix}")
     return dict(exps)
+
+
+def _same(key: str, there: Any) -> str:
+    """How to repeat the earlier run's value of setting ``key`` on the command line."""
+    if key == "scale":
+        return ("with --quick" if there == "quick" else "without --quick" if there == "full"
+                else f"at scale {there!r}")
+    if key == "seeds":
+        if isinstance(there, list) and there == list(range(len(there))):
+            return f"with --seeds {len(there)}"
+        return f"with the seeds {there}"
+    if isinstance(there, str) and there.startswith("digits:"):
+        return "without --data"
+    return f"with the --data file of that run ({there})"
 
 
 def write_report(entries: dict[str, Any], ctx: Context, order: list[str],
