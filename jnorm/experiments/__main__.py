@@ -13,8 +13,9 @@ from typing import NoReturn
 __all__ = ["main"]
 
 #: Measured wall times (see README, "Experiments"), quoted in ``--help``.
-TIMES = ("4 to 6 minutes at the default size and 1.5 to 2 with --quick on 2 CPU cores "
-         "(measured; see the README)")
+TIMES = ("about 4.3 CPU minutes at the default size and under 2 with --quick; on a 2-core "
+         "machine shared with other jobs, 10.5 and 5.5 minutes of wall time (measured; see the "
+         "README)")
 
 
 class _Parser(argparse.ArgumentParser):
