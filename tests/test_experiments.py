@@ -388,7 +388,11 @@ def _check_report_results_and_figures(out: Path, results: dict) -> None:
     for name, exp in payload["experiments"].items():
         png = out / exp["figure"]
         assert png.exists() and png.stat().st_size > 2_000, name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        head = png.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        # at most three panels a row, readable at page width (noise.png had four: 2036 × 452)
+        assert width <= (2 if name == "noise" else 3.6) * height, (name, width, height)
         assert f"]({exp['figure']})" in report
         assert exp["claims"], name
         for c in exp["claims"]:
