@@ -3,8 +3,8 @@
 The whole suite runs once, in one test (so that ``pytest -n 2`` does not run it on both
 workers), on a subsample of the digits at the ``tiny`` scale; that test then checks the report,
 the numbers and the key behaviours. The guards (random labels, 100 classes, every bad input),
-the per-experiment writing and ``--only`` merging have tests of their own; the writing and
-merging tests use stand-in experiments that train nothing.
+the per-experiment writing, ``--only`` merging and the refusal to replace earlier results have
+tests of their own; those use stand-in experiments that train nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import pytest
 
 from jnorm.experiments import EXPERIMENTS, Context, run_suite
 from jnorm.experiments.__main__ import main
-from jnorm.experiments.common import Claim, ExperimentResult, compare
+from jnorm.experiments.common import RULE, Claim, ExperimentResult, Outcome, compare
 from jnorm.experiments.data import DataError, Dataset, load_digits_dataset, load_npz
 from jnorm.experiments.models import make_model
+from jnorm.experiments.noise import _zoom
 from jnorm.experiments.plotting import save, subplots, sweep_axes, sweep_curve
+from jnorm.experiments.report import ResultsConflict
 from jnorm.experiments.training import _CACHE, train
 
 
@@ -152,6 +154,47 @@ def test_no_difference_is_shown_only_by_a_tight_interval() -> None:
     assert compare([0.9], [0.95], floor=0.01).agrees() == (False, None)
 
 
+@pytest.mark.parametrize("sign", [1, -1], ids=["a-beats-b", "b-beats-a"])
+def test_a_claimed_advantage_gets_three_verdicts(sign: int) -> None:
+    """The same rule as for agreement, in both directions: shown when the difference clears
+    the margin in the claimed direction, refuted when it clears it the other way or is
+    bounded below the floor, undecided when it is lost in the seed spread (issue: layer norm
+    at +0.281 against a margin of 0.538 was called "not reproduced")."""
+    def beats(a, b):  # the claim "x beats y" for x = a (sign 1) or x = b (sign -1)
+        return (compare(a, b, 0.02) if sign == 1 else compare(b, a, 0.02)).beats()
+
+    def flip(a, b):
+        return (a, b) if sign == 1 else (b, a)
+
+    shown = beats(*flip([0.90, 0.91, 0.92], [0.80, 0.81, 0.82]))
+    assert shown == (True, None) and shown.verdict == "reproduced"
+    reversed_ = beats(*flip([0.80, 0.81, 0.82], [0.90, 0.91, 0.92]))  # clears it the other way
+    assert reversed_ == (False, None) and reversed_.verdict == "not reproduced"
+    small = beats(*flip([0.905, 0.906, 0.907], [0.900, 0.901, 0.902]))  # +0.005 ± 0.002
+    assert small == (False, None)  # bounded below the floor: smaller than the claimed size
+    lost = beats(*flip([0.2, 0.9, 0.6], [0.3, 0.3, 0.3]))  # +0.267, 2 SE 0.40: the spread wins
+    assert not lost.holds and lost.verdict == "inconclusive" and "undecided" in lost.undecided
+    near = beats(*flip([0.905, 0.915, 0.925], [0.90, 0.90, 0.90]))  # +0.015, 2 SE 0.012
+    assert near.verdict == "inconclusive"  # within the margin, not bounded below the floor
+    # one seed: no spread, the floor alone decides
+    assert beats(*flip([0.95], [0.90])).verdict == "reproduced"
+    assert beats(*flip([0.91], [0.90])).verdict == "not reproduced"
+    assert "beats" in RULE and "inconclusive" in RULE
+
+
+def test_outcomes_combine_and_become_claims() -> None:
+    yes, no, maybe = Outcome(True), Outcome(False), Outcome(False, "why")
+    assert Outcome.all_of(yes, yes).verdict == "reproduced"
+    assert Outcome.all_of(yes, maybe) == (False, "why")
+    assert Outcome.all_of(maybe, no).verdict == "not reproduced"  # one refuted part decides
+    assert Outcome.any_of(no, yes, maybe).verdict == "reproduced"
+    assert Outcome.any_of(no, maybe) == (False, "why")
+    assert Outcome.any_of(no, no).verdict == "not reproduced"
+    assert Outcome.any_of(none="empty") == (False, "empty")
+    for o in (yes, no, maybe):
+        assert Claim.from_outcome("c", "k", "m", o).verdict == o.verdict
+
+
 def test_guard_makes_claims_inconclusive_below_the_validity_bar(digits: Dataset) -> None:
     ctx = Context(digits, "unused", scale="tiny", seeds=(0,))
     assert ctx.chance == pytest.approx(np.bincount(digits.y_test).max() / len(digits.y_test))
@@ -244,8 +287,7 @@ def test_results_are_written_after_each_experiment(tmp_path: Path, monkeypatch,
     assert (tmp_path / "one.png").exists()
 
 
-def test_only_merges_into_the_report_and_drops_stale_figures(tmp_path: Path, monkeypatch,
-                                                             digits: Dataset) -> None:
+def test_only_merges_into_the_report(tmp_path: Path, monkeypatch, digits: Dataset) -> None:
     _with_fakes(monkeypatch, one="v1", two="v1")
     ctx = Context(digits, tmp_path, scale="tiny", seeds=(0,), progress=False)
     run_suite(ctx)
@@ -256,12 +298,82 @@ def test_only_merges_into_the_report_and_drops_stale_figures(tmp_path: Path, mon
     assert report.index("Fake one") < report.index("Fake two")  # suite order kept
     exps = json.loads((tmp_path / "results.json").read_text())["experiments"]
     assert exps["one"]["numbers"]["tag"] == "v1" and exps["two"]["numbers"]["tag"] == "v2"
-    # another seed list: the old entries do not belong to this report; their figures go
-    ctx2 = Context(digits, tmp_path, scale="tiny", seeds=(0, 1), progress=False)
-    run_suite(ctx2, ["two"])
+    assert (tmp_path / "one.png").exists() and (tmp_path / "two.png").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_no_run_replaces_earlier_results_unless_told(tmp_path: Path, monkeypatch,
+                                                     digits: Dataset) -> None:
+    """The issue: a full run, then ``--quick --only noise`` into the same folder, exited 0
+    with 8 figures deleted and the report cut to one experiment."""
+    _with_fakes(monkeypatch, one="v1", two="v1")
+    ctx = Context(digits, tmp_path, scale="tiny", seeds=(0,), progress=False)
+    run_suite(ctx)
+    before = _snapshot(tmp_path)
+    _with_fakes(monkeypatch, one="v2", two="v2")
+    other_seeds = Context(digits, tmp_path, scale="tiny", seeds=(0, 1), progress=False)
+    with pytest.raises(ResultsConflict, match=r"seeds: 1 seed \[0\] there, 2 seeds"):
+        run_suite(other_seeds, ["two"])
+    other_size = Context(digits, tmp_path, scale="quick", seeds=(0,), progress=False)
+    with pytest.raises(ResultsConflict, match=r"scale: tiny there, quick here.*--overwrite"):
+        run_suite(other_size, ["two"])
+    with pytest.raises(ResultsConflict, match=r"earlier run.*--only NAME.*--overwrite"):
+        run_suite(ctx)  # every experiment again, same settings: still refused
+    assert _snapshot(tmp_path) == before  # nothing written, nothing deleted
+    run_suite(other_seeds, ["two"], overwrite=True)  # asked for: the old run is replaced
     exps = json.loads((tmp_path / "results.json").read_text())["experiments"]
-    assert list(exps) == ["two"]
+    assert list(exps) == ["two"] and exps["two"]["run"]["seeds"] == [0, 1]
     assert not (tmp_path / "one.png").exists() and (tmp_path / "two.png").exists()
+    # files without a results.json to merge into, or an unreadable one: refused too
+    (tmp_path / "results.json").unlink()
+    with pytest.raises(ResultsConflict, match=r"no results\.json"):
+        run_suite(other_seeds, ["two"])
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ResultsConflict, match="cannot be read"):
+        run_suite(other_seeds, ["two"])
+
+
+def test_cli_refuses_before_training_and_names_the_setting(tmp_path: Path, monkeypatch,
+                                                          digits: Dataset,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    _with_fakes(monkeypatch, one="v1", two="v1")
+    out = str(tmp_path)
+    assert main(["--out", out, "--no-progress", "--seeds", "1"]) == 0
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    for args, words in ((["--quick", "--only", "two"],
+                         ["scale: full there", "without --quick", "--overwrite"]),
+                        (["--only", "two"], ["1 seed [0] there", "with --seeds 1", "--overwrite"]),
+                        (["--seeds", "1"], ["--only NAME", "--overwrite", "another --out"])):
+        assert main(["--out", out, "--no-progress", *args]) == 2, args
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --out"), lines
+        assert all(w in lines[0] for w in words), (args, lines[0])
+        assert captured.out == ""  # refused before loading anything
+    assert _snapshot(tmp_path) == before
+    assert main(["--out", out, "--no-progress", "--seeds", "1", "--only", "two"]) == 0  # merges
+    assert main(["--out", out, "--no-progress", "--quick", "--overwrite"]) == 0
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert meta["scale"] == "quick"
+    capsys.readouterr()
+    assert main(["--help"]) == 0
+    assert "--overwrite" in capsys.readouterr().out
+
+
+def test_batch_size_panel_zooms_to_the_data() -> None:
+    """noise.png's batch-size panels spanned 0-1 where the accuracies were 0.97-0.98."""
+    _, ax = subplots()
+    _zoom(ax, [np.array([[0.972, 0.975], [0.978, 0.981]])], valid_bar=0.55)
+    lo, hi = ax.get_ylim()
+    assert 0.95 < lo < 0.972 and 0.981 < hi < 1.0
+    assert "below the axis" in ax.get_legend_handles_labels()[1][0]
+    _, ax = subplots()
+    _zoom(ax, [np.array([[0.3, 0.9]])], valid_bar=0.55)
+    assert ax.get_ylim()[0] < 0.3 and "validity bar 0.55" in ax.get_legend_handles_labels()[1]
 
 
 # ---------------------------------------------------------------- the suite, tiny
@@ -276,7 +388,11 @@ def _check_report_results_and_figures(out: Path, results: dict) -> None:
     for name, exp in payload["experiments"].items():
         png = out / exp["figure"]
         assert png.exists() and png.stat().st_size > 2_000, name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        head = png.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        # at most three panels a row, readable at page width (noise.png had four: 2036 × 452)
+        assert width <= (2 if name == "noise" else 3.6) * height, (name, width, height)
         assert f"]({exp['figure']})" in report
         assert exp["claims"], name
         for c in exp["claims"]:
@@ -360,6 +476,7 @@ def _bad_inputs(tmp: Path, digits: Dataset) -> dict[str, tuple[list[str], str]]:
         return str(tmp / name)
 
     (tmp / "corrupt.npz").write_bytes(b"this is not a zip file")
+    (tmp / "damaged.npz").write_bytes(b"PK\x03\x04 and then nothing a zip needs")
     np.save(tmp / "single.npy", x)
     (tmp / "a_file").write_text("x")
     nan = x.copy()
@@ -367,7 +484,9 @@ def _bad_inputs(tmp: Path, digits: Dataset) -> dict[str, tuple[list[str], str]]:
     return {
         "missing file": (["--data", str(tmp / "nope.npz")], "no such file"),
         "directory": (["--data", str(tmp)], "not a file"),
-        "corrupt": (["--data", str(tmp / "corrupt.npz")], "not a readable .npz"),
+        "corrupt": (["--data", str(tmp / "corrupt.npz")], "not an .npz archive"),
+        "damaged zip": (["--data", str(tmp / "damaged.npz")], "not a readable .npz"),
+        "a text file": (["--data", "README.md"], "not an .npz archive"),
         "single array": (["--data", str(tmp / "single.npy")], "single array"),
         "wrong keys": (["--data", npz("k.npz", pixels=x, targets=y)], "expected arrays"),
         "string labels": (["--data", npz("s.npz", images=x, labels=y.astype(str))],
@@ -402,7 +521,7 @@ def test_every_bad_input_exits_2_with_one_line(tmp_path: Path, digits: Dataset,
         assert code == 2, name
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
-        assert word in lines[0], (name, lines[0])
+        assert word in lines[0] and "pickle" not in lines[0], (name, lines[0])
     assert not (out / "results.json").exists()  # nothing ran
 
 

@@ -2,7 +2,8 @@
 
 Nine experiments (one module each) share one small vmapped, jit-compiled SGD loop
 (:mod:`jnorm.experiments.training`) and write one PNG each, ``report.md`` and ``results.json``
-(rewritten after every finished experiment). The rules every verdict follows are in
+(rewritten after every finished experiment; a run never replaces an earlier run's results
+unless asked to, see :func:`run_suite`). The rules every verdict follows are in
 :mod:`jnorm.experiments.common`.
 
 Example (tiny sizes; the CLI's ``--quick`` is ``scale="quick"``)::
@@ -33,11 +34,11 @@ from . import (
 )
 from .common import Claim, Context, ExperimentResult
 from .data import Dataset, load_dataset
-from .report import load_entries, record, write_report
+from .report import ResultsConflict, load_entries, record, write_report
 from .training import TrainResult, train
 
-__all__ = ["EXPERIMENTS", "Claim", "Context", "Dataset", "ExperimentResult", "TrainResult",
-           "load_dataset", "run_suite", "train", "write_report"]
+__all__ = ["EXPERIMENTS", "Claim", "Context", "Dataset", "ExperimentResult", "ResultsConflict",
+           "TrainResult", "load_dataset", "run_suite", "train", "write_report"]
 
 #: The experiments in report order, by ``--only`` name.
 EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (
@@ -45,16 +46,23 @@ EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (
     running_stats, beyond_batch_norm)}
 
 
-def run_suite(ctx: Context, names: Sequence[str] | None = None,
-              report: bool = True) -> list[ExperimentResult]:
+def run_suite(ctx: Context, names: Sequence[str] | None = None, report: bool = True,
+              overwrite: bool = False) -> list[ExperimentResult]:
     """Runs the named experiments (all by default). With ``report``, ``results.json`` and
-    ``report.md`` in ``ctx.out`` are rewritten after each experiment finishes, keeping the
-    entries of earlier runs with the same dataset, size and seeds (see
-    :mod:`jnorm.experiments.report`).
+    ``report.md`` in ``ctx.out`` are rewritten after each experiment finishes.
+
+    Nothing of an earlier run in ``ctx.out`` is lost silently (see
+    :func:`jnorm.experiments.report.load_entries`): with ``names``, the earlier run's entries
+    are kept and those rerun are replaced, if it used the same dataset, size and seeds; a run
+    of every experiment, or one with other settings, into a folder holding results raises
+    :class:`~jnorm.experiments.report.ResultsConflict` before training, unless ``overwrite``
+    (then the earlier entries and figures are replaced).
 
     Raises:
       ValueError: for an unknown experiment name (the message lists the known ones).
+      ResultsConflict: see above.
     """
+    only = bool(names)
     names = list(EXPERIMENTS) if not names else list(dict.fromkeys(names))
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
@@ -63,10 +71,7 @@ def run_suite(ctx: Context, names: Sequence[str] | None = None,
     order = list(EXPERIMENTS)
     entries: dict = {}
     if report:
-        entries, dropped = load_entries(ctx, order)
-        if dropped and ctx.progress:
-            print(f"note: dropping earlier results of {dropped} from {ctx.out} (another "
-                  "dataset, size or seed list)", flush=True)
+        entries = load_entries(ctx, order, only=only, overwrite=overwrite)
     results = []
     bar = tqdm(names, desc="experiments", disable=not ctx.progress)
     for name in bar:
@@ -75,5 +80,5 @@ def run_suite(ctx: Context, names: Sequence[str] | None = None,
         results.append(r)
         if report:
             entries[name] = record(r, ctx)
-            write_report(entries, ctx, order, time.perf_counter() - t0)
+            write_report(entries, ctx, order, time.perf_counter() - t0, prune=overwrite)
     return results

@@ -13,8 +13,9 @@ from typing import NoReturn
 __all__ = ["main"]
 
 #: Measured wall times (see README, "Experiments"), quoted in ``--help``.
-TIMES = ("4 to 6 minutes at the default size and 1.5 to 2 with --quick on 2 CPU cores "
-         "(measured; see the README)")
+TIMES = ("about 4.3 CPU minutes at the default size and under 2 with --quick; on a 2-core "
+         "machine shared with other jobs, 10.5 and 5.5 minutes of wall time (measured; see the "
+         "README)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,12 +33,19 @@ def _parser() -> argparse.ArgumentParser:
                     "(default: scikit-learn's 8x8 digits) and write report.md, results.json and "
                     f"one PNG per experiment. Run time: {TIMES}.")
     p.add_argument("--out", default="jnorm-results",
-                   help="output folder (default: %(default)s); an existing report there is "
-                        "updated, experiment by experiment")
+                   help="output folder (default: %(default)s). The report is rewritten after "
+                        "each experiment. Earlier results there are never replaced silently: "
+                        "--only merges into them when they have the same settings (--data, "
+                        "--quick, --seeds); a run of every experiment, or one with other "
+                        "settings, stops with an error before training unless --overwrite")
     p.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
     p.add_argument("--only", action="append", metavar="NAME",
                    help=f"run only this experiment (repeatable or comma-separated), merging "
-                        f"into the report in --out: {', '.join(EXPERIMENTS)}")
+                        f"into the report in --out (its other experiments are kept): "
+                        f"{', '.join(EXPERIMENTS)}")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results already in --out (report.md, results.json, "
+                        "figures) instead of refusing")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds per configuration, reported as mean ± sample std (default 3; "
                         "2 with --quick)")
@@ -97,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import Context, load_dataset, run_suite
     from .common import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, VERDICTS
     from .data import DataError
+    from .report import ResultsConflict, load_entries
 
     try:
         data = load_dataset(args.data)
@@ -106,11 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ctx = Context(data, out, scale="quick" if args.quick else "full",
                   seeds=tuple(range(seeds)), progress=not args.no_progress)
+    try:  # before any training: would this run lose or mix with results already in --out?
+        load_entries(ctx, list(EXPERIMENTS), only=bool(names), overwrite=args.overwrite)
+    except ResultsConflict as e:
+        return fail(str(e))
     print(f"{data.describe()}; device {jax.devices()[0].platform}; "
           f"{'quick' if args.quick else 'full'} run, {seeds} seed(s)", flush=True)
     t0 = time.perf_counter()
     try:
-        results = run_suite(ctx, names or None)
+        results = run_suite(ctx, names or None, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {out.resolve() / 'report.md'} holds the experiments that "
               "finished", file=sys.stderr)

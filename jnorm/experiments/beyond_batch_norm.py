@@ -147,23 +147,23 @@ def run(ctx: Context) -> ExperimentResult:
     best_acc = max(float(np.mean(w["test_acc"])) for w in white.values())
     for norm in ("decorrelated", "iternorm"):
         c = compare(lb, np.log(white[norm]["final_train_loss"]), LOSS_FLOOR)
-        claims.append(ctx.guard(Claim(
+        claims.append(ctx.guard(Claim.from_outcome(
             f"Whitening with {LABEL[norm]} trains faster than batch norm: lower training loss "
             "after the same number of steps.",
             "log final training loss lower than batch norm's by more than max(log 1.1, 2 SE)",
             f"final training loss {fmt_seeds(white[norm]['final_train_loss'])} vs "
             f"{fmt_seeds(white['batch']['final_train_loss'])} (batch norm); log-loss "
             f"{c.describe()}",
-            c.greater, source="Huang et al. 2018 (arXiv:1804.08450); Huang et al. 2019 "
+            c.beats(), source="Huang et al. 2018 (arXiv:1804.08450); Huang et al. 2019 "
             "(arXiv:1904.03441)"), best_acc))
     for bs in small:
         rb, bb = renorm[bs]["renorm"]["test_acc"], renorm[bs]["batch"]["test_acc"]
         c = compare(rb, bb, ACC_FLOOR)
-        claims.append(ctx.guard(Claim(
+        claims.append(ctx.guard(Claim.from_outcome(
             f"At batch size {bs}, batch renorm gives a higher test accuracy than batch norm.",
             f"seed-mean test accuracy higher by more than max({ACC_FLOOR:g}, 2 SE)",
             f"{fmt_seeds(rb)} (renorm) vs {fmt_seeds(bb)} (batch norm); {c.describe()}",
-            c.greater, source="Ioffe 2017, §4.3 (arXiv:1702.03275)"),
+            c.beats(), source="Ioffe 2017, §4.3 (arXiv:1702.03275)"),
             max(float(rb.mean()), float(bb.mean()))))
     rows = [["(a) covariance", LABEL[n], "—", f"{covs[n]:.1e}", "—", "—"] for n in names]
     rows += [["(b) batch 64", LABEL[n], 64, "—", fmt_seeds(white[n]["final_train_loss"]),

@@ -8,6 +8,11 @@ two rules every verdict follows.
   ``max(floor, 2 × combined standard error)`` over seeds (:func:`compare`); the floor is fixed
   per experiment before running and is the same at every size. With one seed there is no spread
   and only the floor applies (the report says "1 seed, no spread").
+* **Three verdicts, the same rule both ways** (:data:`RULE`, :class:`Comparison`): a claimed
+  difference is reproduced when it clears the margin in the claimed direction, not reproduced
+  when it clears it the other way or is bounded below the floor, and inconclusive otherwise; a
+  claimed agreement mirrors it. :class:`Outcome` carries the verdict into a :class:`Claim`
+  (:meth:`Claim.from_outcome`).
 """
 
 from __future__ import annotations
@@ -15,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from .data import Dataset
 
-__all__ = ["SCALES", "Claim", "Comparison", "Context", "ExperimentResult", "compare", "fmt",
-           "fmt_seeds", "mean_std", "seed_count", "seed_note"]
+__all__ = ["RULE", "SCALES", "VERDICTS", "Claim", "Comparison", "Context", "ExperimentResult",
+           "Outcome", "compare", "fmt", "fmt_seeds", "mean_std", "seed_count", "seed_note"]
 
 #: Run sizes: ``tiny`` (unit tests), ``quick`` (CI, ≤ 3 min for the suite), ``full`` (default).
 SCALES = ("tiny", "quick", "full")
@@ -111,6 +116,14 @@ class Claim:
                 "inconclusive": self.inconclusive, "verdict": self.verdict}
 
     @classmethod
+    def from_outcome(cls, claim: str, criterion: str, measured: str, outcome: Outcome,
+                     source: str = "") -> Claim:
+        """A claim whose verdict is ``outcome`` (from :meth:`Comparison.beats`,
+        :meth:`~Comparison.agrees`, :meth:`~Comparison.not_greater`, or their
+        :meth:`Outcome.all_of` / :meth:`Outcome.any_of`)."""
+        return cls(claim, criterion, measured, outcome.holds, source, outcome.undecided)
+
+    @classmethod
     def from_json(cls, d: dict[str, Any]) -> Claim:
         """Inverse of :meth:`to_json`."""
         return cls(d["claim"], d["criterion"], d["measured"], d["holds"], d.get("source", ""),
@@ -167,14 +180,74 @@ def fmt_seeds(values: Any, digits: int = 3) -> str:
     return fmt(float(m), float(s), digits, n=len(v))
 
 
+class Outcome(NamedTuple):
+    """A three-way verdict on one comparison: ``holds`` (shown), or refuted (``holds`` False,
+    ``undecided`` None), or undecided (``holds`` False, ``undecided`` says why). Pass both
+    fields on to :class:`Claim` (``Claim(..., *outcome)`` or ``holds=o.holds,
+    inconclusive=o.undecided``)."""
+
+    holds: bool
+    undecided: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        """``"reproduced"``, ``"not reproduced"`` or ``"inconclusive"``."""
+        return REPRODUCED if self.holds else INCONCLUSIVE if self.undecided else NOT_REPRODUCED
+
+    @staticmethod
+    def all_of(*outcomes: Outcome) -> Outcome:
+        """A conjunction: shown if every part is shown, refuted if any part is refuted,
+        otherwise undecided (the reasons of the undecided parts, joined)."""
+        if all(o.holds for o in outcomes):
+            return Outcome(True)
+        if any(not o.holds and o.undecided is None for o in outcomes):
+            return Outcome(False)
+        return Outcome(False, "; ".join(o.undecided for o in outcomes if o.undecided))
+
+    @staticmethod
+    def any_of(*outcomes: Outcome, none: str = "nothing to compare") -> Outcome:
+        """A disjunction ("at some setting ..."): shown if any part is shown, refuted if every
+        part is refuted, otherwise undecided; with no parts, undecided because of ``none``."""
+        if not outcomes:
+            return Outcome(False, none)
+        if any(o.holds for o in outcomes):
+            return Outcome(True)
+        if all(o.undecided is None for o in outcomes):
+            return Outcome(False)
+        return Outcome(False, "; ".join(o.undecided for o in outcomes if o.undecided))
+
+
+#: The verdict rule for comparisons, as the report states it.
+RULE = ("A claim that one setting beats another is reproduced when the difference exceeds the "
+        "margin in the claimed direction; it is not reproduced when the difference exceeds the "
+        "margin the other way, or when diff + 2 SE stays within the floor (the effect is shown "
+        "to be smaller than the smallest difference the claim counts); otherwise the seeds "
+        "cannot tell and it is *inconclusive*. A claim that two settings agree is the mirror "
+        "image: reproduced when diff ± 2 SE lies within the floor, not reproduced when the "
+        "difference exceeds the margin, inconclusive in between.")
+
+
 @dataclasses.dataclass
 class Comparison:
     """``a − b`` over seeds with its margin ``max(floor, 2·combined standard error)``.
 
-    A difference is shown by :attr:`greater` / :attr:`less` (beyond the margin). An absence of
-    a difference is shown only when the whole interval ``diff ± 2 SE`` lies within the floor
-    (:meth:`agrees`, :meth:`not_greater`): a difference lost in the seed spread is not evidence
-    that there is none, and those methods call it undecided.
+    Every claim about a comparison gets a three-way verdict from one of three methods, all
+    returning an :class:`Outcome` with the same rule (:data:`RULE`), where ``bound`` is the
+    interval ``diff ± 2 SE`` (the floor alone with one seed):
+
+    ============================ ======================== ============================ =========
+    claim                        reproduced               not reproduced               otherwise
+    ============================ ======================== ============================ =========
+    :meth:`beats`: a > b          diff > margin            diff < −margin, or           undecided
+                                                           diff + 2 SE ≤ floor
+    :meth:`agrees`: a ≈ b         |diff| + 2 SE ≤ floor    |diff| > margin              undecided
+    :meth:`not_greater`: a ≤ b    diff + 2 SE ≤ floor      diff > margin                undecided
+    ============================ ======================== ============================ =========
+
+    For "a is lower than b", compare ``b`` with ``a`` and use :meth:`beats`. A difference lost
+    in the seed spread is neither shown nor refuted: more seeds would decide it. The
+    properties :attr:`greater`, :attr:`less` and :attr:`within` are the raw tests against the
+    margin, not verdicts.
     """
 
     diff: float
@@ -197,30 +270,45 @@ class Comparison:
         """``|a − b|`` is at most the margin."""
         return abs(self.diff) <= self.margin
 
-    def _undecided(self, bound: float, digits: int = 3) -> str:
-        return (f"undecided: the difference {self.diff:+.{digits}f} lies within the margin, but "
-                f"its 2-SE bound {bound:+.{digits}f} is beyond the floor {self.floor:g}, so the "
-                "seeds can neither show the claimed agreement nor refute it (more seeds would)")
+    @property
+    def _two_se(self) -> float:
+        return 0.0 if self.se is None else 2 * self.se
 
-    def agrees(self) -> tuple[bool, str | None]:
-        """``|a − b| ≤ floor`` shown: ``(True, None)`` if ``|diff| + 2 SE ≤ floor``,
-        ``(False, None)`` if ``|diff|`` exceeds the margin, else ``(False, why undecided)``."""
-        bound = abs(self.diff) + (0.0 if self.se is None else 2 * self.se)
-        if bound <= self.floor:
-            return True, None
-        if not self.within:
-            return False, None
-        return False, self._undecided(bound)
+    def _undecided(self, shown: str, bound: float, digits: int = 3) -> str:
+        return (f"undecided: the difference {self.diff:+.{digits}f} lies within the margin "
+                f"{self.margin:.{digits}f}, and {shown} {bound:+.{digits + 1}f} is beyond the "
+                f"floor {self.floor:g}, so the seeds can neither show the claim nor refute it "
+                "(more seeds would)")
 
-    def not_greater(self) -> tuple[bool, str | None]:
-        """``a − b ≤ floor`` shown (one-sided): ``(True, None)`` if ``diff + 2 SE ≤ floor``,
-        ``(False, None)`` if ``diff`` exceeds the margin, else ``(False, why undecided)``."""
-        bound = self.diff + (0.0 if self.se is None else 2 * self.se)
-        if bound <= self.floor:
-            return True, None
+    def beats(self) -> Outcome:
+        """The claim ``a > b`` (by more than the floor): shown if ``diff > margin``; refuted
+        if ``diff < −margin`` or ``diff + 2 SE ≤ floor``; otherwise undecided."""
         if self.greater:
-            return False, None
-        return False, self._undecided(bound)
+            return Outcome(True)
+        bound = self.diff + self._two_se
+        if self.less or bound <= self.floor:
+            return Outcome(False)
+        return Outcome(False, self._undecided("its upper 2-SE bound", bound))
+
+    def agrees(self) -> Outcome:
+        """The claim ``|a − b| ≤ floor``: shown if ``|diff| + 2 SE ≤ floor``; refuted if
+        ``|diff|`` exceeds the margin; otherwise undecided."""
+        bound = abs(self.diff) + self._two_se
+        if bound <= self.floor:
+            return Outcome(True)
+        if not self.within:
+            return Outcome(False)
+        return Outcome(False, self._undecided("its 2-SE bound", bound))
+
+    def not_greater(self) -> Outcome:
+        """The claim ``a − b ≤ floor`` (one-sided): shown if ``diff + 2 SE ≤ floor``; refuted
+        if ``diff`` exceeds the margin; otherwise undecided."""
+        bound = self.diff + self._two_se
+        if bound <= self.floor:
+            return Outcome(True)
+        if self.greater:
+            return Outcome(False)
+        return Outcome(False, self._undecided("its upper 2-SE bound", bound))
 
     def describe(self, digits: int = 3) -> str:
         """``"difference +0.052, margin 0.020 (2 × SE 0.006)"`` or ``"(1 seed, no spread)"``."""

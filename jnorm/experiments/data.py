@@ -139,19 +139,23 @@ def load_npz(path: str | Path, test_fraction: float = 0.25, seed: int = 0) -> Da
         raise DataError(f"{where}: no such file")
     if not path.is_file():
         raise DataError(f"{where}: not a file (a directory?); pass a .npz file")
+    save = "save one with numpy.savez(path, images=..., labels=...)"
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+        if head.startswith(b"\x93NUMPY"):
+            raise DataError(f"{where}: holds a single array (.npy), not an .npz archive; {save}")
+        if not head.startswith(b"PK"):  # every zip archive, hence every .npz, starts so
+            raise DataError(f"{where}: not an .npz archive (no zip header: is it the right "
+                            f"file?); {save}")
         f = np.load(path, allow_pickle=False)
-        if not hasattr(f, "files"):
-            raise DataError(f"{where}: holds a single array, not a .npz archive; save one "
-                            "with numpy.savez(path, images=..., labels=...)")
         with f:
             arrays = {k: f[k] for k in f.files}
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{where}: not a readable .npz file ({first}); save one with "
-                        "numpy.savez(path, images=..., labels=...)") from None
+        raise DataError(f"{where}: not a readable .npz archive ({first}); {save}") from None
     keys = set(arrays)
     if {"x_train", "y_train", "x_test", "y_test"} <= keys:
         return _finish(_images(arrays["x_train"], "x_train", where),

@@ -70,14 +70,14 @@ def run(ctx: Context) -> ExperimentResult:
             d = per[norm]
             c = compare(d["test_acc"][scales.index(d["worst_scale"])],
                         base["test_acc"][scales.index(base["worst_scale"])], FLOOR)
-            claims.append(ctx.guard(Claim(
+            claims.append(ctx.guard(Claim.from_outcome(
                 f"An MLP of depth {depth} with {norm} norm is less sensitive to the initial "
                 "weight scale than without normalization.",
                 f"worst seed-mean test accuracy over the scales {list(scales)} higher than the "
                 f"plain net's worst by more than max({FLOOR:g}, 2 SE)",
                 f"worst {d['worst_acc']:.3f} (×{d['worst_scale']:g}, {norm}) vs "
                 f"{base['worst_acc']:.3f} (×{base['worst_scale']:g}, none); {c.describe()}",
-                c.greater, source=SOURCE), max(x["best_acc"] for x in per.values())))
+                c.beats(), source=SOURCE), max(x["best_acc"] for x in per.values())))
     fig.suptitle(f"Test accuracy after {epochs} epochs vs initial weight scale, by depth "
                  f"({seed_note(ctx)})")
     handles, labels = axes[0, -1].get_legend_handles_labels()

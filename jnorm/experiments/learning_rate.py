@@ -13,7 +13,17 @@ import time
 
 import numpy as np
 
-from .common import Claim, Context, ExperimentResult, compare, fmt, md_table, mean_std, seed_note
+from .common import (
+    Claim,
+    Context,
+    ExperimentResult,
+    Outcome,
+    compare,
+    fmt,
+    md_table,
+    mean_std,
+    seed_note,
+)
 from .models import DEPTH_WIDTH, deep_mlp, make_model
 from .plotting import NORM_COLORS, save, styled, subplots, sweep_axes, sweep_curve
 from .training import diverged_loss, train
@@ -94,8 +104,21 @@ def run(ctx: Context) -> ExperimentResult:
                      if r > base["best_rate"] or not plain_learned]
             cmp = {rates[i]: compare(d["test_acc"][i], base["test_acc"][i], FLOOR)
                    for i in above}
-            won = [r for r in cmp if cmp[r].greater
-                   and d["test_acc_mean"][rates.index(r)] >= ctx.valid_bar]
+            # at each rate: won (beats the plain net and reaches the bar), refuted (the plain
+            # net is not beaten, or the norm stays below the bar), or undecided
+            at_rate = {r: Outcome.all_of(c.beats(), Outcome(
+                bool(d["test_acc_mean"][rates.index(r)] >= ctx.valid_bar))) for r, c in cmp.items()}
+            won = [r for r, o in at_rate.items() if o.holds]
+            outcome = Outcome.any_of(
+                *at_rate.values(),
+                none=f"the sweep has no rate above the plain net's best (η = "
+                     f"{base['best_rate']:g}), so it shows no rate where the plain net fails")
+            open_rates = [f"{r:g}" for r, o in at_rate.items() if o.undecided]
+            if outcome.undecided and open_rates:
+                outcome = Outcome(False, f"no rate is won, and at η = {', '.join(open_rates)} "
+                                         "the advantage lies within the margin but is not "
+                                         "bounded below the floor either (more seeds would "
+                                         "decide)")
             best = max(cmp, key=lambda r: cmp[r].diff) if cmp else None
             d["rates_won_above_plain_best"] = won
             measured = (f"plain net best at η = {base['best_rate']:g} "
@@ -106,7 +129,7 @@ def run(ctx: Context) -> ExperimentResult:
             measured += (f"largest advantage {where}: at η = {best:g}, "
                          + cmp[best].describe() if best is not None
                          else "no rate above the plain net's best in the sweep")
-            claims.append(ctx.guard(Claim(
+            claims.append(ctx.guard(Claim.from_outcome(
                 claim=f"A{'n MLP' if arch == 'mlp' else ' CNN'} of depth {depth} with {norm} norm "
                       "trains well at learning rates "
                       "where the same net without normalization fails.",
@@ -114,9 +137,12 @@ def run(ctx: Context) -> ExperimentResult:
                           f"plain net reaches the validity bar {ctx.valid_bar:.2f} at no rate), "
                           f"{norm} "
                           f"norm's test accuracy exceeds the plain net's by more than "
-                          f"max({FLOOR:g}, 2 SE) and reaches the validity bar",
+                          f"max({FLOOR:g}, 2 SE) and reaches the validity bar; not reproduced "
+                          "if at every such rate it is below the bar, below the plain net by "
+                          "that margin, or ahead by less than the floor (+ 2 SE); inconclusive "
+                          "otherwise",
                 measured=measured + (f"; rates won: {won}" if won else ""),
-                holds=bool(won), source=SOURCE), max(x["best_acc"] for x in per.values())))
+                outcome=outcome, source=SOURCE), max(x["best_acc"] for x in per.values())))
     fig.suptitle(f"Test accuracy vs SGD learning rate after {cfg['epochs']} epochs, by depth "
                  f"({seed_note(ctx)})")
     handles, labels = axes[0, -1].get_legend_handles_labels()

@@ -1,8 +1,11 @@
 """Writes ``report.md`` (figures, tables, verdicts) and ``results.json`` (every number).
 
 Both files are rewritten after every finished experiment from the entries of ``results.json``,
-so an interrupted run keeps what finished, and ``--only`` replaces its own entries and keeps the
-others (entries of another dataset, size or seed list are dropped with their figures).
+so an interrupted run keeps what finished. Nothing of an earlier run is lost silently
+(:func:`load_entries`): a run limited to some experiments (``--only``) replaces their entries and
+keeps the others, provided the earlier run used the same settings (dataset, size, seeds); any
+other run into a folder holding results (a full run, or other settings) stops with
+:class:`ResultsConflict` before training, unless asked to overwrite.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from typing import Any
 
 import jax
 
-from .common import VERDICTS, Claim, Context, ExperimentResult, md_table, to_jsonable
+from .common import RULE, VERDICTS, Claim, Context, ExperimentResult, md_table, to_jsonable
 
-__all__ = ["environment", "load_entries", "record", "render", "write_report"]
+__all__ = ["ResultsConflict", "environment", "load_entries", "previous_results", "record",
+           "render", "write_report"]
 
 RESULTS = "results.json"
 REPORT = "report.md"
@@ -37,6 +41,15 @@ def environment() -> dict[str, Any]:
             "device_count": jax.device_count()}
 
 
+class ResultsConflict(ValueError):
+    """The output folder holds results that this run would replace or mix with others; the
+    message (one line) names what differs and how to proceed."""
+
+
+#: The settings that must agree for results to share one report, with the option that sets each.
+SETTINGS = {"dataset": "--data", "scale": "--quick", "seeds": "--seeds"}
+
+
 def run_key(ctx: Context) -> dict[str, Any]:
     """What must agree for two entries to share one report."""
     return {"dataset": ctx.data.describe(), "scale": ctx.scale, "seeds": list(ctx.seeds)}
@@ -51,30 +64,93 @@ def record(r: ExperimentResult, ctx: Context) -> dict[str, Any]:
                                       "valid_bar": ctx.valid_bar}})
 
 
-def load_entries(ctx: Context, known: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """The entries of an existing ``results.json`` that match this run's dataset, size and
-    seeds, and the names of those dropped."""
-    path = ctx.out / RESULTS
-    if not path.is_file():
-        return {}, []
+def previous_results(out: Path, known: list[str]) -> list[str]:
+    """The names of the files in ``out`` that a run writes: ``results.json``, ``report.md``
+    and the figures of the ``known`` experiments."""
+    names = [RESULTS, REPORT] + [f"{n}.png" for n in known]
+    return [n for n in names if (out / n).exists()]
+
+
+def _setting(key: str, value: Any) -> str:
+    if key == "seeds" and isinstance(value, list):
+        return f"{len(value)} seed{'' if len(value) == 1 else 's'} {value}"
+    return str(value)
+
+
+def load_entries(ctx: Context, known: list[str], *, only: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """The entries of an earlier run in ``ctx.out`` to keep in this run's report.
+
+    With ``overwrite`` or an empty folder: none. A run of some experiments (``only``) merges
+    into an earlier ``results.json`` with the same settings (:data:`SETTINGS`): all its
+    entries are returned, and this run replaces those it reruns.
+
+    Raises:
+      ResultsConflict: (before anything is trained or written) when ``ctx.out`` holds results
+        that this run would replace or could not merge with: a run of all experiments, other
+        settings, or files without a readable ``results.json``.
+    """
+    out = ctx.out
+    found = previous_results(out, known)
+    if overwrite or not found:
+        return {}
+    what = ", ".join(found if len(found) <= 4 else [*found[:3], f"{len(found) - 3} more"])
+    fix = "pass --overwrite to replace them, or choose another --out"
+    if not only:
+        raise ResultsConflict(
+            f"--out {out} holds the results of an earlier run ({what}) that this run of every "
+            f"experiment would replace; rerun some experiments into it with --only NAME, {fix}")
+    path = out / RESULTS
     try:
-        old = json.loads(path.read_text()).get("experiments", {})
-    except (ValueError, OSError, AttributeError):
-        return {}, []
+        exps = json.loads(path.read_text())["experiments"]
+    except FileNotFoundError:
+        raise ResultsConflict(f"--out {out} holds {what} but no {RESULTS} to merge into; "
+                              f"{fix}") from None
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise ResultsConflict(f"--out {out}: its {RESULTS} cannot be read to merge into "
+                              f"({type(e).__name__}); {fix}") from None
+    if not isinstance(exps, dict) or not all(isinstance(e, dict) for e in exps.values()):
+        raise ResultsConflict(f"--out {out}: its {RESULTS} is not a jnorm results file; {fix}")
     key = run_key(ctx)
-    keep = {n: e for n, e in old.items() if n in known and isinstance(e, dict)
-            and e.get("run", {}) .get("dataset") == key["dataset"]
-            and e["run"].get("scale") == key["scale"] and e["run"].get("seeds") == key["seeds"]}
-    return keep, sorted(set(old) - set(keep))
+    diffs: dict[str, tuple[str, str]] = {}
+    for e in exps.values():
+        run = e.get("run", {}) if isinstance(e.get("run"), dict) else {}
+        for k in SETTINGS:
+            if run.get(k) != key[k] and k not in diffs:
+                diffs[k] = (f"{k}: {_setting(k, run.get(k))} there, {_setting(k, key[k])} "
+                            "here", _same(k, run.get(k)))
+    if diffs:
+        raise ResultsConflict(
+            f"--out {out} holds results with other settings "
+            f"({'; '.join(d for d, _ in diffs.values())}); --only merges only into results "
+            f"with the same settings: rerun {' and '.join(h for _, h in diffs.values())}, "
+            f"{fix}")
+    return dict(exps)
+
+
+def _same(key: str, there: Any) -> str:
+    """How to repeat the earlier run's value of setting ``key`` on the command line."""
+    if key == "scale":
+        return ("with --quick" if there == "quick" else "without --quick" if there == "full"
+                else f"at scale {there!r}")
+    if key == "seeds":
+        if isinstance(there, list) and there == list(range(len(there))):
+            return f"with --seeds {len(there)}"
+        return f"with the seeds {there}"
+    if isinstance(there, str) and there.startswith("digits:"):
+        return "without --data"
+    return f"with the --data file of that run ({there})"
 
 
 def write_report(entries: dict[str, Any], ctx: Context, order: list[str],
-                 seconds: float) -> Path:
-    """Writes ``results.json`` and ``report.md`` from ``entries`` (name → :func:`record`),
-    deletes figures of known experiments that no entry uses; returns the report path."""
+                 seconds: float, prune: bool = False) -> Path:
+    """Writes ``results.json`` and ``report.md`` from ``entries`` (name → :func:`record`;
+    entries of experiments not in ``order`` follow the others); with ``prune`` (an overwriting
+    run) deletes the figures of experiments in ``order`` that no entry uses. Returns the
+    report path."""
     out = ctx.out
     out.mkdir(parents=True, exist_ok=True)
-    names = [n for n in order if n in entries]
+    names = [n for n in order if n in entries] + [n for n in entries if n not in order]
     claims = [c for n in names for c in entries[n]["claims"]]
     counts = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
     meta = {**run_key(ctx), "chance": ctx.chance, "valid_bar": ctx.valid_bar,
@@ -86,7 +162,7 @@ def write_report(entries: dict[str, Any], ctx: Context, order: list[str],
     tmp.write_text(json.dumps(to_jsonable(payload), indent=1))
     tmp.replace(out / RESULTS)
     used = {entries[n]["figure"] for n in names}
-    for n in order:
+    for n in order if prune else ():
         png = out / f"{n}.png"
         if png.name not in used and png.exists():
             png.unlink()
@@ -118,12 +194,12 @@ def render(payload: dict[str, Any], ctx: Context) -> str:
         f"comparison learned: test accuracy ≥ {meta['valid_bar']:.3f}, halfway from chance "
         f"({meta['chance']:.3f}, the most frequent test class) to 1. Otherwise the verdict is "
         "*inconclusive*.",
-        "* **Margins from the seed spread.** A difference counts only if it exceeds "
-        "max(floor, 2 × its combined standard error over seeds); the floor is stated per "
-        "claim. A claim that two things agree holds only if the difference ± 2 SE lies "
-        "within the floor; a difference lost in the seed spread makes it *inconclusive*, "
-        "not reproduced. Spreads are sample standard deviations over seeds; a single seed "
+        "* **Margins from the seed spread.** A difference counts only if it exceeds the "
+        "margin, max(floor, 2 × its combined standard error (SE) over seeds); the floor is "
+        "stated per claim. Spreads are sample standard deviations over seeds; a single seed "
         "has no spread, and then only the floor applies (shown as \"1 seed\").",
+        f"* **Three verdicts, the same rule both ways.** {RULE} A difference lost in the seed "
+        "spread is never counted as a failure to reproduce: more seeds would decide it.",
         "",
         "A claim that does not reproduce is reported as such. All numbers are in "
         "`results.json`." + (

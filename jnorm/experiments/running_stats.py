@@ -106,9 +106,8 @@ def run(ctx: Context) -> ExperimentResult:
         ax[2].errorbar([j + 0.15], [pm], [ps], fmt="s", mfc="none", color=f"C{j}",
                        capsize=3, label=f"population, momentum {m}")
         c = compare(dacc, np.zeros_like(dacc), ACC_TOL)
-        agrees, undecided = c.agrees()
         ns = len(ctx.seeds)
-        claims.append(ctx.guard(Claim(
+        claims.append(ctx.guard(Claim.from_outcome(
             f"Running averages of the mini-batch statistics (momentum {m}) can stand in for the "
             "population statistics at test time.",
             f"|eval accuracy with EMA − with population statistics| (seed mean of the per-seed "
@@ -117,7 +116,7 @@ def run(ctx: Context) -> ExperimentResult:
             f"{fmt(am, as_, n=ns)} (EMA) vs {fmt(pm, ps, n=ns)} (population); {c.describe()}; "
             f"after {epochs * res.steps_per_epoch} steps the EMA's initial value (mean 0, var 1) "
             f"still weighs {m ** (epochs * res.steps_per_epoch):.2f}",
-            agrees, source=SOURCE, inconclusive=undecided), max(am, pm)))
+            c.agrees(), source=SOURCE), max(am, pm)))
     for a, t in ((ax[0], "first batch norm (8 channels)"),
                  (ax[1], "second batch norm (16 channels)")):
         lim = [min(a.get_xlim()[0], a.get_ylim()[0]), max(a.get_xlim()[1], a.get_ylim()[1])]

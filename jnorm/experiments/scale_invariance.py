@@ -145,7 +145,8 @@ def run(ctx: Context) -> ExperimentResult:
     predicted = [LR * np.linalg.norm(gw1) / (a**2 * np.linalg.norm(w)) for a in SCALES_A]
 
     # ---- figure
-    fig, ax = subplots(1, 4, figsize=(18, 4.2), layout="constrained")
+    fig, grid = subplots(2, 2, figsize=(10, 7.8), layout="constrained")  # readable at page width
+    ax = grid.reshape(-1)
     a = np.asarray(SCALES_A)
     floor = 1e-17
     for key, lab, st in [("du", "d/du", "-"), ("dW", "a·d/d(aW)", "--")]:

@@ -155,12 +155,12 @@ def run(ctx: Context) -> ExperimentResult:
         for m in METRICS:
             a, b = summary[depth]["batch"][m], summary[depth]["none"][m]
             c = compare(np.log(b), np.log(a), LOG_FLOOR)
-            claims.append(ctx.guard(Claim(
+            claims.append(ctx.guard(Claim.from_outcome(
                 f"MLP of depth {depth}: with batch norm {names[m]}.",
                 "per-seed median over the trajectory smaller with batch norm by more than "
                 "max(a factor 1.25, 2 SE) in log units",
                 f"{fmt_seeds(a, 3)} (batch norm) vs {fmt_seeds(b, 3)} (none); log {c.describe()}",
-                c.greater, source=SOURCE), weaker, "weaker of the two nets"))
+                c.beats(), source=SOURCE), weaker, "weaker of the two nets"))
     table = md_table(["depth", "model", "loss range", "gradient ℓ2 change", "β-smoothness",
                       "‖∇L‖", "‖Δ∇L‖/‖∇L‖", "test acc"], rows)
     numbers = {"lr": LR, "etas": np.asarray(etas), "epochs": epochs, "steps_per_epoch": steps,
