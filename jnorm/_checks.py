@@ -1,5 +1,10 @@
 """Every argument check of jnorm, with one message style: the argument, the value, the fix.
 
+Two kinds of function, told apart by their names: ``check_*`` validate and return nothing;
+``as_*`` validate and return the value converted (an array, a boolean mask, an int, a shape).
+Layout decisions (which axes a layer reduces over, how parameters broadcast) live in
+:mod:`jnorm._axes`.
+
 The public functions validate their arguments here, at their entry and at trace time (all
 checks look at static shapes, dtypes and Python values only), and then pass plain canonical
 values down to the statistics, the affine kernel and the state update, which check nothing.
@@ -12,7 +17,6 @@ accepted as it is; a concrete value -- a Python number, a NumPy scalar, a concre
 from __future__ import annotations
 
 import numbers
-import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,33 +25,27 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
+from jnorm._typing import AxisIndexGroups, AxisName, DTypeLike
 
 __all__ = [
+    "as_feature_shape",
     "as_input",
-    "batch_axes",
-    "canonicalize_axes",
+    "as_kernel",
+    "as_mask",
+    "as_positive_int",
     "check_axis_name",
     "check_batch_moments",
     "check_batch_size",
     "check_cumulative",
     "check_dtype",
     "check_epsilon",
-    "check_feature_shape",
     "check_implementation",
-    "check_kernel",
-    "check_mask",
     "check_momentum",
     "check_nonnegative",
-    "check_positive_int",
     "check_state",
     "check_training",
-    "complement_axes",
-    "feature_param",
-    "grouped_param",
-    "one_axis",
-    "resolve_groups",
-    "spatial_axes",
+    "is_bool",
+    "is_int",
 ]
 
 
@@ -65,107 +63,12 @@ def _concrete(value: Any) -> np.ndarray | None:
         return None
 
 
-def _is_bool(value: Any) -> bool:
+def is_bool(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not _is_bool(value)
-
-
-# --- axes -----------------------------------------------------------------------------------
-
-
-def canonicalize_axes(
-    axes: Axes, ndim: int, *, name: str = "axis", allow_empty: bool = True
-) -> tuple[int, ...]:
-    """Returns `axes` as a sorted tuple of non-negative ints, checking each is in range.
-
-    Negative axes count from the end, as in NumPy, but only within ``[-ndim, ndim)``: an axis
-    outside that range is an error rather than silently wrapped. Only ints count as axes
-    (``1.5`` and ``True`` are errors, not axis 1).
-
-    >>> canonicalize_axes(-1, 4)
-    (3,)
-    >>> canonicalize_axes((0, -2), 3, name="reduction_axes")
-    (0, 1)
-    """
-    fix = f"Pass an int or a sequence of ints in [{-ndim}, {ndim - 1}]."
-    if _is_int(axes):
-        seq: tuple[int, ...] = (operator.index(axes),)
-    else:
-        if isinstance(axes, (str, bytes)) or not isinstance(axes, (Sequence, np.ndarray)):
-            raise TypeError(
-                f"`{name}` must be an int or a sequence of ints, got {axes!r}. {fix}"
-            )
-        if not all(_is_int(a) for a in axes):
-            raise TypeError(
-                f"`{name}`={axes!r} must be an int or a sequence of ints, not "
-                f"{[type(a).__name__ for a in axes]}. {fix}"
-            )
-        seq = tuple(operator.index(a) for a in axes)
-    if not seq and not allow_empty:
-        raise ValueError(
-            f"`{name}`={axes!r} names no axis, so every statistic would cover a single value "
-            f"(the output would be the bias alone). {fix}"
-        )
-    out = []
-    for a in seq:
-        if not -ndim <= a < ndim:
-            raise ValueError(
-                f"`{name}`={axes!r} is out of range for an input with {ndim} dimensions: each "
-                f"axis must lie in [{-ndim}, {ndim - 1}]. Pass an axis that exists in the input."
-            )
-        out.append(a % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(
-            f"`{name}`={axes!r} names the same axis twice (axes are taken modulo {ndim}); "
-            "list each axis once."
-        )
-    return tuple(sorted(out))
-
-
-def one_axis(axis: Axes, ndim: int, name: str) -> int:
-    """A single axis (channels of group norm, FRN, LRN, whitening): an int, or a sequence of one."""
-    axes = canonicalize_axes(axis, ndim, name=name)
-    if len(axes) != 1:
-        raise ValueError(
-            f"`{name}`={axis!r} must name exactly one axis (this layer has one channel axis). "
-            "Pass an int."
-        )
-    return axes[0]
-
-
-def complement_axes(axes: Sequence[int], ndim: int) -> tuple[int, ...]:
-    """All axes of an `ndim`-dimensional array that are not in `axes` (which must be canonical).
-
-    >>> complement_axes((3,), 4)
-    (0, 1, 2)
-    """
-    return tuple(i for i in range(ndim) if i not in axes)
-
-
-def spatial_axes(
-    x: jax.Array, channel_axes: tuple[int, ...], layer: str, strict: bool = True
-) -> tuple[int, ...]:
-    """The axes of an image layer's statistics: all but the batch axis 0 and the channels.
-
-    With ``strict=False`` (the modules, as flax) an input without spatial axes gives ``()``.
-    """
-    if 0 in channel_axes:
-        raise ValueError(
-            f"{layer}: `feature_axes` includes axis 0, which is the batch axis. Put the channels "
-            "on another axis (e.g. -1 for NHWC, 1 for NCHW). (flax: The channel axes cannot "
-            "include the leading dimension as this is assumed to be the batch axis.)"
-        )
-    spatial = tuple(i for i in range(1, x.ndim) if i not in channel_axes)
-    if not spatial and strict:
-        raise ValueError(
-            f"{layer}: an input of shape {x.shape} has no spatial axis (it is (N, C)), so each "
-            "statistic would cover a single value. Give the input spatial axes, e.g. (N, H, W, "
-            "C), or use layer_norm for (N, C) features."
-        )
-    return spatial
+def is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not is_bool(value)
 
 
 def check_axis_name(
@@ -227,7 +130,7 @@ def check_dtype(dtype: DTypeLike | None, *, name: str = "dtype", layer: str | No
         )
 
 
-def check_kernel(kernel: Any, *, layer: str, name: str = "kernel") -> jax.Array:
+def as_kernel(kernel: Any, *, layer: str, name: str = "kernel") -> jax.Array:
     """A floating Dense/Conv kernel with at least 2 dimensions (fan-in and output units)."""
     kernel = jnp.asarray(kernel)
     if not jnp.issubdtype(kernel.dtype, jnp.floating):
@@ -243,45 +146,7 @@ def check_kernel(kernel: Any, *, layer: str, name: str = "kernel") -> jax.Array:
     return kernel
 
 
-def feature_param(
-    param: jax.Array | None,
-    shape: Sequence[int],
-    feature_axes: Sequence[int],
-    *,
-    name: str,
-) -> jax.Array | None:
-    """Checks a per-feature parameter and reshapes it to broadcast against `shape`.
-
-    `param` must have exactly the feature shape ``tuple(shape[a] for a in feature_axes)``;
-    the result has ones on the other axes. ``None`` passes through.
-    """
-    if param is None:
-        return None
-    param = jnp.asarray(param)
-    feature_shape = tuple(shape[a] for a in feature_axes)
-    if param.shape != feature_shape:
-        raise ValueError(
-            f"`{name}` has shape {param.shape}, but the input of shape {tuple(shape)} has feature "
-            f"shape {feature_shape} (its axes {tuple(feature_axes)}). Create `{name}` with shape "
-            f"{feature_shape}, or pass the feature axes that match it."
-        )
-    bshape = [1] * len(shape)
-    for a in feature_axes:
-        bshape[a] = shape[a]
-    return param.reshape(bshape)
-
-
-def grouped_param(param: Any, channels: int, groups: int, name: str) -> jax.Array:
-    """A per-channel parameter ``[C]`` reshaped to ``[G, C/G]``."""
-    param = jnp.asarray(param)
-    if param.shape != (channels,):
-        raise ValueError(
-            f"`{name}` has shape {param.shape}, expected ({channels},): one value per channel."
-        )
-    return param.reshape(groups, channels // groups)
-
-
-def check_mask(mask: jax.Array | None, shape: Sequence[int]) -> jax.Array | None:
+def as_mask(mask: jax.Array | None, shape: Sequence[int]) -> jax.Array | None:
     """Checks that `mask` broadcasts to `shape` and returns it as a boolean array of that shape.
 
     A mask that is already a boolean array of `shape` passes through unchanged, so checking it
@@ -338,7 +203,7 @@ def check_training(training: Any, *, layer: str | None = None) -> None:
 
 def _real_scalar(value: Any, name: str, layer: str | None, fix: str) -> float | None:
     """The value of a real scalar hyperparameter, None if traced; bools and arrays rejected."""
-    if _is_bool(value):
+    if is_bool(value):
         raise TypeError(f"{_where(layer)}`{name}`={value!r} is a bool, not a number. {fix}")
     arr = _concrete(value)
     if arr is None:
@@ -358,11 +223,11 @@ def _real_scalar(value: Any, name: str, layer: str | None, fix: str) -> float | 
 
 
 def check_nonnegative(value: Any, name: str, *, layer: str | None = None,
-                      positive: bool = False, minimum: float = 0.0) -> None:
-    """A real scalar that must be finite and ``>= minimum`` (``> minimum`` if `positive`)."""
-    bound = f"> {minimum:g}" if positive else f">= {minimum:g}"
+                      minimum: float = 0.0) -> None:
+    """A real scalar that must be finite and ``>= minimum``."""
+    bound = f">= {minimum:g}"
     v = _real_scalar(value, name, layer, f"Pass a finite number {bound}.")
-    if v is not None and not (np.isfinite(v) and (v > minimum if positive else v >= minimum)):
+    if v is not None and not (np.isfinite(v) and v >= minimum):
         raise ValueError(
             f"{_where(layer)}`{name}` must be finite and {bound}, got {value!r}. Pass a finite "
             f"number {bound}."
@@ -393,10 +258,10 @@ def check_momentum(momentum: Any, *, layer: str | None = None) -> None:
         )
 
 
-def check_feature_shape(num_features: Any, *, layer: str) -> tuple[int, ...]:
+def as_feature_shape(num_features: Any, *, layer: str) -> tuple[int, ...]:
     """A feature count ``C`` or a feature shape ``(d1, d2, ...)`` of positive ints."""
-    seq = (num_features,) if _is_int(num_features) else num_features
-    if not isinstance(seq, Sequence) or not seq or not all(_is_int(d) and d >= 1 for d in seq):
+    seq = (num_features,) if is_int(num_features) else num_features
+    if not isinstance(seq, Sequence) or not seq or not all(is_int(d) and d >= 1 for d in seq):
         raise ValueError(
             f"{layer}: `num_features`={num_features!r} must be a positive int (the number of "
             "features) or a tuple of positive ints (the feature shape). Pass e.g. x.shape[-1]."
@@ -404,41 +269,15 @@ def check_feature_shape(num_features: Any, *, layer: str) -> tuple[int, ...]:
     return tuple(int(d) for d in seq)
 
 
-def check_positive_int(value: Any, name: str, *, layer: str | None = None,
+def as_positive_int(value: Any, name: str, *, layer: str | None = None,
                        minimum: int = 1) -> int:
     """An int ``>= minimum`` (bools and floats such as ``2.0`` are errors); returns it."""
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(
             f"{_where(layer)}`{name}` must be {kind}, got {value!r}. Pass {kind}."
         )
     return int(value)
-
-
-def resolve_groups(
-    channels: int, num_groups: int | None, group_size: int | None,
-    *, layer: str = "group_norm",
-) -> int:
-    """The number of groups from exactly one of `num_groups` / `group_size`, checked."""
-    if (num_groups is None) == (group_size is None):
-        raise ValueError(
-            f"{layer}: give exactly one of `num_groups` and `group_size` (to use "
-            "`group_size`, also pass `num_groups=None`, since num_groups defaults to 32)."
-        )
-    divisors = [d for d in range(1, channels + 1) if channels % d == 0]
-    if group_size is not None:
-        if not _is_int(group_size) or group_size <= 0 or channels % group_size:
-            raise ValueError(
-                f"{layer}: `group_size`={group_size!r} does not divide the {channels} "
-                f"channels. Pick one of {divisors}."
-            )
-        return channels // int(group_size)
-    if not _is_int(num_groups) or num_groups <= 0 or channels % num_groups:
-        raise ValueError(
-            f"{layer}: `num_groups`={num_groups!r} does not divide the {channels} channels. "
-            f"Pick one of {divisors}, or pass `group_size`."
-        )
-    return int(num_groups)
 
 
 def check_batch_size(x: jax.Array, stat_axes: tuple[int, ...], axis_name: AxisName, *,
@@ -504,22 +343,6 @@ def check_state(
             f"feature (shape {per_feature}), got shape {jnp.shape(count)} and dtype "
             f"{jnp.result_type(count)}. Create the state with jnorm.{init}."
         )
-
-
-def batch_axes(
-    x: jax.Array, state: Any, feature_axes: Axes, *, cls: type, layer: str
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Checks a batch-statistics layer's ``state`` against ``x`` and its ``feature_axes``.
-
-    `cls` is :class:`jnorm.BatchStats` (passed in: the state lives a tier above the checks).
-    Returns ``(feature_axes, statistics_axes)``.
-    """
-    features = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
-    feature_shape = tuple(x.shape[a] for a in features)
-    num = feature_shape[0] if len(feature_shape) == 1 else feature_shape
-    check_state(state, cls, {"mean": feature_shape, "var": feature_shape},
-                init=f"BatchStats.init({num})", layer=layer)
-    return features, complement_axes(features, x.ndim)
 
 
 def check_cumulative(state: Any, momentum: Any, *, partial: bool) -> None:

@@ -20,19 +20,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jnorm._checks import (
-    as_input,
+from jnorm._axes import (
     batch_axes,
     canonicalize_axes,
+    feature_param,
+    grouped_param,
+    resolve_groups,
+    spatial_axes,
+)
+from jnorm._checks import (
+    as_input,
     check_batch_size,
     check_dtype,
     check_epsilon,
     check_momentum,
     check_training,
-    feature_param,
-    grouped_param,
-    resolve_groups,
-    spatial_axes,
 )
 from jnorm._normalize import normalize, output_dtype
 from jnorm._state import BatchStats, update_batch_stats

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnorm._checks import check_epsilon, check_kernel
+from jnorm._checks import as_kernel, check_epsilon
 from jnorm._normalize import normalize
 from jnorm._typing import PyTree
 
@@ -265,7 +265,7 @@ def fold_batch_norm(
       >>> k.tolist(), b.tolist()  # (2x + 1 - 3) / 2 = x - 1
       ([[1.0]], [-1.0])
     """
-    kernel = check_kernel(kernel, layer="fold_batch_norm")
+    kernel = as_kernel(kernel, layer="fold_batch_norm")
     check_epsilon(epsilon, layer="fold_batch_norm")
     o = kernel.shape[-1]
     named = {"mean": mean, "var": var, "bias": bias, "scale": scale, "bn_bias": bn_bias}

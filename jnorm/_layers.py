@@ -17,25 +17,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnorm._checks import (
-    as_input,
+from jnorm._axes import (
     batch_axes,
     canonicalize_axes,
+    feature_param,
+    grouped_param,
+    one_axis,
+    resolve_groups,
+    spatial_axes,
+)
+from jnorm._checks import (
+    as_input,
+    as_mask,
+    as_positive_int,
     check_axis_name,
     check_batch_size,
     check_cumulative,
     check_dtype,
     check_epsilon,
     check_implementation,
-    check_mask,
     check_momentum,
-    check_positive_int,
     check_training,
-    feature_param,
-    grouped_param,
-    one_axis,
-    resolve_groups,
-    spatial_axes,
 )
 from jnorm._normalize import normalize, normalize_with_moments
 from jnorm._state import BatchStats, update_batch_stats
@@ -64,7 +66,7 @@ def _checked_apply(
     """A per-example layer once its axes are known: the shared checks, then :func:`_apply`."""
     _check_common(layer, kw["epsilon"], kw.get("dtype"), kw.get("axis_name"),
                   kw.get("axis_index_groups"))
-    kw["mask"] = check_mask(kw["mask"], x.shape)
+    kw["mask"] = as_mask(kw["mask"], x.shape)
     return _apply(x, stat_axes, feature_axes, scale, bias, **kw)[0]
 
 
@@ -317,7 +319,7 @@ def group_norm(
             "axes (N, H, W, C)."
         )
     _check_common("group_norm", epsilon, dtype, axis_name, axis_index_groups)
-    mask = check_mask(mask, x.shape)
+    mask = as_mask(mask, x.shape)
     # Split C into (G, C/G): the statistics cover `others` and the within-group axis ch + 1.
     split = x.shape[:ch] + (groups, channels // groups) + x.shape[ch + 1:]
     moved = tuple(a + 1 if a > ch else a for a in others)
@@ -427,10 +429,10 @@ def batch_norm(
     _check_common("batch_norm", epsilon, dtype, *((axis_name, axis_index_groups) if training
                                                   else (None, None)))
     if virtual_batch_size is not None:
-        virtual_batch_size = check_positive_int(
+        virtual_batch_size = as_positive_int(
             virtual_batch_size, "virtual_batch_size", layer="batch_norm"
         )
-    mask = check_mask(mask, x.shape)
+    mask = as_mask(mask, x.shape)
     if not training:
         shape = [1] * x.ndim
         for a in features:

@@ -46,13 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jnorm._checks import (
-    as_input,
-    check_dtype,
-    check_nonnegative,
-    check_positive_int,
-    one_axis,
-)
+from jnorm._axes import one_axis
+from jnorm._checks import as_input, as_positive_int, check_dtype, check_nonnegative
 from jnorm._normalize import output_dtype
 from jnorm._stats import accumulation_dtype
 from jnorm._typing import DTypeLike, Scalar
@@ -130,7 +125,7 @@ def local_response_norm(
             f"local_response_norm: `convention` must be one of {_CONVENTIONS}, got "
             f"{convention!r}."
         )
-    size = check_positive_int(size, "size", layer="local_response_norm")
+    size = as_positive_int(size, "size", layer="local_response_norm")
     if convention == "tensorflow" and size % 2 == 0:
         raise ValueError(
             f"local_response_norm: `size`={size} is even; the TensorFlow convention's window is "
@@ -173,7 +168,7 @@ def lrn_tensorflow_args(
       >>> jnorm.lrn_tensorflow_args(2)
       {'size': 5, 'alpha': 1.0, 'beta': 0.5, 'k': 1.0, 'convention': 'tensorflow'}
     """
-    depth_radius = check_positive_int(
+    depth_radius = as_positive_int(
         depth_radius, "depth_radius", minimum=0, layer="lrn_tensorflow_args"
     )
     return {"size": 2 * depth_radius + 1, "alpha": alpha, "beta": beta, "k": bias,

@@ -31,7 +31,7 @@ import jnorm._renorm as _renorm
 import jnorm._spectral as _spectral
 import jnorm._weight as _weight
 import jnorm._whitening as _whitening
-from jnorm._checks import canonicalize_axes, resolve_groups
+from jnorm._axes import canonicalize_axes, resolve_groups
 from jnorm._state import BatchStats
 from jnorm._whitening import WhiteningStats
 

@@ -165,7 +165,7 @@ def normalize_with_moments(
     backward pass: two row reductions, the parameter column sums, and one elementwise pass for
     the input gradient, with no full-size intermediate beyond what XLA fuses away.
 
-    `scale`, `bias` must already broadcast to `x` (see :func:`jnorm._checks.feature_param`).
+    `scale`, `bias` must already broadcast to `x` (see :func:`jnorm._axes.feature_param`).
     `implementation` (checked by the layer) picks the forward's program: None lets
     :func:`jnorm._pallas.suits` choose, ``"xla"`` never uses the Pallas kernel, ``"pallas"``
     always does and raises a ValueError (at trace time) where it cannot.
@@ -239,7 +239,7 @@ def _normalize_with_moments(
     Masked-out NaN/inf elements are hidden from the computation and passed through
     (:func:`hide_masked_nonfinite`), so gradients stay finite and exact.
     """
-    x_raw = x  # the mask was checked by the public function (jnorm._checks.check_mask)
+    x_raw = x  # the mask was checked by the public function (jnorm._checks.as_mask)
     x, keep = hide_masked_nonfinite(x, mask)
     m = shifted_moments(
         x, axes, mask=mask, center=center, axis_name=axis_name,

@@ -28,19 +28,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jnorm._axes import batch_axes, feature_param
 from jnorm._checks import (
     as_input,
-    batch_axes,
+    as_mask,
     check_axis_name,
     check_batch_size,
     check_cumulative,
     check_dtype,
     check_epsilon,
-    check_mask,
     check_momentum,
     check_nonnegative,
     check_training,
-    feature_param,
 )
 from jnorm._layers import batch_norm
 from jnorm._normalize import (
@@ -166,7 +165,7 @@ def batch_renorm(
     check_axis_name(axis_name, axis_index_groups, layer="batch_renorm")
     check_batch_size(x, stat_axes, axis_name, layer="batch_renorm")
     check_cumulative(state, momentum, partial=mask is not None)
-    mask = check_mask(mask, x.shape)
+    mask = as_mask(mask, x.shape)
     x_raw = x
     x, keep = hide_masked_nonfinite(x, mask)
     m = shifted_moments(

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jnorm._checks import check_kernel, check_nonnegative, check_positive_int
+from jnorm._checks import as_kernel, as_positive_int, check_nonnegative
 from jnorm._stats import accumulation_dtype
 from jnorm._typing import DTypeLike
 
@@ -34,7 +34,7 @@ __all__ = ["spectral_norm", "spectral_norm_init"]
 
 
 def _matrix(kernel: Any, name: str) -> tuple[jax.Array, jax.Array]:
-    kernel = check_kernel(kernel, layer=name)
+    kernel = as_kernel(kernel, layer=name)
     acc = accumulation_dtype(kernel.dtype)
     return kernel, kernel.reshape(-1, kernel.shape[-1]).astype(acc)
 
@@ -107,7 +107,7 @@ def spectral_norm(
       (True, (3, 3, 4, 8), (8,))
     """
     kernel, w = _matrix(kernel, "spectral_norm")
-    n_steps = check_positive_int(n_steps, "n_steps", minimum=0, layer="spectral_norm")
+    n_steps = as_positive_int(n_steps, "n_steps", minimum=0, layer="spectral_norm")
     check_nonnegative(epsilon, "epsilon", layer="spectral_norm")
     u = jnp.asarray(u)
     out_features = kernel.shape[-1]

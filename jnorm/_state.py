@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnorm._checks import (
+    as_feature_shape,
     check_batch_moments,
     check_dtype,
-    check_feature_shape,
     check_momentum,
     check_state,
 )
@@ -60,7 +60,7 @@ class BatchStats(NamedTuple):
         A complex ``dtype`` (for complex inputs) gives a complex mean and a real variance of the
         same precision, the dtypes a complex batch leaves in the state.
         """
-        shape = check_feature_shape(num_features, layer="BatchStats.init")
+        shape = as_feature_shape(num_features, layer="BatchStats.init")
         check_dtype(dtype, layer="BatchStats.init")
         real = jnp.finfo(dtype).dtype  # the variance is real, also for a complex mean
         count = jnp.zeros(shape if per_feature_count else (), jnp.int32)

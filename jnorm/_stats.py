@@ -59,7 +59,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jnorm._checks import as_input, canonicalize_axes, check_axis_name, check_mask
+from jnorm._axes import canonicalize_axes
+from jnorm._checks import as_input, as_mask, check_axis_name
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
 __all__ = ["Moments", "accumulation_dtype", "moments", "shifted_moments"]
@@ -298,8 +299,8 @@ def shifted_moments(
     a separate value, which XLA then fuses into a different consumer's loop.
 
     It checks nothing: `axes` are canonical (sorted non-negative ints, from
-    :func:`jnorm._checks.canonicalize_axes`), `mask` is None or a boolean array of `x`'s shape
-    (:func:`jnorm._checks.check_mask`) and `axis_name` is bound, as the public function that
+    :func:`jnorm._axes.canonicalize_axes`), `mask` is None or a boolean array of `x`'s shape
+    (:func:`jnorm._checks.as_mask`) and `axis_name` is bound, as the public function that
     calls it has made sure.
     """
     x = jnp.asarray(x)
@@ -411,7 +412,7 @@ def moments(
     """
     x = as_input(x, layer="moments")
     red = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes")
-    mask = check_mask(mask, x.shape)
+    mask = as_mask(mask, x.shape)
     check_axis_name(axis_name, axis_index_groups, layer="moments")
     m = shifted_moments(
         x, red, mask=mask, center=center, axis_name=axis_name,

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnorm._checks import check_positive_int
+from jnorm._checks import as_positive_int
 from jnorm._state import BatchStats
 from jnorm._typing import TensorLike
 
@@ -210,7 +210,7 @@ def from_torch_state_dict(
 
 
 def _bessel(n: int, *, inverse: bool) -> float:
-    n = check_positive_int(n, "batch_size", minimum=2, layer="torch state dict")
+    n = as_positive_int(n, "batch_size", minimum=2, layer="torch state dict")
     return (n - 1) / n if inverse else n / (n - 1)
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jnorm._checks import canonicalize_axes, check_epsilon, check_kernel, complement_axes
+from jnorm._axes import canonicalize_axes, complement_axes
+from jnorm._checks import as_kernel, check_epsilon
 from jnorm._normalize import normalize
 from jnorm._stats import shifted_moments
 from jnorm._typing import Axes
@@ -32,7 +33,7 @@ __all__ = ["kernel_norm", "scaled_standardize_weight", "standardize_weight", "we
 
 
 def _fan_in(kernel: Any, feature_axes: Axes, name: str) -> tuple[jax.Array, tuple, tuple, int]:
-    kernel = check_kernel(kernel, layer=name)
+    kernel = as_kernel(kernel, layer=name)
     feat = canonicalize_axes(feature_axes, kernel.ndim, name="feature_axes")
     red = complement_axes(feat, kernel.ndim)
     if not red:

@@ -38,17 +38,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jnorm._axes import feature_param, one_axis, resolve_groups
 from jnorm._checks import (
     as_input,
+    as_positive_int,
     check_dtype,
     check_epsilon,
     check_momentum,
-    check_positive_int,
     check_state,
     check_training,
-    feature_param,
-    one_axis,
-    resolve_groups,
 )
 from jnorm._normalize import normalize, output_dtype
 from jnorm._state import BatchStats, update_batch_stats
@@ -88,7 +86,7 @@ class WhiteningStats(NamedTuple):
         cls, num_features: int, *, group_size: int | None = None, dtype: DTypeLike = jnp.float32
     ) -> WhiteningStats:
         """Fresh statistics: mean 0, identity whitening matrices, count 0."""
-        num_features = check_positive_int(num_features, "num_features",
+        num_features = as_positive_int(num_features, "num_features",
                                            layer="WhiteningStats.init")
         check_dtype(dtype, layer="WhiteningStats.init", floating=True)
         g = _group_size(int(num_features), group_size, layer="WhiteningStats.init")
@@ -182,7 +180,7 @@ def whitening_matrix(
         inv_sqrt = lax.rsqrt(jnp.maximum(lam, jnp.maximum(floor, info.tiny)))
         return jnp.einsum("...ik,...k,...jk->...ij", d, inv_sqrt, d, precision=_HIGHEST)
     if method == "newton_schulz":
-        iterations = check_positive_int(iterations, "iterations", layer="whitening_matrix")
+        iterations = as_positive_int(iterations, "iterations", layer="whitening_matrix")
         trace = jnp.trace(cov, axis1=-2, axis2=-1)[..., None, None]
         cov_n = cov / trace
         eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
@@ -239,7 +237,7 @@ def _whitening_norm(
     check_epsilon(epsilon, layer=name)
     check_dtype(dtype, layer=name)
     if method == "newton_schulz":
-        check_positive_int(iterations, "iterations", layer=name)
+        as_positive_int(iterations, "iterations", layer=name)
     out = output_dtype(x.dtype, dtype)
     xm = jnp.moveaxis(x, ch, -1)
     moved_shape = xm.shape

@@ -49,7 +49,7 @@ from flax.linen import transforms as _transforms
 from flax.linen.module import Module, compact
 
 import jnorm._modules as M
-from jnorm._checks import canonicalize_axes
+from jnorm._axes import canonicalize_axes
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation
 
 __all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx

@@ -43,7 +43,7 @@ from flax.nnx.module import first_from
 from flax.nnx.nn import dtypes, initializers
 
 import jnorm._modules as M
-from jnorm._checks import resolve_groups
+from jnorm._axes import resolve_groups
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation
 
 __all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
