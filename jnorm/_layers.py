@@ -11,7 +11,7 @@ works), ``C`` channels, ``G`` groups, ``F`` the feature shape.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,37 @@ def _check_common(
     check_epsilon(epsilon, layer=layer)
     check_dtype(dtype, layer=layer)
     check_axis_name(axis_name, axis_index_groups, layer=layer)
+
+
+class BatchArgs(NamedTuple):
+    """A batch-statistics layer's input once checked: canonical axes and a boolean mask."""
+
+    x: jax.Array
+    features: tuple[int, ...]
+    stat_axes: tuple[int, ...]
+    mask: jax.Array | None
+
+
+def checked_batch_args(
+    layer: str, x: jax.Array, state: BatchStats, *, training: bool, feature_axes: Axes,
+    momentum: Scalar | None, epsilon: Scalar, dtype: DTypeLike | None, mask: jax.Array | None,
+    axis_name: AxisName, axis_index_groups: AxisIndexGroups, partial: bool,
+) -> BatchArgs:
+    """The checks every batch-statistics layer (``batch_norm``, ``batch_renorm``) makes.
+
+    `partial`: a mask or ``skip_nonfinite`` can leave a feature without data in a batch, which
+    cumulative averaging (``momentum=None``) needs a per-feature count for. In evaluation no
+    collective runs, so `axis_name` need not be bound there (as in flax).
+    """
+    x = as_input(x, layer=layer)
+    check_training(training, layer=layer)
+    features, stat_axes = batch_axes(x, state, feature_axes, cls=BatchStats, layer=layer)
+    check_momentum(momentum, layer=layer)
+    _check_common(layer, epsilon, dtype, *((axis_name, axis_index_groups) if training
+                                           else (None, None)))
+    if training:
+        check_cumulative(state, momentum, partial=partial)
+    return BatchArgs(x, features, stat_axes, as_mask(mask, x.shape))
 
 
 def _checked_apply(
@@ -421,18 +452,15 @@ def batch_norm(
       >>> y[:, 0].tolist(), s.mean.tolist(), s.var.tolist()  # var: mean of 1 and 4
       ([-1.0, 1.0, -1.0, 1.0], [6.5], [2.5])
     """
-    x = as_input(x, layer="batch_norm")
-    check_training(training, layer="batch_norm")
-    features, stat_axes = batch_axes(x, state, feature_axes, cls=BatchStats, layer="batch_norm")
-    check_momentum(momentum, layer="batch_norm")
-    # eval uses no collective, so an axis_name need not be bound there (flax's eval too)
-    _check_common("batch_norm", epsilon, dtype, *((axis_name, axis_index_groups) if training
-                                                  else (None, None)))
+    x, features, stat_axes, mask = checked_batch_args(
+        "batch_norm", x, state, training=training, feature_axes=feature_axes, momentum=momentum,
+        epsilon=epsilon, dtype=dtype, mask=mask, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, partial=mask is not None or skip_nonfinite,
+    )
     if virtual_batch_size is not None:
         virtual_batch_size = as_positive_int(
             virtual_batch_size, "virtual_batch_size", layer="batch_norm"
         )
-    mask = as_mask(mask, x.shape)
     if not training:
         shape = [1] * x.ndim
         for a in features:
@@ -444,7 +472,6 @@ def batch_norm(
             epsilon=epsilon, dtype=dtype,
         )
         return y, state
-    check_cumulative(state, momentum, partial=mask is not None or skip_nonfinite)
     if virtual_batch_size is not None:
         return _ghost_batch_norm(
             x, state, scale, bias, features, stat_axes, virtual_batch_size,

@@ -28,20 +28,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jnorm._axes import batch_axes, feature_param
+from jnorm._axes import feature_param
 from jnorm._checks import (
-    as_input,
-    as_mask,
-    check_axis_name,
     check_batch_size,
-    check_cumulative,
-    check_dtype,
-    check_epsilon,
-    check_momentum,
     check_nonnegative,
-    check_training,
 )
-from jnorm._layers import batch_norm
+from jnorm._layers import batch_norm, checked_batch_args
 from jnorm._normalize import (
     hide_masked_nonfinite,
     normalize,
@@ -138,7 +130,7 @@ def batch_renorm(
       r_max: clip for ``r``, ``>= 1`` (1 with ``d_max = 0`` is batch norm).
       d_max: clip for ``d``, ``>= 0``.
       feature_axes, momentum, epsilon, mask, axis_name, axis_index_groups, dtype: as in
-        :func:`jnorm.batch_norm` (``feature_axes`` was ``axis``, which still works).
+        :func:`jnorm.batch_norm`.
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
@@ -149,12 +141,11 @@ def batch_renorm(
       >>> bool(jnp.allclose(y, y_eval))  # r, d unclipped: training output = inference output
       True
     """
-    x = as_input(x, layer="batch_renorm")
-    check_training(training, layer="batch_renorm")
-    features, stat_axes = batch_axes(x, state, feature_axes, cls=BatchStats, layer="batch_renorm")
-    check_momentum(momentum, layer="batch_renorm")
-    check_epsilon(epsilon, layer="batch_renorm")
-    check_dtype(dtype, layer="batch_renorm")
+    x, features, stat_axes, mask = checked_batch_args(
+        "batch_renorm", x, state, training=training, feature_axes=feature_axes,
+        momentum=momentum, epsilon=epsilon, dtype=dtype, mask=mask, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, partial=mask is not None,
+    )
     if not training:
         return batch_norm(
             x, state, scale, bias, training=False, feature_axes=feature_axes, epsilon=epsilon,
@@ -162,10 +153,7 @@ def batch_renorm(
         )
     check_nonnegative(r_max, "r_max", minimum=1.0, layer="batch_renorm")
     check_nonnegative(d_max, "d_max", layer="batch_renorm")
-    check_axis_name(axis_name, axis_index_groups, layer="batch_renorm")
     check_batch_size(x, stat_axes, axis_name, layer="batch_renorm")
-    check_cumulative(state, momentum, partial=mask is not None)
-    mask = as_mask(mask, x.shape)
     x_raw = x
     x, keep = hide_masked_nonfinite(x, mask)
     m = shifted_moments(
