@@ -388,12 +388,13 @@ def sweep_config(ctx: Context) -> dict[str, Any]:
         "d": ctx.pick(16, 48, 64), "heads": ctx.pick(2, 4, 4),
         "context": ctx.pick(16, 32, 48), "batch": ctx.pick(4, 16, 16),
         "steps": ctx.pick(10, 200, 300), "val_windows": ctx.pick(8, 64, 128),
+        "placement_depth": ctx.pick(1, 1, 4),  # the placement and QK-norm sweeps
         "depths": ctx.pick((1, 2), (1, 2), (2, 4)),  # layer norm and no norm
         "norm_depths": ctx.pick((1,), (1,), (2, 4)),  # RMS norm and Dynamic Tanh
-        "rates": ctx.pick((1e-3, 1e-2), (3e-3, 1e-2, 3e-2), (1e-3, 3e-3, 1e-2, 3e-2)),
-        "base_rate": ctx.pick(1e-2, 1e-2, 3e-3),
+        "rates": ctx.pick((1e-3, 1e-2), (3e-3, 1e-2, 3e-2), (3e-3, 1e-2, 3e-2)),
+        "base_rate": ctx.pick(1e-2, 1e-2, 1e-2),
         "qk_rates": ctx.pick((1e-2,), (3e-2, 1e-1), (3e-2, 1e-1)),
-        "alphas": ctx.pick((0.5, 2.0), (0.5, 4.0), (0.1, 0.5, 4.0)),
+        "alphas": ctx.pick((0.5, 2.0), (0.5, 4.0), (0.1, 0.5, 2.0)),
     }
 
 
@@ -414,10 +415,11 @@ def run(ctx: Context) -> ExperimentResult:
     seeds = ctx.seeds
     steps, warm = cfg["steps"], cfg["steps"] // 5
     d1, d2 = cfg["depths"]
+    pd = cfg["placement_depth"]
 
     def model(**kw: Any) -> CharTransformer:
         base = {"vocab_size": corpus.vocab_size, "d": cfg["d"], "heads": cfg["heads"],
-                "context": cfg["context"], "depth": d1}
+                "context": cfg["context"], "depth": pd}
         return CharTransformer(**{**base, **kw})
 
     def runs(m: CharTransformer, schedules: Sequence[tuple[float, int]],
@@ -436,10 +438,10 @@ def run(ctx: Context) -> ExperimentResult:
     extra = [(x, warm) for x in qk_rates if x not in rates]
     if base_rate not in rates:
         extra.append((base_rate, warm))
-    pre = runs(model(placement="pre"), grid + extra, what=f"Pre-LN, depth {d1}")
-    post = runs(model(placement="post"), grid, what=f"Post-LN, depth {d1}")
+    pre = runs(model(placement="pre"), grid + extra, what=f"Pre-LN, depth {pd}")
+    post = runs(model(placement="post"), grid, what=f"Post-LN, depth {pd}")
     # 2-3. norm x depth at the base rate with warm-up; DyT's initial alpha at depth d1
-    by_norm: dict[tuple[str, int], Runs] = {("layer", d1): pre}
+    by_norm: dict[tuple[str, int], Runs] = {("layer", pd): pre}
     n1 = cfg["norm_depths"][0]
     for norm, depths in (("layer", cfg["depths"]), ("rms", cfg["norm_depths"]),
                          ("dyt", cfg["norm_depths"]), ("none", cfg["depths"])):
@@ -454,6 +456,20 @@ def run(ctx: Context) -> ExperimentResult:
 
     def loss(r: Runs, **w: Any) -> np.ndarray:
         return _losses(r, corpus, **{"alpha_init": 0.5, **w})
+
+    def show(r: Runs, **w: Any) -> str:
+        """Seed mean ± std of the validation loss, saying how many seeds diverged."""
+        w = {"alpha_init": 0.5, **w}
+        v, dv = loss(r, **w), _div(r, **w)
+        if dv == 1.0:
+            return f"diverged ({len(v)} of {len(v)} seeds)"
+        return fmt_seeds(v) + (f" ({dv:.0%} of seeds diverged)" if dv > 0 else "")
+
+    def cell(r: Runs, **w: Any) -> str:
+        w = {"alpha_init": 0.5, **w}
+        if _div(r, **w) == 1.0:
+            return "diverged"
+        return fmt_seeds(loss(r, **w), 3) + ("†" if _div(r, **w) > 0 else "")
 
     everything = [pre, post, qk, *by_norm.values()]
     best = min(float(np.mean(effective_loss(r.val_loss[r.select(**c)], corpus)))
@@ -480,10 +496,8 @@ def run(ctx: Context) -> ExperimentResult:
             placement[key] = {
                 "val_loss": [loss(r, lr=x, warmup=w).tolist() for x in rates],
                 "diverged": [_div(r, lr=x, warmup=w) for x in rates]}
-            rows.append([f"{'Pre' if name == 'pre' else 'Post'}-LN", d1,
-                         "yes" if w else "no"]
-                        + [fmt_seeds(loss(r, lr=x, warmup=w), 3)
-                           + ("†" if _div(r, lr=x, warmup=w) > 0 else "") for x in rates])
+            rows.append([f"{'Pre' if name == 'pre' else 'Post'}-LN", pd,
+                         "yes" if w else "no"] + [cell(r, lr=x, warmup=w) for x in rates])
     numbers["placement"] = placement
     cmp1 = {x: compare(loss(post, lr=x, warmup=0), loss(pre, lr=x, warmup=0), FLOOR)
             for x in rates}
@@ -494,8 +508,8 @@ def run(ctx: Context) -> ExperimentResult:
         f"without warm-up, at some learning rate of the sweep, Post-LN's validation loss "
         f"exceeds Pre-LN's by more than max({FLOOR:g}, 2 SE) nats; refuted if at every rate "
         f"Post-LN − Pre-LN + 2 SE ≤ {FLOOR:g}",
-        f"largest gap at η = {best1:g}: Post-LN {fmt_seeds(loss(post, lr=best1, warmup=0))}, "
-        f"Pre-LN {fmt_seeds(loss(pre, lr=best1, warmup=0))}; {cmp1[best1].describe()}",
+        f"largest gap at η = {best1:g}: Post-LN {show(post, lr=best1, warmup=0)}, "
+        f"Pre-LN {show(pre, lr=best1, warmup=0)}; {cmp1[best1].describe()}",
         beats_verdict(cmp1), SOURCES["placement"]))
     cmp2 = {x: compare(loss(post, lr=x, warmup=0), loss(post, lr=x, warmup=warm), FLOOR)
             for x in rates}
@@ -505,8 +519,8 @@ def run(ctx: Context) -> ExperimentResult:
         f"at some learning rate, Post-LN without warm-up has a validation loss above Post-LN "
         f"with {warm} warm-up steps by more than max({FLOOR:g}, 2 SE); refuted if at every "
         f"rate the difference + 2 SE ≤ {FLOOR:g}",
-        f"largest gap at η = {best2:g}: without {fmt_seeds(loss(post, lr=best2, warmup=0))}, "
-        f"with {fmt_seeds(loss(post, lr=best2, warmup=warm))}; {cmp2[best2].describe()}",
+        f"largest gap at η = {best2:g}: without {show(post, lr=best2, warmup=0)}, "
+        f"with {show(post, lr=best2, warmup=warm)}; {cmp2[best2].describe()}",
         beats_verdict(cmp2), SOURCES["placement"]))
     cmp2b = {x: compare(loss(pre, lr=x, warmup=0), loss(pre, lr=x, warmup=warm), FLOOR)
              for x in rates}
@@ -536,9 +550,13 @@ def run(ctx: Context) -> ExperimentResult:
     def nl(norm: str, depth: int) -> np.ndarray:
         return loss(by_norm[(norm, depth)], lr=base_rate, warmup=warm)
 
+    def shn(norm: str, depth: int) -> str:
+        return show(by_norm[(norm, depth)], lr=base_rate, warmup=warm)
+
     for norm, depth in by_norm:
         rows.append([LABELS[norm] + ("" if norm != "layer" else " (Pre-LN)"), depth, "yes"]
-                    + [fmt_seeds(nl(norm, depth), 3) if x == base_rate else "" for x in rates])
+                    + [cell(by_norm[(norm, depth)], lr=x, warmup=warm) if x == base_rate else ""
+                       for x in rates])
     nds = cfg["norm_depths"]
     cmp3 = {dd: compare(nl("rms", dd), nl("layer", dd), FLOOR) for dd in nds}
     claims.append(_claim(
@@ -546,8 +564,8 @@ def run(ctx: Context) -> ExperimentResult:
         f"at depth {' and '.join(map(str, nds))}, η = {base_rate:g} with warm-up, |RMSNorm − "
         "LayerNorm| "
         f"validation loss + 2 SE ≤ {FLOOR:g} nats; refuted if they differ beyond the margin",
-        "; ".join(f"depth {dd}: RMSNorm {fmt_seeds(nl('rms', dd))}, LayerNorm "
-                  f"{fmt_seeds(nl('layer', dd))}, {cmp3[dd].describe()}" for dd in cmp3),
+        "; ".join(f"depth {dd}: RMSNorm {shn('rms', dd)}, LayerNorm {shn('layer', dd)}, "
+                  f"{cmp3[dd].describe()}" for dd in cmp3),
         agrees_verdict(cmp3), SOURCES["rms"]))
     cmp4 = {dd: compare(nl("dyt", dd), nl("layer", dd), FLOOR) for dd in nds}
     claims.append(_claim(
@@ -556,8 +574,8 @@ def run(ctx: Context) -> ExperimentResult:
         f"at depth {' and '.join(map(str, nds))}, η = {base_rate:g} with warm-up, |DyT − "
         "LayerNorm| validation loss "
         f"+ 2 SE ≤ {FLOOR:g} nats; refuted if they differ beyond the margin",
-        "; ".join(f"depth {dd}: DyT {fmt_seeds(nl('dyt', dd))}, LayerNorm "
-                  f"{fmt_seeds(nl('layer', dd))}, {cmp4[dd].describe()}" for dd in cmp4),
+        "; ".join(f"depth {dd}: DyT {shn('dyt', dd)}, LayerNorm {shn('layer', dd)}, "
+                  f"{cmp4[dd].describe()}" for dd in cmp4),
         agrees_verdict(cmp4), SOURCES["dyt"]))
     dyt1 = by_norm[("dyt", n1)]
     alpha_loss = {a: loss(dyt1, lr=base_rate, warmup=warm, alpha_init=a)
@@ -571,8 +589,9 @@ def run(ctx: Context) -> ExperimentResult:
         f"over alpha_0 in {list(cfg['alphas'])} (depth {n1}, η = {base_rate:g}, warm-up), the "
         f"worst alpha_0's validation loss exceeds the best's by more than max({FLOOR:g}, "
         f"2 SE); refuted if worst − best + 2 SE ≤ {FLOOR:g}",
-        f"best alpha_0 = {a_best:g} ({fmt_seeds(alpha_loss[a_best])}), worst alpha_0 = "
-        f"{a_worst:g} ({fmt_seeds(alpha_loss[a_worst])}); {cmp5.describe()}",
+        f"best alpha_0 = {a_best:g} ({show(dyt1, lr=base_rate, warmup=warm, alpha_init=a_best)})"
+        f", worst alpha_0 = {a_worst:g} "
+        f"({show(dyt1, lr=base_rate, warmup=warm, alpha_init=a_worst)}); {cmp5.describe()}",
         beats_verdict({0: cmp5}), SOURCES["dyt"]))
     cmp6 = {dd: compare(nl("none", dd), nl("layer", dd), FLOOR) for dd in (d2,)}
     gap = {dd: compare(nl("none", dd), nl("layer", dd), FLOOR).diff for dd in (d1, d2)}
@@ -604,10 +623,10 @@ def run(ctx: Context) -> ExperimentResult:
                               "val_loss_on": loss(qk, lr=x, warmup=warm).tolist(),
                               "diverged_off": _div(pre, lr=x, warmup=warm),
                               "diverged_on": _div(qk, lr=x, warmup=warm)}
-        rows.append([f"Pre-LN, QK-norm off / on at η = {x:g}", d1, "yes"]
+        rows.append([f"Pre-LN, QK-norm off / on at η = {x:g}", pd, "yes"]
                     + [""] * (len(rates) - 1)
-                    + [f"{fmt_seeds(loss(pre, lr=x, warmup=warm))} / "
-                       f"{fmt_seeds(loss(qk, lr=x, warmup=warm))}; max logit "
+                    + [f"{show(pre, lr=x, warmup=warm)} / "
+                       f"{show(qk, lr=x, warmup=warm)}; max logit "
                        f"{np.exp(off_top).mean():.0f} / {np.exp(on_top).mean():.0f}"])
     numbers["qk_norm"] = qk_numbers
     top_x = max(qk_rates)
@@ -626,10 +645,8 @@ def run(ctx: Context) -> ExperimentResult:
         f"at some rate in {list(qk_rates)}, the validation loss without QK-norm exceeds the "
         f"one with it by more than max({FLOOR:g}, 2 SE); refuted if at every rate off − on + "
         f"2 SE ≤ {FLOOR:g}",
-        f"at η = {top_x:g}: off {fmt_seeds(loss(pre, lr=top_x, warmup=warm))} "
-        f"(diverged {_div(pre, lr=top_x, warmup=warm):.0%}), on "
-        f"{fmt_seeds(loss(qk, lr=top_x, warmup=warm))} "
-        f"(diverged {_div(qk, lr=top_x, warmup=warm):.0%}); {loss_cmp[top_x].describe()}",
+        f"at η = {top_x:g}: off {show(pre, lr=top_x, warmup=warm)}, on "
+        f"{show(qk, lr=top_x, warmup=warm)}; {loss_cmp[top_x].describe()}",
         beats_verdict(loss_cmp), SOURCES["qk"]))
 
     fname = _figure(ctx, corpus, cfg, pre, post, qk, by_norm, warm)
