@@ -216,7 +216,7 @@ class CharTransformer(nn.Module):
         x = nn.Embed(self.vocab_size, self.d, embedding_init=nn.initializers.normal(0.02))(
             tokens)
         pos = self.param("positions", nn.initializers.normal(0.02), (self.context, self.d))
-        x = x + pos[: tokens.shape[-1]]
+        x = x + pos[None, : tokens.shape[-1]]
         mask = nn.make_causal_mask(tokens)
         for i in range(self.depth):
             x = Block(self.d, self.heads, self.norm, self.placement, self.qk_norm,
@@ -282,7 +282,7 @@ def _compiled(model: CharTransformer, steps: int, batch: int) -> Any:
 
         def step(carry: Any, idx: jax.Array) -> tuple[Any, tuple[jax.Array, jax.Array]]:
             p, s = carry
-            tokens = text[idx[:, None] + offsets]
+            tokens = text[idx[:, None] + offsets[None, :]]
             (loss, top), g = jax.value_and_grad(loss_fn, has_aux=True)(p, tokens)
             updates, s = opt.update(g, s, p)
             return (optax.apply_updates(p, updates), s), (loss, top)
@@ -332,10 +332,11 @@ def train_runs(model: CharTransformer, corpus: Corpus, configs: list[dict[str, A
     n_win = min(val_windows, (len(corpus.val) - 1) // L)
     stride = (len(corpus.val) - L - 1) // max(n_win - 1, 1)
     windows = np.stack([corpus.val[i * stride: i * stride + L + 1] for i in range(n_win)])
-    losses, tops, val = train(
-        stacked, jnp.asarray([c["lr"] for c in configs], jnp.float32),
-        jnp.asarray([c["warmup"] for c in configs], jnp.float32), jnp.asarray(starts),
-        jnp.asarray(corpus.train), jnp.asarray(windows))
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes its int count in
+        losses, tops, val = train(
+            stacked, jnp.asarray([c["lr"] for c in configs], jnp.float32),
+            jnp.asarray([c["warmup"] for c in configs], jnp.float32), jnp.asarray(starts),
+            jnp.asarray(corpus.train), jnp.asarray(windows))
     val = np.asarray(val, np.float64)
     losses = np.asarray(losses, np.float64)
     diverged = ~np.isfinite(losses).all(1) | ~np.isfinite(val) | (val >= corpus.unigram_loss)
