@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from jax.test_util import check_grads
 
 import jnorm
@@ -103,3 +106,21 @@ def test_nnx_module_alpha_trains():
     assert layer.alpha[...].shape == (8,) and float(layer.alpha[...][0]) == pytest.approx(0.2)
     grads = nnx.grad(lambda m: jnp.sum(m(jnp.asarray(X)) ** 2))(layer)
     assert float(jnp.abs(grads.alpha[...]).min()) > 0
+
+
+# ------------------------------------------------------------------ properties (hypothesis)
+
+_x = hnp.arrays(np.float32, (3, 6), elements=st.floats(-1e6, 1e6, width=32))
+_p = hnp.arrays(np.float32, (6,), elements=st.floats(-10, 10, width=32))
+
+
+@given(x=_x, scale=_p, alpha=st.floats(-20, 20, width=32), perm=st.permutations(range(6)))
+def test_elementwise_equivariant_and_bounded(x, scale, alpha, perm):
+    """Each output depends on its own element only (permuting features with their params
+    permutes the output, bitwise) and stays within |scale| of zero (tanh is bounded)."""
+    perm = np.asarray(perm)
+    y = np.asarray(jnorm.dynamic_tanh(x, scale, None, alpha))
+    y_perm = np.asarray(jnorm.dynamic_tanh(x[:, perm], scale[perm], None, alpha))
+    np.testing.assert_array_equal(y_perm, y[:, perm])
+    assert np.all(np.abs(y) <= np.abs(scale)[None, :])
+    assert np.isfinite(y).all()
