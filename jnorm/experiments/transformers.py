@@ -347,26 +347,37 @@ def train_runs(model: CharTransformer, corpus: Corpus, configs: list[dict[str, A
 # ------------------------------------------------------------------------------ the verdicts
 
 
+def _where(key: Any) -> str:
+    return f"at {key}: " if isinstance(key, str) else f"at η = {key:g}: "
+
+
 def beats_verdict(cmps: dict[Any, Comparison]) -> tuple[bool, str | None]:
-    """A claim "a is better than b" (smaller loss: ``compare(b, a)`` positive) at some setting:
-    holds if one comparison shows it beyond the margin; refuted if every comparison shows
-    ``b − a ≤ floor`` (:meth:`Comparison.not_greater`); else undecided, with the reason."""
+    """A claim "a is better than b" (smaller loss: ``compare(b, a)`` positive) at some setting
+    (the keys: learning rates, or labels): holds if one comparison shows it beyond the margin;
+    refuted if every comparison shows ``b − a ≤ floor`` (:meth:`Comparison.not_greater`); else
+    undecided, with the reason."""
     if any(c.greater for c in cmps.values()):
         return True, None
-    shown = [c.not_greater() for c in cmps.values()]
-    if all(ok for ok, _ in shown):
+    shown = {k: c.not_greater() for k, c in cmps.items()}
+    if all(ok for ok, _ in shown.values()):
         return False, None
-    return False, next(why for ok, why in shown if why) or None
+    return False, "; ".join(_where(k) + why for k, (_, why) in shown.items() if why)
 
 
 def agrees_verdict(cmps: dict[Any, Comparison]) -> tuple[bool, str | None]:
-    """A claim "a matches b" at every setting: :meth:`Comparison.agrees` at each."""
-    shown = [c.agrees() for c in cmps.values()]
-    if all(ok for ok, _ in shown):
+    """A claim "a matches b" at every setting: :meth:`Comparison.agrees` at each; refuted if
+    one differs beyond the margin."""
+    shown = {k: c.agrees() for k, c in cmps.items()}
+    if all(ok for ok, _ in shown.values()):
         return True, None
-    if any(not ok and why is None for ok, why in shown):
+    if any(not ok and why is None for ok, why in shown.values()):
         return False, None
-    return False, next(why for _, why in shown if why)
+    return False, "; ".join(_where(k) + why for k, (_, why) in shown.items() if why)
+
+
+def _gaps(cmps: dict[float, Comparison]) -> str:
+    """Every setting's difference and margin, for the measured text."""
+    return "; ".join(f"η = {k:g}: {c.describe()}" for k, c in cmps.items())
 
 
 def _claim(ctx_valid: tuple[bool, str], claim: str, criterion: str, measured: str,
@@ -510,7 +521,7 @@ def run(ctx: Context) -> ExperimentResult:
         f"exceeds Pre-LN's by more than max({FLOOR:g}, 2 SE) nats; refuted if at every rate "
         f"Post-LN − Pre-LN + 2 SE ≤ {FLOOR:g}",
         f"largest gap at η = {best1:g}: Post-LN {show(post, lr=best1, warmup=0)}, "
-        f"Pre-LN {show(pre, lr=best1, warmup=0)}; {cmp1[best1].describe()}",
+        f"Pre-LN {show(pre, lr=best1, warmup=0)}. Post-LN − Pre-LN by rate: {_gaps(cmp1)}",
         beats_verdict(cmp1), SOURCES["placement"]))
     cmp2 = {x: compare(loss(post, lr=x, warmup=0), loss(post, lr=x, warmup=warm), FLOOR)
             for x in rates}
@@ -521,7 +532,7 @@ def run(ctx: Context) -> ExperimentResult:
         f"with {warm} warm-up steps by more than max({FLOOR:g}, 2 SE); refuted if at every "
         f"rate the difference + 2 SE ≤ {FLOOR:g}",
         f"largest gap at η = {best2:g}: without {show(post, lr=best2, warmup=0)}, "
-        f"with {show(post, lr=best2, warmup=warm)}; {cmp2[best2].describe()}",
+        f"with {show(post, lr=best2, warmup=warm)}. Without − with by rate: {_gaps(cmp2)}",
         beats_verdict(cmp2), SOURCES["placement"]))
     cmp2b = {x: compare(loss(pre, lr=x, warmup=0), loss(pre, lr=x, warmup=warm), FLOOR)
              for x in rates}
@@ -532,10 +543,11 @@ def run(ctx: Context) -> ExperimentResult:
         f"at every learning rate of the sweep, Pre-LN without warm-up is at most {FLOOR:g} "
         f"nats worse than with warm-up (difference + 2 SE ≤ {FLOOR:g}); refuted if at some "
         "rate it is worse beyond the margin",
-        f"largest cost at η = {worst2b:g}: {cmp2b[worst2b].describe()}",
+        f"largest cost at η = {worst2b:g}. Without − with by rate: {_gaps(cmp2b)}",
         (all(ok for ok, _ in shown),
          None if all(ok for ok, _ in shown) or any(c.greater for c in cmp2b.values())
-         else next(why for _, why in shown if why)),
+         else "; ".join(_where(x) + why for x, (_, why) in zip(rates, shown, strict=True)
+                        if why)),
         SOURCES["placement"]))
 
     # --- claims 3-5: RMS vs LN, DyT vs LN, no norm with depth
@@ -567,7 +579,7 @@ def run(ctx: Context) -> ExperimentResult:
         f"validation loss + 2 SE ≤ {FLOOR:g} nats; refuted if they differ beyond the margin",
         "; ".join(f"depth {dd}: RMSNorm {shn('rms', dd)}, LayerNorm {shn('layer', dd)}, "
                   f"{cmp3[dd].describe()}" for dd in cmp3),
-        agrees_verdict(cmp3), SOURCES["rms"]))
+        agrees_verdict({f"depth {k}": v for k, v in cmp3.items()}), SOURCES["rms"]))
     cmp4 = {dd: compare(nl("dyt", dd), nl("layer", dd), FLOOR) for dd in nds}
     claims.append(_claim(
         learned, "Dynamic Tanh (alpha initialised to 0.5) replaces LayerNorm at matched "
@@ -577,7 +589,7 @@ def run(ctx: Context) -> ExperimentResult:
         f"+ 2 SE ≤ {FLOOR:g} nats; refuted if they differ beyond the margin",
         "; ".join(f"depth {dd}: DyT {shn('dyt', dd)}, LayerNorm {shn('layer', dd)}, "
                   f"{cmp4[dd].describe()}" for dd in cmp4),
-        agrees_verdict(cmp4), SOURCES["dyt"]))
+        agrees_verdict({f"depth {k}": v for k, v in cmp4.items()}), SOURCES["dyt"]))
     dyt1 = by_norm[("dyt", n1)]
     alpha_loss = {a: loss(dyt1, lr=base_rate, warmup=warm, alpha_init=a)
                   for a in cfg["alphas"]}
@@ -593,7 +605,7 @@ def run(ctx: Context) -> ExperimentResult:
         f"best alpha_0 = {a_best:g} ({show(dyt1, lr=base_rate, warmup=warm, alpha_init=a_best)})"
         f", worst alpha_0 = {a_worst:g} "
         f"({show(dyt1, lr=base_rate, warmup=warm, alpha_init=a_worst)}); {cmp5.describe()}",
-        beats_verdict({0: cmp5}), SOURCES["dyt"]))
+        beats_verdict({f"alpha_0 = {a_worst:g} vs {a_best:g}": cmp5}), SOURCES["dyt"]))
     cmp6 = {dd: compare(nl("none", dd), nl("layer", dd), FLOOR) for dd in (d2,)}
     gap = {dd: compare(nl("none", dd), nl("layer", dd), FLOOR).diff for dd in (d1, d2)}
     claims.append(_claim(
@@ -605,7 +617,7 @@ def run(ctx: Context) -> ExperimentResult:
         f"no norm − LayerNorm: depth {d1} {gap[d1]:+.3f}, depth {d2} {gap[d2]:+.3f} nats; "
         f"at depth {d2}: {cmp6[d2].describe()}; no-norm runs diverged: depth {d1} "
         f"{_div(by_norm[('none', d1)]):.0%}, depth {d2} {_div(by_norm[('none', d2)]):.0%}",
-        beats_verdict(cmp6), SOURCES["dyt"]))
+        beats_verdict({f"depth {k}": v for k, v in cmp6.items()}), SOURCES["dyt"]))
 
     # --- claims 7-8: QK-norm at high learning rates
     qk_numbers: dict[str, Any] = {}
@@ -637,8 +649,10 @@ def run(ctx: Context) -> ExperimentResult:
         f"at some rate in {list(qk_rates)} (Pre-LN, warm-up), the largest attention logit "
         "seen in training without QK-norm exceeds the one with QK-norm by a factor beyond "
         f"max(2, e^(2 SE)) (log scale); refuted if at every rate log(off/on) + 2 SE ≤ log 2",
-        "; ".join(f"η = {x:g}: max logit off {qk_numbers[str(x)]['max_logit_off']} vs on "
-                  f"{qk_numbers[str(x)]['max_logit_on']}" for x in qk_rates),
+        "; ".join(f"η = {x:g}: largest logit per seed off "
+                  f"{[float(f'{v:.3g}') for v in qk_numbers[str(x)]['max_logit_off']]} vs on "
+                  f"{[float(f'{v:.3g}') for v in qk_numbers[str(x)]['max_logit_on']]}, "
+                  f"log ratio {logit_cmp[x].describe()}" for x in qk_rates),
         beats_verdict(logit_cmp), SOURCES["qk"]))
     claims.append(_claim(
         learned, "QK-norm keeps training stable at high learning rates where attention-logit "
@@ -647,7 +661,7 @@ def run(ctx: Context) -> ExperimentResult:
         f"one with it by more than max({FLOOR:g}, 2 SE); refuted if at every rate off − on + "
         f"2 SE ≤ {FLOOR:g}",
         f"at η = {top_x:g}: off {show(pre, lr=top_x, warmup=warm)}, on "
-        f"{show(qk, lr=top_x, warmup=warm)}; {loss_cmp[top_x].describe()}",
+        f"{show(qk, lr=top_x, warmup=warm)}. Off − on by rate: {_gaps(loss_cmp)}",
         beats_verdict(loss_cmp), SOURCES["qk"]))
 
     fname = _figure(ctx, corpus, cfg, pre, post, qk, by_norm, warm)
