@@ -8,6 +8,7 @@ the scheme, and the layer functions choose the axes. Flax linen modules live in
 
 from jnorm._checkpoint import restore_state as restore_state
 from jnorm._checkpoint import save_state as save_state
+from jnorm._dyt import dynamic_tanh as dynamic_tanh
 from jnorm._frn import evonorm_b0 as evonorm_b0
 from jnorm._frn import evonorm_s0 as evonorm_s0
 from jnorm._frn import filter_response_norm as filter_response_norm
@@ -52,6 +53,7 @@ __all__ = [
     "batch_renorm",
     "batch_renorm_schedule",
     "decorrelated_batch_norm",
+    "dynamic_tanh",
     "evonorm_b0",
     "evonorm_s0",
     "filter_response_norm",

@@ -41,6 +41,7 @@ from jnorm._checks import (
 )
 from jnorm._normalize import normalize, normalize_with_moments
 from jnorm._state import BatchStats, update_batch_stats
+from jnorm._stats import accumulation_dtype
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation, Scalar
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
@@ -109,12 +110,31 @@ def _over_axes(
     (default: the same axes)."""
     x = as_input(x, layer=layer)
     check_implementation(kw["implementation"], layer=layer)
+    scale = _zero_centered(scale, kw.pop("zero_centered_scale"), layer)
     stat_axes = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes",
                                   allow_empty=False)
     feat = stat_axes if feature_axes is None else canonicalize_axes(
         feature_axes, x.ndim, name="feature_axes"
     )
     return _checked_apply(layer, x, stat_axes, feat, scale, bias, **kw)
+
+
+def _zero_centered(scale: jax.Array | None, zero_centered: Any, layer: str) -> jax.Array | None:
+    """``1 + scale`` (in at least float32) for a zero-centred scale, else ``scale``."""
+    if not isinstance(zero_centered, (bool, np.bool_)):
+        raise TypeError(
+            f"{layer}: `zero_centered_scale` must be a Python bool (it changes what the stored "
+            f"`scale` means), got {zero_centered!r}."
+        )
+    if not zero_centered:
+        return scale
+    if scale is None:
+        raise ValueError(
+            f"{layer}: `zero_centered_scale=True` needs a `scale` (the stored gamma, applied as "
+            "1 + gamma); pass the scale, or drop the option for an output without a scale."
+        )
+    s = jnp.asarray(scale)
+    return s.astype(accumulation_dtype(s.dtype)) + 1
 
 
 def _apply(
@@ -158,6 +178,7 @@ def layer_norm(
     axis_index_groups: AxisIndexGroups = None,
     dtype: DTypeLike | None = None,
     implementation: Implementation = None,
+    zero_centered_scale: bool = False,
 ) -> jax.Array:
     r"""Layer normalization (Ba et al. 2016): each example normalized over its own features.
 
@@ -190,17 +211,29 @@ def layer_norm(
         (not the last axis, other sizes, a mask, ``axis_name``, a sharded last axis) raises a
         ValueError saying why. Derivatives (``grad``, ``jvp``) use XLA's fused rule either
         way: it measured faster in training.
+      zero_centered_scale: if True, ``scale`` holds ``gamma`` and ``a = 1 + gamma`` is applied
+        (computed in at least float32): the convention of Gemma-style checkpoints (PyTorch's
+        ``x * (1 + weight)``; Transformer Engine's ``zero_centered_gamma``), whose scales are
+        initialised to 0 and decay towards the identity. Converting: ``gamma = scale - 1``
+        from a plain checkpoint, ``scale = 1 + gamma`` back; both are exact for scales in
+        ``[0.5, 2]`` (Sterbenz), so the outputs are then bitwise equal. Loading plain scales
+        into a zero-centred layer (or the reverse) is the silent error to avoid: the output is
+        scaled by ``1 + scale``, about twice the intended one.
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
       >>> y = jnorm.layer_norm(jnp.array([[1.0, 2.0, 3.0]]), epsilon=0.0)
       >>> [round(v, 4) for v in y[0].tolist()]
       [-1.2247, 0.0, 1.2247]
+      >>> gamma = jnp.zeros(3)  # zero-centred: applied as 1 + gamma = 1
+      >>> bool((jnorm.layer_norm(jnp.array([[1.0, 2.0, 3.0]]), gamma, epsilon=0.0,
+      ...                        zero_centered_scale=True) == y).all())
+      True
     """
     return _over_axes(
         "layer_norm", x, scale, bias, reduction_axes, feature_axes, center=True,
         epsilon=epsilon, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        dtype=dtype, implementation=implementation,
+        dtype=dtype, implementation=implementation, zero_centered_scale=zero_centered_scale,
     )
 
 
@@ -216,6 +249,7 @@ def rms_norm(
     axis_index_groups: AxisIndexGroups = None,
     dtype: DTypeLike | None = None,
     implementation: Implementation = None,
+    zero_centered_scale: bool = False,
 ) -> jax.Array:
     r"""RMS normalization (Zhang & Sennrich 2019): layer norm without mean subtraction.
 
@@ -224,18 +258,23 @@ def rms_norm(
     The generic scheme with ``mu = 0`` and ``sigma^2 = E[x^2]``.
 
     Shapes: ``x: [..., F]``; ``scale``: the shape of ``x`` on ``feature_axes`` (default
-    ``reduction_axes``). Returns ``x``'s shape. Arguments as in :func:`jnorm.layer_norm`.
+    ``reduction_axes``). Returns ``x``'s shape. Arguments as in :func:`jnorm.layer_norm`;
+    ``zero_centered_scale=True`` applies ``1 + scale`` (Gemma's RMSNorm, ``x * (1 + weight)``).
 
     Examples:
       >>> import jax.numpy as jnp, jnorm
       >>> y = jnorm.rms_norm(jnp.array([[3.0, 4.0]]), epsilon=0.0)  # rms = sqrt(12.5)
       >>> [round(v, 5) for v in y[0].tolist()]
       [0.84853, 1.13137]
+      >>> z = jnorm.rms_norm(jnp.array([[3.0, 4.0]]), jnp.array([0.0, 1.0]), epsilon=0.0,
+      ...                    zero_centered_scale=True)  # applied scale (1, 2)
+      >>> [round(v, 5) for v in z[0].tolist()]
+      [0.84853, 2.26274]
     """
     return _over_axes(
         "rms_norm", x, scale, None, reduction_axes, feature_axes, center=False,
         epsilon=epsilon, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        dtype=dtype, implementation=implementation,
+        dtype=dtype, implementation=implementation, zero_centered_scale=zero_centered_scale,
     )
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import dtypes
 
+import jnorm._dyt as _dyt
 import jnorm._frn as _frn
 import jnorm._layers as F
 import jnorm._lrn as _lrn
@@ -40,6 +41,7 @@ __all__ = [
     "StatsKind",
     "batch_norm",
     "batch_renorm",
+    "dynamic_tanh",
     "evonorm_b0",
     "evonorm_s0",
     "filter_response_norm",
@@ -65,6 +67,7 @@ MODULE_NAMES: tuple[str, ...] = (
     "BatchNorm",
     "BatchRenorm",
     "DecorrelatedBatchNorm",
+    "DynamicTanh",
     "EvoNormB0",
     "EvoNormS0",
     "FilterResponseNorm",
@@ -302,6 +305,7 @@ def layer_norm(
         axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
         dtype=out_dtype(m.dtype, x, scale, bias),
         implementation=getattr(m, "implementation", None),
+        zero_centered_scale=bool(getattr(m, "zero_centered_scale", False)) and scale is not None,
     )
     if center:
         return F.layer_norm(x, scale, bias, **kwargs)
@@ -313,6 +317,18 @@ def rms_norm(
 ) -> jax.Array:
     """:func:`jnorm.rms_norm` with ``m``'s attributes."""
     return layer_norm(m, x, scale, None, mask, center=False)
+
+
+def dynamic_tanh(
+    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, alpha: jax.Array,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """:func:`jnorm.dynamic_tanh` with ``m``'s attributes (``mask`` is checked, no effect)."""
+    feat = canonicalize_axes(m.feature_axes, x.ndim, name="feature_axes")
+    scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
+    alpha = alpha if jnp.ndim(alpha) == 0 else _shaped(alpha, x, feat)
+    return _dyt.dynamic_tanh(x, scale, bias, alpha, feature_axes=feat, mask=mask,
+                             dtype=out_dtype(m.dtype, x, scale, bias, alpha))
 
 
 def group_norm(

@@ -59,12 +59,14 @@ Initializer = jax.nn.initializers.Initializer
 
 
 def _affine_params(
-    mdl: Module, feature_shape: tuple[int, ...], use_scale: bool, use_bias: bool
+    mdl: Module, feature_shape: tuple[int, ...], use_scale: bool, use_bias: bool,
+    scale_init: Initializer | None = None,
 ) -> tuple[jax.Array | None, jax.Array | None]:
-    """Creates (or reads) ``scale`` and ``bias`` of the feature shape, as flax names them."""
+    """Creates (or reads) ``scale`` and ``bias`` of the feature shape, as flax names them
+    (``scale_init`` overrides the module's)."""
     scale = bias = None
     if use_scale:
-        scale = mdl.param("scale", mdl.scale_init, feature_shape, mdl.param_dtype)
+        scale = mdl.param("scale", scale_init or mdl.scale_init, feature_shape, mdl.param_dtype)
     if use_bias:
         bias = mdl.param("bias", mdl.bias_init, feature_shape, mdl.param_dtype)
     if not mdl.force_float32_reductions:
@@ -159,6 +161,12 @@ class BatchNorm(Module):
         )
 
 
+def _zero_centered_init(mdl: Module) -> Initializer | None:
+    """Zeros instead of the default ones when the scale is zero-centred (applied as 1 + scale)."""
+    zero = mdl.zero_centered_scale and mdl.scale_init is initializers.ones
+    return initializers.zeros if zero else None
+
+
 class LayerNorm(Module):
     """Layer normalization, drop-in for :class:`flax.linen.LayerNorm`, on :func:`jnorm.layer_norm`.
 
@@ -166,7 +174,10 @@ class LayerNorm(Module):
     ``use_scale``, ``bias_init``, ``scale_init``, ``reduction_axes`` (-1), ``feature_axes``
     (-1), ``axis_name``, ``axis_index_groups``, ``use_fast_variance`` (no effect),
     ``force_float32_reductions``; plus jnorm's ``implementation`` (None, ``"xla"`` or
-    ``"pallas"``: the forward's program, see :func:`jnorm.layer_norm`).
+    ``"pallas"``: the forward's program, see :func:`jnorm.layer_norm`) and
+    ``zero_centered_scale`` (False; True: ``scale`` is applied as ``1 + scale``, Gemma-style,
+    and the default ``scale_init`` gives zeros; converting checkpoints: see
+    :func:`jnorm.layer_norm`).
     """
 
     epsilon: float = 1e-6
@@ -183,13 +194,15 @@ class LayerNorm(Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
     implementation: Implementation = None
+    zero_centered_scale: bool = False
 
     @compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes ``x`` over ``reduction_axes``; params vary along ``feature_axes``."""
         x = jnp.asarray(x)
         feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
-        scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
+        scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias,
+                                     _zero_centered_init(self))
         return M.layer_norm(self, x, scale, bias, mask)
 
 
@@ -199,7 +212,8 @@ class RMSNorm(Module):
     Attributes are flax's: ``epsilon`` (1e-6), ``dtype``, ``param_dtype``, ``use_scale``,
     ``scale_init``, ``reduction_axes`` (-1), ``feature_axes`` (-1), ``axis_name``,
     ``axis_index_groups``, ``use_fast_variance`` (no effect), ``force_float32_reductions``;
-    plus jnorm's ``implementation`` (see :func:`jnorm.layer_norm`).
+    plus jnorm's ``implementation`` (see :func:`jnorm.layer_norm`) and ``zero_centered_scale``
+    (False; True: ``scale`` applied as ``1 + scale`` and initialised to zeros, Gemma's RMSNorm).
     """
 
     epsilon: float = 1e-6
@@ -214,14 +228,56 @@ class RMSNorm(Module):
     use_fast_variance: bool = True
     force_float32_reductions: bool = True
     implementation: Implementation = None
+    zero_centered_scale: bool = False
 
     @compact
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Divides ``x`` by its root mean square over ``reduction_axes``."""
         x = jnp.asarray(x)
         feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
-        scale, _ = _affine_params(self, feature_shape, self.use_scale, False)
+        scale, _ = _affine_params(self, feature_shape, self.use_scale, False,
+                                  _zero_centered_init(self))
         return M.rms_norm(self, x, scale, mask)
+
+
+class DynamicTanh(Module):
+    """Dynamic Tanh on :func:`jnorm.dynamic_tanh` (Zhu et al. 2025): a drop-in for
+    :class:`LayerNorm` in a transformer, ``y = scale * tanh(alpha * x) + bias``.
+
+    Attributes: ``alpha_init`` (0.5, the paper's), ``per_channel_alpha`` (False: one scalar
+    ``alpha`` as in the paper; True: one per feature), ``feature_axes`` (-1), ``dtype``,
+    ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``,
+    ``force_float32_reductions`` (as in :class:`LayerNorm`). Params: ``alpha``, ``scale``,
+    ``bias``. The call takes ``mask`` like :class:`LayerNorm` (checked, no effect: nothing is
+    reduced).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnorm.linen as jnn
+      >>> v = jnn.DynamicTanh().init(jax.random.key(0), jnp.ones((2, 5, 8)))
+      >>> v["params"]["alpha"].tolist(), v["params"]["scale"].shape
+      (0.5, (8,))
+    """
+
+    alpha_init: float = 0.5
+    per_channel_alpha: bool = False
+    feature_axes: Axes = -1
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = initializers.zeros
+    scale_init: Initializer = initializers.ones
+    force_float32_reductions: bool = True
+
+    @compact
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Applies ``scale * tanh(alpha * x) + bias``."""
+        x = jnp.asarray(x)
+        feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
+        scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
+        alpha = self.param("alpha", initializers.constant(self.alpha_init),
+                           feature_shape if self.per_channel_alpha else (), self.param_dtype)
+        return M.dynamic_tanh(self, x, scale, bias, alpha, mask)
 
 
 class GroupNorm(Module):

@@ -210,6 +210,11 @@ class BatchNorm(_Stateful):
         )
 
 
+def _zero_centered_init(zero_centered: bool, scale_init: Initializer) -> Initializer:
+    """Zeros instead of the default ones when the scale is zero-centred (applied as 1 + scale)."""
+    return _ZEROS if zero_centered and scale_init in (_ONES, initializers.ones) else scale_init
+
+
 class LayerNorm(nnx.Module):
     """Layer normalization, drop-in for :class:`flax.nnx.LayerNorm`, on :func:`jnorm.layer_norm`.
 
@@ -217,7 +222,10 @@ class LayerNorm(nnx.Module):
     ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``, ``reduction_axes`` (-1),
     ``feature_axes`` (-1), ``axis_name``, ``axis_index_groups``, ``use_fast_variance`` (no
     effect), ``promote_dtype``, ``rngs``, ``bias_metadata``, ``scale_metadata``; plus jnorm's
-    ``implementation`` (None, ``"xla"`` or ``"pallas"``, see :func:`jnorm.layer_norm`).
+    ``implementation`` (None, ``"xla"`` or ``"pallas"``, see :func:`jnorm.layer_norm`) and
+    ``zero_centered_scale`` (False; True: ``scale`` applied as ``1 + scale``, Gemma-style, and
+    the default ``scale_init`` gives zeros; converting checkpoints: see
+    :func:`jnorm.layer_norm`).
     """
 
     def __init__(
@@ -241,7 +249,9 @@ class LayerNorm(nnx.Module):
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
         implementation: Implementation = None,
+        zero_centered_scale: bool = False,
     ) -> None:
+        scale_init = _zero_centered_init(zero_centered_scale, scale_init)
         _setup(self, locals())
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -257,7 +267,8 @@ class RMSNorm(nnx.Module):
     ``use_scale``, ``scale_init``, ``reduction_axes`` (-1), ``feature_axes`` (-1),
     ``axis_name``, ``axis_index_groups``, ``use_fast_variance`` (no effect), ``promote_dtype``,
     ``rngs``, ``scale_metadata``; plus jnorm's ``implementation`` (see
-    :func:`jnorm.layer_norm`).
+    :func:`jnorm.layer_norm`) and ``zero_centered_scale`` (False; True: ``scale`` applied as
+    ``1 + scale`` and initialised to zeros, Gemma's RMSNorm).
     """
 
     def __init__(
@@ -278,13 +289,56 @@ class RMSNorm(nnx.Module):
         rngs: nnx.Rngs,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
         implementation: Implementation = None,
+        zero_centered_scale: bool = False,
     ) -> None:
+        scale_init = _zero_centered_init(zero_centered_scale, scale_init)
         _setup(self, locals())
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Divides ``x`` by its root mean square over ``reduction_axes``."""
         x, scale = self.promote_dtype((x, _value(self.scale)), dtype=self.dtype)
         return M.rms_norm(self, x, scale, mask)
+
+
+class DynamicTanh(nnx.Module):
+    """Dynamic Tanh on :func:`jnorm.dynamic_tanh` (Zhu et al. 2025): a drop-in for
+    :class:`LayerNorm` in a transformer, ``y = scale * tanh(alpha * x) + bias``.
+
+    Arguments: ``num_features``, ``alpha_init`` (0.5, the paper's), ``per_channel_alpha``
+    (False: one scalar ``Param`` ``alpha``; True: ``[num_features]``), ``feature_axes`` (-1),
+    ``dtype``, ``param_dtype``, ``use_bias``, ``use_scale``, ``bias_init``, ``scale_init``,
+    ``rngs``. The call takes ``mask`` like :class:`LayerNorm` (checked, no effect).
+
+    Examples:
+      >>> import jax.numpy as jnp, jnorm.nnx as jnx
+      >>> from flax import nnx
+      >>> layer = jnx.DynamicTanh(8, rngs=nnx.Rngs(0))
+      >>> layer(jnp.zeros((2, 5, 8))).shape, layer.alpha[...].tolist()
+      ((2, 5, 8), 0.5)
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        alpha_init: float = 0.5,
+        per_channel_alpha: bool = False,
+        feature_axes: Axes = -1,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = _ZEROS,
+        scale_init: Initializer = _ONES,
+        rngs: nnx.Rngs,
+    ) -> None:
+        _setup(self, locals())
+        self.alpha = nnx.Param(jnp.full((num_features,) if per_channel_alpha else (),
+                                        alpha_init, param_dtype))
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """Applies ``scale * tanh(alpha * x) + bias``."""
+        return M.dynamic_tanh(self, x, *_affine(self), self.alpha[...], mask)
 
 
 class GroupNorm(nnx.Module):

@@ -217,6 +217,17 @@ def _ref_lrn(x: np.ndarray, p: Mapping[str, Any], size: int = 3, alpha: float = 
     return x / (k + alpha / size * sq) ** beta
 
 
+def _ref_dyt(x: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    """Zhu et al. 2025, Eq. 1: scale * tanh(alpha * x) + bias (alpha scalar or per channel)."""
+    alpha = np.asarray(p["alpha"], np.float64)
+    return _affine(np.tanh((alpha if alpha.ndim == 0 else channel_param(alpha, x.ndim)) * x), p)
+
+
+def _dyt_params(rng: np.random.Generator, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {**_sb(rng, shape),
+            "alpha": (0.5 + 0.2 * rng.random(shape[-1])).astype(np.float32)}
+
+
 def _fan_in(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     axes = tuple(range(w.ndim - 1))
     n = int(np.prod(w.shape[:-1]))
@@ -450,7 +461,9 @@ REGISTRY: tuple[Entry, ...] = (
             flax=({}, {"reduction_axes": (1, 2, 3), "feature_axes": -1},
                   {"use_bias": False, "epsilon": 1e-3}),
             flax_nnx=({}, {"reduction_axes": (1, 2, 3), "epsilon": 1e-3}),
-            nnx_twin=({},)),),
+            nnx_twin=({}, {"zero_centered_scale": True})),
+            ModuleCase("LayerNorm", {"zero_centered_scale": True}, lambda v, x: jnorm.layer_norm(
+                x, v["params"]["scale"], v["params"]["bias"], zero_centered_scale=True))),
         offset=1e3,
     ),
     Entry(
@@ -460,7 +473,9 @@ REGISTRY: tuple[Entry, ...] = (
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
         linen=(ModuleCase("RMSNorm", {}, lambda v, x: jnorm.rms_norm(x, v["params"]["scale"]),
                           flax=({}, {"reduction_axes": (2, 3)}), flax_nnx=({},),
-            nnx_twin=({},)),),
+            nnx_twin=({}, {"zero_centered_scale": True})),
+               ModuleCase("RMSNorm", {"zero_centered_scale": True}, lambda v, x: jnorm.rms_norm(
+                   x, v["params"]["scale"], zero_centered_scale=True))),
     ),
     Entry(
         "instance_norm", (3, 4, 2, 4), _sb,
@@ -570,6 +585,25 @@ REGISTRY: tuple[Entry, ...] = (
             nnx_twin=({"learned_epsilon": True},)),),
         companions=("tlu",),
         offset=0.0,
+    ),
+    Entry(
+        "dynamic_tanh", (4, 3, 8), _dyt_params,
+        lambda x, p: jnorm.dynamic_tanh(x, p.get("scale"), p.get("bias"), p["alpha"],
+                                        **_kw(p, "dtype", "mask")),
+        _ref_dyt,
+        frozenset({"dtype", "mask", "half", "grad"}),
+        linen=(ModuleCase("DynamicTanh", {"per_channel_alpha": True}, lambda v, x:
+                          jnorm.dynamic_tanh(x, v["params"]["scale"], v["params"]["bias"],
+                                             v["params"]["alpha"]),
+                          nnx_twin=({"per_channel_alpha": True, "alpha_init": 0.3},)),
+               ModuleCase("DynamicTanh", {}, lambda v, x: jnorm.dynamic_tanh(
+                   x, v["params"]["scale"], v["params"]["bias"], v["params"]["alpha"]),
+                   nnx_twin=({},))),
+        errors=((lambda x: jnorm.dynamic_tanh(x, alpha=jnp.ones(3)), r"`alpha` has shape \(3,\)"),
+                (lambda x: jnorm.dynamic_tanh(x, jnp.ones(3)), r"`scale` has shape \(3,\)"),
+                (lambda x: jnorm.dynamic_tanh(x.astype(jnp.complex64)), r"`x` must be real"),
+                (lambda x: jnorm.dynamic_tanh(x, feature_axes=5), r"`feature_axes`")),
+        offset=0.5,
     ),
     Entry(
         "local_response_norm", (2, 3, 6), _none,

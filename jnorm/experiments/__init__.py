@@ -31,6 +31,7 @@ from . import (
     running_stats,
     scale_invariance,
     smoothness,
+    transformers,
 )
 from .common import Claim, Context, ExperimentResult
 from .data import Dataset, load_dataset
@@ -43,7 +44,7 @@ __all__ = ["EXPERIMENTS", "Claim", "Context", "Dataset", "ExperimentResult", "Re
 #: The experiments in report order, by ``--only`` name.
 EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (
     normalizes, learning_rate, scale_invariance, naive, smoothness, init_scale, noise,
-    running_stats, beyond_batch_norm)}
+    running_stats, beyond_batch_norm, transformers)}
 
 
 def run_suite(ctx: Context, names: Sequence[str] | None = None, report: bool = True,
