@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jnorm._checks import as_input, canonicalize_axes, check_dtype, check_mask, feature_param
+from jnorm._axes import canonicalize_axes, feature_param
+from jnorm._checks import as_input, as_mask, check_dtype
 from jnorm._normalize import normalize, output_dtype
 from jnorm._stats import accumulation_dtype
 from jnorm._typing import Axes, DTypeLike
@@ -100,7 +101,7 @@ def dynamic_tanh(
         )
     check_dtype(dtype, layer="dynamic_tanh")
     axes = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
-    check_mask(mask, x.shape)
+    as_mask(mask, x.shape)
     compute = accumulation_dtype(x.dtype)
     squashed = jnp.tanh(_alpha(alpha, x.shape, axes, compute) * x.astype(compute))
     scale = feature_param(scale, x.shape, axes, name="scale")

@@ -29,10 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jnorm._axes import feature_param
-from jnorm._checks import (
-    check_batch_size,
-    check_nonnegative,
-)
+from jnorm._checks import check_batch_size, check_nonnegative
 from jnorm._layers import batch_norm, checked_batch_args
 from jnorm._normalize import (
     hide_masked_nonfinite,

@@ -1,9 +1,10 @@
 """Claims about normalization, measured on real data: ``python -m jnorm.experiments``.
 
-Nine experiments (one module each) share one small vmapped, jit-compiled SGD loop
-(:mod:`jnorm.experiments.training`) and write one PNG each, ``report.md`` and ``results.json``
-(rewritten after every finished experiment; a run never replaces an earlier run's results
-unless asked to, see :func:`run_suite`). The rules every verdict follows are in
+Ten experiments, one module each: nine on 8x8 digits share one small vmapped, jit-compiled SGD
+loop (:mod:`jnorm.experiments.training`); ``transformers`` trains a character-level language
+model on the Python reference manual. Each writes one PNG, and the suite writes ``report.md``
+and ``results.json`` (rewritten after every finished experiment; a run never replaces an
+earlier run's results unless asked to, see :func:`run_suite`). The rules every verdict follows are in
 :mod:`jnorm.experiments.common`.
 
 Example (tiny sizes; the CLI's ``--quick`` is ``scale="quick"``)::

@@ -44,6 +44,7 @@ from .common import (
     Comparison,
     Context,
     ExperimentResult,
+    Outcome,
     compare,
     fmt_seeds,
     md_table,
@@ -351,28 +352,27 @@ def _where(key: Any) -> str:
     return f"at {key}: " if isinstance(key, str) else f"at η = {key:g}: "
 
 
-def beats_verdict(cmps: dict[Any, Comparison]) -> tuple[bool, str | None]:
-    """A claim "a is better than b" (smaller loss: ``compare(b, a)`` positive) at some setting
-    (the keys: learning rates, or labels): holds if one comparison shows it beyond the margin;
-    refuted if every comparison shows ``b − a ≤ floor`` (:meth:`Comparison.not_greater`); else
-    undecided, with the reason."""
-    if any(c.greater for c in cmps.values()):
-        return True, None
-    shown = {k: c.not_greater() for k, c in cmps.items()}
-    if all(ok for ok, _ in shown.values()):
-        return False, None
-    return False, "; ".join(_where(k) + why for k, (_, why) in shown.items() if why)
+def _labelled(cmps: dict[Any, Comparison], rule: str) -> list[Outcome]:
+    """Each comparison's outcome under ``rule`` (a :class:`Comparison` method name), with the
+    setting named in its undecided reason."""
+    out = []
+    for key, c in cmps.items():
+        o = getattr(c, rule)()
+        out.append(Outcome(o.holds, o.undecided and _where(key) + o.undecided))
+    return out
 
 
-def agrees_verdict(cmps: dict[Any, Comparison]) -> tuple[bool, str | None]:
-    """A claim "a matches b" at every setting: :meth:`Comparison.agrees` at each; refuted if
-    one differs beyond the margin."""
-    shown = {k: c.agrees() for k, c in cmps.items()}
-    if all(ok for ok, _ in shown.values()):
-        return True, None
-    if any(not ok and why is None for ok, why in shown.values()):
-        return False, None
-    return False, "; ".join(_where(k) + why for k, (_, why) in shown.items() if why)
+def beats_verdict(cmps: dict[Any, Comparison]) -> Outcome:
+    """A claim "a is better than b" (``compare(b, a)`` positive) at some setting (the keys:
+    learning rates, or labels): :meth:`Comparison.beats` at each, combined with
+    :meth:`Outcome.any_of` (shown at one setting, refuted at all, else undecided)."""
+    return Outcome.any_of(*_labelled(cmps, "beats"))
+
+
+def agrees_verdict(cmps: dict[Any, Comparison]) -> Outcome:
+    """A claim "a matches b" at every setting: :meth:`Comparison.agrees` at each, combined with
+    :meth:`Outcome.all_of`."""
+    return Outcome.all_of(*_labelled(cmps, "agrees"))
 
 
 def _gaps(cmps: dict[float, Comparison]) -> str:
@@ -381,7 +381,7 @@ def _gaps(cmps: dict[float, Comparison]) -> str:
 
 
 def _claim(ctx_valid: tuple[bool, str], claim: str, criterion: str, measured: str,
-           verdict: tuple[bool, str | None], source: str) -> Claim:
+           verdict: Outcome, source: str) -> Claim:
     holds, undecided = verdict
     c = Claim(claim=claim, criterion=criterion, measured=measured, holds=holds, source=source,
               inconclusive=undecided)
@@ -537,18 +537,13 @@ def run(ctx: Context) -> ExperimentResult:
     cmp2b = {x: compare(loss(pre, lr=x, warmup=0), loss(pre, lr=x, warmup=warm), FLOOR)
              for x in rates}
     worst2b = max(cmp2b, key=lambda x: cmp2b[x].diff)
-    shown = [cmp2b[x].not_greater() for x in rates]
     claims.append(_claim(
         learned, "Pre-LN transformers train without warm-up: dropping it costs nothing.",
         f"at every learning rate of the sweep, Pre-LN without warm-up is at most {FLOOR:g} "
         f"nats worse than with warm-up (difference + 2 SE ≤ {FLOOR:g}); refuted if at some "
         "rate it is worse beyond the margin",
         f"largest cost at η = {worst2b:g}. Without − with by rate: {_gaps(cmp2b)}",
-        (all(ok for ok, _ in shown),
-         None if all(ok for ok, _ in shown) or any(c.greater for c in cmp2b.values())
-         else "; ".join(_where(x) + why for x, (_, why) in zip(rates, shown, strict=True)
-                        if why)),
-        SOURCES["placement"]))
+        Outcome.all_of(*_labelled(cmp2b, "not_greater")), SOURCES["placement"]))
 
     # --- claims 3-5: RMS vs LN, DyT vs LN, no norm with depth
     norms: dict[str, Any] = {}
