@@ -4,8 +4,8 @@ Ten experiments, one module each: nine on 8x8 digits share one small vmapped, ji
 loop (:mod:`jnorm.experiments.training`); ``transformers`` trains a character-level language
 model on the Python reference manual. Each writes one PNG, and the suite writes ``report.md``
 and ``results.json`` (rewritten after every finished experiment; a run never replaces an
-earlier run's results unless asked to, see :func:`run_suite`). The rules every verdict follows are in
-:mod:`jnorm.experiments.common`.
+earlier run's results unless asked to, see :func:`run_suite`). The rules every verdict
+follows are in :mod:`jnorm.experiments.common`.
 
 Example (tiny sizes; the CLI's ``--quick`` is ``scale="quick"``)::
 
