@@ -217,7 +217,7 @@ def _running(
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     return run_with_stats(
         kind, stored, call, x=x, update=update, dtype=m.dtype,
-        force_float32_reductions=getattr(m, "force_float32_reductions", True),
+        force_float32_reductions=m.force_float32_reductions,
         follow_input=follow_input,
     )
 
@@ -235,10 +235,10 @@ def batch_norm(
         epsilon=m.epsilon, mask=mask,
         axis_name=m.axis_name if collective else None,
         axis_index_groups=m.axis_index_groups if collective else None,
-        unbiased_running_var=getattr(m, "unbiased_running_var", False),
-        skip_nonfinite=getattr(m, "skip_nonfinite", False),
+        unbiased_running_var=m.unbiased_running_var,
+        skip_nonfinite=m.skip_nonfinite,
         dtype=out_dtype(m.dtype, x, scale, bias),
-        virtual_batch_size=getattr(m, "virtual_batch_size", None), strict=False,
+        virtual_batch_size=m.virtual_batch_size, strict=False,
     ), update, follow_input)
 
 
@@ -304,8 +304,8 @@ def layer_norm(
         reduction_axes=m.reduction_axes, feature_axes=feat, epsilon=m.epsilon, mask=mask,
         axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
         dtype=out_dtype(m.dtype, x, scale, bias),
-        implementation=getattr(m, "implementation", None),
-        zero_centered_scale=bool(getattr(m, "zero_centered_scale", False)) and scale is not None,
+        implementation=m.implementation,
+        zero_centered_scale=bool(m.zero_centered_scale) and scale is not None,
     )
     if center:
         return F.layer_norm(x, scale, bias, **kwargs)
@@ -417,20 +417,22 @@ def standardized_kernel(m: Any, value: jax.Array, gain: jax.Array | None) -> jax
     )
 
 
-def weight_normed_kernel(m: Any, value: jax.Array, g: jax.Array | None) -> jax.Array:
+def weight_normed_kernel(
+    value: jax.Array, g: jax.Array | None, *, feature_axes: Any, epsilon: float, dtype: Any,
+) -> jax.Array:
     """The kernel :class:`WeightNorm` hands the layer: ``g v / ||v||`` over the fan-in."""
-    w = _weight.weight_norm(
-        value, g, feature_axes=getattr(m, "feature_axes", -1), epsilon=m.epsilon
-    )
-    return w if getattr(m, "dtype", None) is None else w.astype(m.dtype)
+    w = _weight.weight_norm(value, g, feature_axes=feature_axes, epsilon=epsilon)
+    return w if dtype is None else w.astype(dtype)
 
 
-def initial_kernel_scale(m: Any, key: jax.Array, value: jax.Array) -> jax.Array:
-    """WeightNorm's ``g`` at init: ``||v||`` (the layer is unchanged) or ``m.scale_init``."""
-    feat = canonicalize_axes(getattr(m, "feature_axes", -1), value.ndim, name="feature_axes")
-    if getattr(m, "scale_init", None) is None:
-        return _weight.kernel_norm(value, feature_axes=feat).astype(m.param_dtype)
-    return m.scale_init(key, tuple(value.shape[a] for a in feat), m.param_dtype)
+def initial_kernel_scale(
+    key: jax.Array, value: jax.Array, *, feature_axes: Any, scale_init: Any, param_dtype: Any,
+) -> jax.Array:
+    """WeightNorm's ``g`` at init: ``||v||`` (the layer is unchanged) or ``scale_init``."""
+    feat = canonicalize_axes(feature_axes, value.ndim, name="feature_axes")
+    if scale_init is None:
+        return _weight.kernel_norm(value, feature_axes=feat).astype(param_dtype)
+    return scale_init(key, tuple(value.shape[a] for a in feat), param_dtype)
 
 
 def spectral_kernel(

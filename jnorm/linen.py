@@ -679,9 +679,14 @@ class WeightNorm(Module):
                 return value
             g = self.param(
                 f"{self.layer_instance.name}/{path}/scale",
-                lambda key: M.initial_kernel_scale(self, key, value),
+                lambda key: M.initial_kernel_scale(
+                    key, value, feature_axes=-1, scale_init=self.scale_init,
+                    param_dtype=self.param_dtype,
+                ),
             )
-            return M.weight_normed_kernel(self, value, g)
+            # the kernel's last axis holds the output units; the layer keeps its own dtype
+            return M.weight_normed_kernel(value, g, feature_axes=-1, epsilon=self.epsilon,
+                                          dtype=None)
 
         return _wrap_kernels(self, transform, args, kwargs)
 

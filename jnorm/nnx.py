@@ -135,6 +135,9 @@ class _Stateful(nnx.Module):
     """Base of the modules with running statistics: ``nnx.view`` support, as flax's."""
 
     use_running_average: bool | None
+    #: flax.nnx's modules take no such argument: their statistics are always float32 (linen's
+    #: ``force_float32_reductions=True``).
+    force_float32_reductions: bool = True
 
     def set_view(self, use_running_average: bool | None = None) -> None:
         """Used by ``nnx.view``: sets ``use_running_average`` when given."""
@@ -784,7 +787,10 @@ class WeightNorm(nnx.Module):
             variable_filter=variable_filter, promote_dtype=promote_dtype,
         )
         self.scales = nnx.data({
-            path: nnx.Param(M.initial_kernel_scale(self, rngs.params(), var[...]))
+            path: nnx.Param(M.initial_kernel_scale(
+                rngs.params(), var[...], feature_axes=feature_axes, scale_init=scale_init,
+                param_dtype=param_dtype,
+            ))
             for path, var in _selected(layer_instance, variable_filter)
         } if use_scale else {})
 
@@ -793,7 +799,8 @@ class WeightNorm(nnx.Module):
         variables = dict(_selected(self.layer_instance, self.variable_filter))
         new = {
             path: M.weight_normed_kernel(
-                self, var[...], _value(self.scales[path]) if self.use_scale else None
+                var[...], _value(self.scales[path]) if self.use_scale else None,
+                feature_axes=self.feature_axes, epsilon=self.epsilon, dtype=self.dtype,
             )
             for path, var in variables.items()
         }
