@@ -272,20 +272,25 @@ class Entry:
     temp_bytes: int | None
     passes: dict[str, int] | None
     times: list[float] = dataclasses.field(default_factory=list)
+    #: ``carry(out, args) -> args``: the next call's arguments from this call's result (a
+    #: train step feeds its new state back; donated arguments cannot be passed twice).
+    carry: Callable[[Any, tuple[Any, ...]], tuple[Any, ...]] | None = None
 
 
 def compile_program(
-    fn: Callable[..., Any], args: tuple[Any, ...], size: int
+    fn: Callable[..., Any], args: tuple[Any, ...], size: int,
+    donate_argnums: tuple[int, ...] = (),
 ) -> tuple[Any, int | None, dict[str, int] | None]:
-    """``(compiled, temporary bytes, passes over arrays of `size` elements)`` of ``jit(fn)``."""
-    compiled = jax.jit(fn).lower(*args).compile()
+    """``(compiled, temporary bytes, passes over arrays of `size` elements)`` of ``jit(fn)``
+    (``size=0``: passes not counted)."""
+    compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
     try:
         mem = compiled.memory_analysis()
         temp = int(mem.temp_size_in_bytes) if mem is not None else None
     except Exception:  # memory analysis is optional on some backends
         temp = None
     try:
-        passes = count_passes(compiled.as_text(), size)
+        passes = count_passes(compiled.as_text(), size) if size else None
     except Exception:
         passes = None
     return compiled, temp, passes
@@ -295,13 +300,17 @@ def time_round_robin(entries: list[Entry], rounds: int, warmup: int, inner: int)
     """Times every entry `rounds` times, round-robin with a rotating order, `inner` calls each."""
     for e in entries:  # warm up (first calls allocate, fault pages, spin up thread pools)
         for _ in range(warmup):
-            jax.block_until_ready(e.compiled(*e.args))
+            out = jax.block_until_ready(e.compiled(*e.args))
+            if e.carry is not None:
+                e.args = e.carry(out, e.args)
     for r in range(rounds):
         k = r % len(entries)
         for e in entries[k:] + entries[:k]:
             t0 = time.perf_counter()
             for _ in range(inner):
                 out = e.compiled(*e.args)
+                if e.carry is not None:
+                    e.args = e.carry(out, e.args)
             jax.block_until_ready(out)
             e.times.append((time.perf_counter() - t0) / inner)
             del out
