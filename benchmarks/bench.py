@@ -58,7 +58,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DEFAULT_SHAPES", "IMPLS", "LAYERS", "QUICK_SHAPES", "count_passes", "main", "run"]
+__all__ = [
+    "DEFAULT_SHAPES", "IMPLS", "LAYERS", "MODEL_SHAPES", "QUICK_SHAPES", "count_passes", "main",
+    "run",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,17 @@ _TABLE: dict[str, _Layer] = {
     "instance_norm": _Layer("InstanceNorm", {}, (32, 64, 64, 64), (2, 8, 8, 16)),
 }
 LAYERS: tuple[str, ...] = tuple(_TABLE)
+#: The shapes the layers have inside benchmarks/models.py (``--model-shapes``): the
+#: transformer's rows (8 x 256 tokens, d = 512), the ResNet-18 stages at 32 x 64 x 64 input
+#: (stem 32 x 32, then 16 x 16 to 2 x 2 at 64-512 channels) and the UNet stage's.
+MODEL_SHAPES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "layer_norm": ((2048, 512),),
+    "rms_norm": ((2048, 512),),
+    "batch_norm": ((32, 32, 32, 64), (32, 16, 16, 64), (32, 8, 8, 128), (32, 4, 4, 256),
+                   (32, 2, 2, 512)),
+    "group_norm": ((32, 32, 32, 64), (32, 16, 16, 64), (32, 8, 8, 128), (8, 32, 32, 128),
+                   (8, 16, 16, 256)),
+}
 DEFAULT_SHAPES: dict[str, tuple[int, ...]] = {k: v.shape for k, v in _TABLE.items()}
 QUICK_SHAPES: dict[str, tuple[int, ...]] = {k: v.quick_shape for k, v in _TABLE.items()}
 IMPLS: tuple[str, ...] = ("jnorm", "flax", "flax_2pass")
@@ -384,6 +398,7 @@ def run(
     inner: int | None = None,
     pallas_shapes: Sequence[tuple[int, int]] = (),
     tune: bool = False,
+    model_shapes: bool = False,
 ) -> dict[str, Any]:
     """Runs the benchmark and returns a JSON-serialisable report.
 
@@ -402,6 +417,8 @@ def run(
         achieved bandwidth (see :func:`benchmarks.kernels.kernel_bandwidth`); empty to skip.
       tune: time the launch configurations in :data:`benchmarks.kernels.TUNE_FORWARD` and
         :data:`~benchmarks.kernels.TUNE_BACKWARD` at `pallas_shapes` instead of the defaults.
+      model_shapes: each layer at its :data:`MODEL_SHAPES` instead (layers without any are
+        skipped; `shapes` and `quick` then do not apply).
 
     Returns:
       ``{"device", "backend", "jax", "flax", "jnorm", "allocator", "rounds", "inner",
@@ -425,7 +442,8 @@ def run(
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}.")
     results = []
     for name in layers:
-        results += _bench_layer(name, tuple(chosen[name]), modes, rounds, warmup, inner)
+        for shape in (MODEL_SHAPES.get(name, ()) if model_shapes else (tuple(chosen[name]),)):
+            results += _bench_layer(name, shape, modes, rounds, warmup, inner)
     dev = jax.devices()[0]
     kernels = []
     if pallas_shapes:
@@ -467,9 +485,9 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("-" * len(header))
     last = None
     for row in report["results"]:
-        if last is not None and row["layer"] != last:
+        if last is not None and (row["layer"], row["shape"]) != last:
             lines.append("")
-        last = row["layer"]
+        last = (row["layer"], row["shape"])
         vs = "" if row["vs_flax"] is None else f"{row['vs_flax']:.2f}"
         temp = "" if row["temp_mib"] is None else f"{row['temp_mib']:.1f}"
         passes = ("" if row["reads"] is None else
@@ -541,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="time the layer-norm kernels at every launch configuration "
                              "(elements per row block / warps [/ row blocks per program]) at "
                              "the --pallas shapes")
+    parser.add_argument("--model-shapes", action="store_true",
+                        help="each layer at the shapes benchmarks/models.py gives it")
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 15)
     report = run(
@@ -553,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inner=args.inner,
         pallas_shapes=_pallas_shapes(args.pallas),
         tune=args.tune,
+        model_shapes=args.model_shapes,
     )
     if args.json:
         json.dump(report, sys.stdout, indent=1)

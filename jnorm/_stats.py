@@ -61,9 +61,13 @@ from jax import lax
 
 from jnorm._aliases import renamed
 from jnorm._checks import as_input, canonicalize_axes, check_axis_name, check_mask
+from jnorm._plan import plan, stages
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
-__all__ = ["Moments", "accumulation_dtype", "moments", "settle", "shifted_moments"]
+__all__ = [
+    "Moments", "accumulation_dtype", "moments", "private_copies", "settle", "shifted_moments",
+    "staged_spread", "staged_sum",
+]
 
 
 class Moments(NamedTuple):
@@ -108,62 +112,14 @@ def _real_dtype(dtype: DTypeLike) -> jnp.dtype:
     return jnp.finfo(dtype).dtype
 
 
-def _two_stage(axes: tuple[int, ...], ndim: int) -> bool:
-    """Whether `axes` is group norm's layout: the minor axis reduced with a kept axis among the
-    reduced ones, which :func:`_sum` reduces major axes first (see there)."""
-    last = ndim - 1
-    return last in axes and len(axes) > 1 and any(i not in axes for i in range(min(axes), last))
-
-
-def _xla_cpu() -> bool:
-    """Whether the formulations that measured faster only on XLA:CPU apply (at trace time).
-
-    Two do (docs/benchmarks.md): group norm's statistics and gradients reduced in stages
-    (several times faster on XLA:CPU; on an H200 group norm without any staging took
-    0.87-0.88x flax's fwd+bwd time at (128, 64, 64, 256) against 0.93x staged, and 1.05x
-    against 1.17-1.19x at (32, 32, 32, 256)), and the row layout's derivative rule
-    recomputing the statistics for the scale gradient (see ``_fused_jvp``). Elsewhere the
-    programs measured on the GPU are kept.
-    """
-    return jax.default_backend() == "cpu"
-
-
-def _stages(axes: tuple[int, ...], ndim: int) -> tuple[tuple[int, ...], ...]:
-    """The groups of `axes` that :func:`_sum` reduces one after the other (see there).
-
-    >>> _stages((1, 2, 4), 5), _stages((1, 2), 4), _stages((0, 1, 2), 4)
-    (((1, 2), (4,)), ((2,), (1,)), ((0, 1, 2),))
-    """
-    last = ndim - 1
-    if _two_stage(axes, ndim) and _xla_cpu():
-        return (tuple(a for a in axes if a != last), (last,))
-    if len(axes) > 1 and last not in axes and min(axes) > 0:
-        inner = max(axes)
-        return ((inner,),) + _stages(tuple(a for a in axes if a != inner), ndim)
-    return (axes,)
-
-
-def _sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = None) -> jax.Array:
+def staged_sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = None) -> jax.Array:
     """``jnp.sum(v, axes, keepdims=True)``, in stages when that avoids a slow reduction.
 
-    The stages (:func:`_stages`) are the same sum in another order; each is timed on XLA:CPU:
-
-    - The minor-most axis is reduced but a kept axis lies among the reduced ones (group
-      norm's ``(N, H, W, G, C/G)`` over ``H, W, C/G``): XLA:CPU emits a reduction with a
-      small, strided inner extent. Reducing the major axes first (a contiguous column
-      reduction) and then the small minor axis of the ``(N, 1, 1, G, C/G)`` result is
-      several times faster there. On GPU the single reduction measured faster, so this
-      staging is for CPU only.
-    - Kept axes on both sides of the reduced ones (instance norm's ``(N, H, W, C)`` over
-      ``H, W``): reducing ``W`` and then ``H`` ran 1.65-2x faster than one reduction over
-      both, for the shifted sums at four of five NHWC shapes, and as fast at the fifth
-      (``docs/benchmarks.md``). On an H200 it helped too (fwd+bwd at (32, 64, 64, 64):
-      0.80-0.89x flax's time staged, 1.34x in one reduction).
-
-    :func:`_spread` is the transpose: it broadcasts through the same stages, so gradients
-    reduce in them too.
+    The stages (:func:`jnorm._plan.stages`, which says why) are the same sum in another
+    order. :func:`staged_spread` is the transpose: it broadcasts through the same stages, so
+    gradients reduce in them too.
     """
-    for i, stage in enumerate(_stages(axes, v.ndim)):
+    for i, stage in enumerate(stages(axes, v.ndim)):
         if i:
             # The barrier (on a small array) stops XLA from merging the reductions back.
             v = lax.optimization_barrier(v)
@@ -171,18 +127,19 @@ def _sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = None) ->
     return v
 
 
-def _spread(
+def staged_spread(
     v: jax.Array, axes: tuple[int, ...], shape: tuple[int, ...], staged: bool = True
 ) -> jax.Array:
-    """Broadcasts per-block `v` (`axes` of size 1) to `shape`, the transpose of :func:`_sum`.
+    """Broadcasts per-block `v` (`axes` of size 1) to `shape`, the transpose of
+    :func:`staged_sum`.
 
-    The broadcast runs through :func:`_sum`'s stages in reverse, with a barrier between
-    them, so reverse-mode autodiff turns ``v * full`` into :func:`_sum`'s staged reduction
-    rather than the single slow one. ``staged=False``: one broadcast.
+    The broadcast runs through :func:`staged_sum`'s stages in reverse, with a barrier between
+    them, so reverse-mode autodiff turns ``v * full`` into the staged reduction rather than
+    the single slow one. ``staged=False``: one broadcast.
     """
     v = jnp.reshape(v, (1,) * (len(shape) - v.ndim) + v.shape)
-    stages = _stages(axes, len(shape)) if staged else (axes,)
-    for i, stage in enumerate(reversed(stages)):
+    groups = stages(axes, len(shape)) if staged else (axes,)
+    for i, stage in enumerate(reversed(groups)):
         if i:
             v = lax.optimization_barrier(v)
         v = jnp.broadcast_to(v, tuple(shape[a] if a in stage else v.shape[a]
@@ -240,7 +197,7 @@ def _first_mean(
     if mask is not None:
         xa = jnp.where(mask, xa, jnp.zeros_like(xa))
     safe = jnp.maximum(count, jnp.ones_like(count)).astype(xa.dtype)
-    return _sum(xa, axes) / safe
+    return staged_sum(xa, axes) / safe
 
 
 def _recentre(shift: jax.Array, mean: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -337,7 +294,7 @@ def shifted_moments(
     xa = x.astype(acc)
 
     if mask is not None:
-        count = _sum(mask, axes, dtype=real)
+        count = staged_sum(mask, axes, dtype=real)
     else:
         size = 1
         for a in axes:
@@ -351,10 +308,8 @@ def shifted_moments(
         else:  # the caller's number, as it is: results are relative to it
             shift = lax.stop_gradient(pivot)
         # The mean and the square sum each subtract their own copy of the shift, so XLA streams
-        # x into both reductions rather than writing x - shift to memory (private_copies; on
-        # CPU group norm's fwd 7 -> 5 passes, fwd+bwd 13 -> 11). GPUs keep group norm's
-        # program without copies or staging, the one measured there (docs/benchmarks.md).
-        copies = mask is None and (_xla_cpu() or not _two_stage(axes, x.ndim))
+        # x into both reductions rather than writing x - shift to memory (jnorm._plan).
+        copies = plan(axes, x.ndim, masked=mask is not None).shift_copies
         shift_mean, shift_sq = private_copies(shift, shift) if copies else (shift, shift)
         d, d_sq = xa - shift_mean, xa - shift_sq
     else:
@@ -362,9 +317,9 @@ def shifted_moments(
         d = d_sq = xa
     if mask is not None:
         d = d_sq = jnp.where(mask, d, jnp.zeros_like(d))
-    sq = _sum(_abs_sq(d_sq), axes) / safe
+    sq = staged_sum(_abs_sq(d_sq), axes) / safe
     if center:
-        mean = _sum(d, axes) / safe.astype(acc)
+        mean = staged_sum(d, axes) / safe.astype(acc)
         var = jnp.maximum(sq - _abs_sq(mean), jnp.zeros_like(sq))
         if pivot is None:
             shift, mean = _recentre(shift, mean)

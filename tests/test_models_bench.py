@@ -56,3 +56,13 @@ def test_the_norm_class_is_the_only_switch(framework):
 def test_unknown_names_fail_with_the_choices():
     with pytest.raises(ValueError, match="choose from"):
         models.run(["resnet"], quick=True)
+
+
+def test_the_layer_bench_runs_at_the_models_shapes():
+    """``python -m benchmarks.bench --model-shapes`` benches each layer at the shapes the models
+    give it (compiled only here), the transformer's rows among them."""
+    t = models._MODELS["transformer_ln"].size
+    assert (t["batch"] * t["tokens"], t["d"]) in bench.MODEL_SHAPES["layer_norm"]
+    report = bench.run(layers=["rms_norm"], modes=["fwd"], rounds=0, model_shapes=True)
+    assert {tuple(r["shape"]) for r in report["results"] if r["impl"] != "copy"} == set(
+        bench.MODEL_SHAPES["rms_norm"])
