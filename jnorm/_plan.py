@@ -101,9 +101,8 @@ def plan(
         derivative = "autodiff"
     elif rows and center and cpu:
         # Layer norm inside a model: its input is the residual stream, a sum XLA keeps
-        # unmaterialized and recomputes from all its terms in every loop that reads it. The
-        # rule reads x in more loops than autodiff, which saves x - mu once (the transformer's
-        # whole step: rule 1.18-1.31x flax, autodiff 0.95-1.11x, docs/benchmarks.md).
+        # unmaterialized and recomputes from all its terms in every loop that reads it; the
+        # rule reads x in more loops than autodiff, which saves x - mu once.
         derivative = "autodiff"
     elif per_block:
         derivative = "per_block"
