@@ -161,7 +161,9 @@ def normalize_with_moments(
     carries a derivative rule (:func:`_fused_jvp`, a ``custom_jvp``) whose tangent is linear in
     the tangents, so forward mode keeps working and reverse mode transposes it into the short
     backward pass: two row reductions, the parameter column sums, and one elementwise pass for
-    the input gradient, with no full-size intermediate beyond what XLA fuses away.
+    the input gradient, with no full-size intermediate beyond what XLA fuses away. Where
+    :func:`jnorm._plan.plan` says plain autodiff pays (layer norm on XLA:CPU, whose input in a
+    model is an unmaterialized residual stream), the pair is differentiated as it is computed.
 
     `scale`, `bias` must already broadcast to `x` (see :func:`jnorm._checks.feature_param`).
     `implementation` (checked by the layer) picks the forward's program: None lets
