@@ -58,7 +58,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DEFAULT_SHAPES", "IMPLS", "LAYERS", "QUICK_SHAPES", "count_passes", "main", "run"]
+__all__ = [
+    "DEFAULT_SHAPES", "IMPLS", "LAYERS", "MODEL_SHAPES", "QUICK_SHAPES", "count_passes", "main",
+    "run",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,17 @@ _TABLE: dict[str, _Layer] = {
     "instance_norm": _Layer("InstanceNorm", {}, (32, 64, 64, 64), (2, 8, 8, 16)),
 }
 LAYERS: tuple[str, ...] = tuple(_TABLE)
+#: The shapes the layers have inside benchmarks/models.py (``--model-shapes``): the
+#: transformer's rows (8 x 256 tokens, d = 512), the ResNet-18 stages at 32 x 64 x 64 input
+#: (stem 32 x 32, then 16 x 16 to 2 x 2 at 64-512 channels) and the UNet stage's.
+MODEL_SHAPES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "layer_norm": ((2048, 512),),
+    "rms_norm": ((2048, 512),),
+    "batch_norm": ((32, 32, 32, 64), (32, 16, 16, 64), (32, 8, 8, 128), (32, 4, 4, 256),
+                   (32, 2, 2, 512)),
+    "group_norm": ((32, 32, 32, 64), (32, 16, 16, 64), (32, 8, 8, 128), (8, 32, 32, 128),
+                   (8, 16, 16, 256)),
+}
 DEFAULT_SHAPES: dict[str, tuple[int, ...]] = {k: v.shape for k, v in _TABLE.items()}
 QUICK_SHAPES: dict[str, tuple[int, ...]] = {k: v.quick_shape for k, v in _TABLE.items()}
 IMPLS: tuple[str, ...] = ("jnorm", "flax", "flax_2pass")
@@ -272,20 +286,25 @@ class Entry:
     temp_bytes: int | None
     passes: dict[str, int] | None
     times: list[float] = dataclasses.field(default_factory=list)
+    #: ``carry(out, args) -> args``: the next call's arguments from this call's result (a
+    #: train step feeds its new state back; donated arguments cannot be passed twice).
+    carry: Callable[[Any, tuple[Any, ...]], tuple[Any, ...]] | None = None
 
 
 def compile_program(
-    fn: Callable[..., Any], args: tuple[Any, ...], size: int
+    fn: Callable[..., Any], args: tuple[Any, ...], size: int,
+    donate_argnums: tuple[int, ...] = (),
 ) -> tuple[Any, int | None, dict[str, int] | None]:
-    """``(compiled, temporary bytes, passes over arrays of `size` elements)`` of ``jit(fn)``."""
-    compiled = jax.jit(fn).lower(*args).compile()
+    """``(compiled, temporary bytes, passes over arrays of `size` elements)`` of ``jit(fn)``
+    (``size=0``: passes not counted)."""
+    compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
     try:
         mem = compiled.memory_analysis()
         temp = int(mem.temp_size_in_bytes) if mem is not None else None
     except Exception:  # memory analysis is optional on some backends
         temp = None
     try:
-        passes = count_passes(compiled.as_text(), size)
+        passes = count_passes(compiled.as_text(), size) if size else None
     except Exception:
         passes = None
     return compiled, temp, passes
@@ -295,13 +314,17 @@ def time_round_robin(entries: list[Entry], rounds: int, warmup: int, inner: int)
     """Times every entry `rounds` times, round-robin with a rotating order, `inner` calls each."""
     for e in entries:  # warm up (first calls allocate, fault pages, spin up thread pools)
         for _ in range(warmup):
-            jax.block_until_ready(e.compiled(*e.args))
+            out = jax.block_until_ready(e.compiled(*e.args))
+            if e.carry is not None:
+                e.args = e.carry(out, e.args)
     for r in range(rounds):
         k = r % len(entries)
         for e in entries[k:] + entries[:k]:
             t0 = time.perf_counter()
             for _ in range(inner):
                 out = e.compiled(*e.args)
+                if e.carry is not None:
+                    e.args = e.carry(out, e.args)
             jax.block_until_ready(out)
             e.times.append((time.perf_counter() - t0) / inner)
             del out
@@ -383,6 +406,7 @@ def run(
     inner: int | None = None,
     pallas_shapes: Sequence[tuple[int, int]] = (),
     tune: bool = False,
+    model_shapes: bool = False,
 ) -> dict[str, Any]:
     """Runs the benchmark and returns a JSON-serialisable report.
 
@@ -401,6 +425,8 @@ def run(
         achieved bandwidth (see :func:`benchmarks.kernels.kernel_bandwidth`); empty to skip.
       tune: time the launch configurations in :data:`benchmarks.kernels.TUNE_FORWARD` and
         :data:`~benchmarks.kernels.TUNE_BACKWARD` at `pallas_shapes` instead of the defaults.
+      model_shapes: each layer at its :data:`MODEL_SHAPES` instead (layers without any are
+        skipped; `shapes` and `quick` then do not apply).
 
     Returns:
       ``{"device", "backend", "jax", "flax", "jnorm", "allocator", "rounds", "inner",
@@ -424,7 +450,8 @@ def run(
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}.")
     results = []
     for name in layers:
-        results += _bench_layer(name, tuple(chosen[name]), modes, rounds, warmup, inner)
+        for shape in (MODEL_SHAPES.get(name, ()) if model_shapes else (tuple(chosen[name]),)):
+            results += _bench_layer(name, shape, modes, rounds, warmup, inner)
     dev = jax.devices()[0]
     kernels = []
     if pallas_shapes:
@@ -466,9 +493,9 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("-" * len(header))
     last = None
     for row in report["results"]:
-        if last is not None and row["layer"] != last:
+        if last is not None and (row["layer"], row["shape"]) != last:
             lines.append("")
-        last = row["layer"]
+        last = (row["layer"], row["shape"])
         vs = "" if row["vs_flax"] is None else f"{row['vs_flax']:.2f}"
         temp = "" if row["temp_mib"] is None else f"{row['temp_mib']:.1f}"
         passes = ("" if row["reads"] is None else
@@ -540,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="time the layer-norm kernels at every launch configuration "
                              "(elements per row block / warps [/ row blocks per program]) at "
                              "the --pallas shapes")
+    parser.add_argument("--model-shapes", action="store_true",
+                        help="each layer at the shapes benchmarks/models.py gives it")
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 15)
     report = run(
@@ -552,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inner=args.inner,
         pallas_shapes=_pallas_shapes(args.pallas),
         tune=args.tune,
+        model_shapes=args.model_shapes,
     )
     if args.json:
         json.dump(report, sys.stdout, indent=1)

@@ -12,15 +12,14 @@ from jax import lax
 
 from jnorm import _pallas  # imports no Pallas: the kernels load where they run
 from jnorm._checks import check_epsilon
+from jnorm._plan import plan
 from jnorm._stats import (
     Moments,
-    _spread,
-    _sum,
-    _two_stage,
-    _xla_cpu,
     accumulation_dtype,
     private_copies,
     shifted_moments,
+    staged_spread,
+    staged_sum,
 )
 from jnorm._typing import ArrayLike, AxisIndexGroups, AxisName, DTypeLike, Implementation, Scalar
 
@@ -163,7 +162,9 @@ def normalize_with_moments(
     carries a derivative rule (:func:`_fused_jvp`, a ``custom_jvp``) whose tangent is linear in
     the tangents, so forward mode keeps working and reverse mode transposes it into the short
     backward pass: two row reductions, the parameter column sums, and one elementwise pass for
-    the input gradient, with no full-size intermediate beyond what XLA fuses away.
+    the input gradient, with no full-size intermediate beyond what XLA fuses away. Where
+    :func:`jnorm._plan.plan` says plain autodiff pays (layer norm on XLA:CPU, whose input in a
+    model is an unmaterialized residual stream), the pair is differentiated as it is computed.
 
     `scale`, `bias` must already broadcast to `x` (see :func:`jnorm._axes.feature_param`).
     `implementation` (checked by the layer) picks the forward's program: None lets
@@ -190,6 +191,9 @@ def normalize_with_moments(
                 f"implementation='pallas': the fused Pallas kernel cannot serve this call: "
                 f"{reason}. Pass implementation=None (automatic) or 'xla'."
             )
+    if reason is None and implementation != "pallas" and _plan_of(x, axes, scale, center) \
+            .derivative == "autodiff":
+        reason = "plain autodiff pays here (jnorm._plan)"
     if reason is not None:
         return _normalize_with_moments(
             x, scale, bias, axes=axes, epsilon=epsilon, center=center, mask=mask,
@@ -197,6 +201,12 @@ def normalize_with_moments(
         )
     return _fused(axes, float(epsilon), center, None if dtype is None else jnp.dtype(dtype),
                   implementation, x, scale, bias)
+
+
+def _plan_of(x: jax.Array, axes: tuple[int, ...], scale: jax.Array | None, center: bool) -> Any:
+    """The plan (:func:`jnorm._plan.plan`) of an unmasked call."""
+    shape = None if scale is None else (1,) * (x.ndim - np.ndim(scale)) + np.shape(scale)
+    return plan(axes, x.ndim, center=center, param_shape=shape)
 
 
 def hide_masked_nonfinite(
@@ -247,7 +257,7 @@ def _normalize_with_moments(
     )
     # Its own copy of the pivot: x - shift then fuses into the output's loop (private_copies).
     shift, mean = (m.shift if center else None), m.mean_shifted
-    if center and mask is None and not _two_stage(axes, x.ndim):
+    if plan(axes, x.ndim, masked=mask is not None, center=center).output_copies:
         shift, mean = private_copies(shift, mean)
     var = m.var if mask is None else var_of_empty_blocks(m)
     y = normalize(x, mean, var, scale, bias, epsilon=epsilon, shift=shift, dtype=dtype)
@@ -313,8 +323,7 @@ def _fused_jvp(
     x, scale, bias = primals
     dx, dscale, dbias = tangents
     # The XLA path even where the fused Pallas forward suits: XLA fuses these statistics
-    # into the derivative's loops, while the kernel's output costs passes of its own (on an
-    # H200 at (32768, 4096), layer norm fwd+bwd took 1.26x flax's time with the kernel).
+    # into the derivative's loops, while the kernel's output costs passes of its own.
     y, m = _normalize_with_moments(
         x, scale, bias, axes=axes, epsilon=epsilon, center=center, dtype=dtype
     )
@@ -326,10 +335,14 @@ def _fused_jvp(
     a = None if scale is None else scale.astype(compute)
     da = None if scale is None else dscale.astype(compute)
     db = None if bias is None else dbias.astype(compute)
-    dmean = _sum(dxa, axes) / n if center else jnp.zeros_like(mu)
+    dmean = staged_sum(dxa, axes) / n if center else jnp.zeros_like(mu)
     a_shape = (1,) * (x.ndim - np.ndim(a)) + np.shape(a)
-    per_block = a is None or all(a_shape[i] == 1 for i in axes)
-    rows = axes == tuple(range(x.ndim - len(axes), x.ndim))
+    p = _plan_of(x, axes, scale, center)
+    layout = p.derivative
+    if layout == "autodiff":  # only implementation="pallas" gets here: the layout's own rule
+        layout = plan(axes, x.ndim, center=center, param_shape=None if a is None else a_shape,
+                      backend="gpu").derivative
+    per_block, rows = layout == "per_block", layout == "rows"
     if per_block or rows:
         # The two full-size uses of x - mu (inside dvar, and in the term whose transpose is a
         # reduction of g) each get their own copy of the pivot (private_copies): XLA then
@@ -339,7 +352,7 @@ def _fused_jvp(
             c_var, d_t = (xa - shift_v) - mu_v, xa - shift_t
         else:
             c_var = d_t = xa
-        dvar = 2 * _sum(c_var * dxa, axes) / n
+        dvar = 2 * staged_sum(c_var * dxa, axes) / n
     if per_block:
         # Parameters constant over each block (batch and instance norm): every per-block
         # factor is combined before it is broadcast, so the transpose needs exactly two
@@ -350,33 +363,23 @@ def _fused_jvp(
         k_c = -(gain * r * r * dvar / 2)
         if da is not None:
             k_c = k_c + r * da
-        dy = gain * dxa + d_t * _spread(k_c, axes, x.shape)
+        dy = gain * dxa + d_t * staged_spread(k_c, axes, x.shape)
         k_0 = -(gain * dmean) - mu_t * k_c if center else None
         if db is not None:
             k_0 = db if k_0 is None else k_0 + db
         if k_0 is not None:
-            dy = dy + _spread(k_0, axes, x.shape)
+            dy = dy + staged_spread(k_0, axes, x.shape)
     elif rows:
         # Row layout with per-feature parameters (layer and RMS norm): dx's row reductions
         # and its elementwise part share one fused loop per row. da's column sum gets its own
         # r and is written r * (c da): its transpose scales g by r first, the cheaper order
-        # for XLA:CPU's column reductions. With centring on CPU, da's term recomputes the
-        # statistics from x around a private copy of the pivot: each consumer then reduces x
-        # to them inside its own loop (layer norm fwd+bwd: 8 -> 6 passes, 0.76 -> 0.63x
-        # flax's time in an A/B run), where shared statistics cost two more reads of x. GPUs
-        # keep the shared statistics, the program measured there (docs/benchmarks.md).
+        # for XLA:CPU's column reductions.
         inner = r * dxa - c_var * (r * r * r * dvar / 2)
         if center:
             inner = inner - r * dmean
         dy = a * inner
-        if center and _xla_cpu():
-            (pivot,) = private_copies(m.shift)
-            m_a = shifted_moments(x, axes, pivot=pivot)
-            r_s = lax.rsqrt(m_a.var + jnp.asarray(epsilon, compute))
-            dy = dy + r_s * ((d_t - m_a.mean_shifted) * da)
-        else:
-            (r_s,) = private_copies(r)
-            dy = dy + r_s * ((d_t - mu_t if center else d_t) * da)
+        (r_s,) = private_copies(r)
+        dy = dy + r_s * ((d_t - mu_t if center else d_t) * da)
         if db is not None:
             dy = dy + db
     else:
@@ -388,7 +391,7 @@ def _fused_jvp(
         # and are combined before they are broadcast, so the transpose reduces g and d g
         # once each over those axes, shared by dx, da and db.
         d = xa - m.shift if center else xa
-        dvar = 2 * _sum(d * dxa, axes) / n - (2 * mu * dmean if center else 0)
+        dvar = 2 * staged_sum(d * dxa, axes) / n - (2 * mu * dmean if center else 0)
         k = r * r * dvar / 2
         gain = r * a
         flat = tuple(i for i in axes if a_shape[i] == 1)
@@ -396,9 +399,8 @@ def _fused_jvp(
         k_0 = gain * (mu * k - dmean) - da * (mu * r) if center else None
         if db is not None:
             k_0 = db if k_0 is None else k_0 + db
-        staged = _xla_cpu()  # on GPU no staging measured faster, here too
-        dy = gain * dxa + d * _spread(k_d, flat, x.shape, staged)
+        dy = gain * dxa + d * staged_spread(k_d, flat, x.shape, p.staged_spread)
         if k_0 is not None:
-            dy = dy + _spread(k_0, flat, x.shape, staged)
+            dy = dy + staged_spread(k_0, flat, x.shape, p.staged_spread)
     zero = jnp.zeros_like(m.shift)
     return (y, m), (dy.astype(y.dtype), Moments(zero, dmean, dvar, jnp.zeros_like(m.count)))

@@ -61,9 +61,13 @@ from jax import lax
 
 from jnorm._axes import canonicalize_axes
 from jnorm._checks import as_input, as_mask, check_axis_name
+from jnorm._plan import plan, stages
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
-__all__ = ["Moments", "accumulation_dtype", "moments", "shifted_moments"]
+__all__ = [
+    "Moments", "accumulation_dtype", "moments", "private_copies", "settle", "shifted_moments",
+    "staged_spread", "staged_sum",
+]
 
 
 class Moments(NamedTuple):
@@ -108,62 +112,14 @@ def _real_dtype(dtype: DTypeLike) -> jnp.dtype:
     return jnp.finfo(dtype).dtype
 
 
-def _two_stage(axes: tuple[int, ...], ndim: int) -> bool:
-    """Whether `axes` is group norm's layout: the minor axis reduced with a kept axis among the
-    reduced ones, which :func:`_sum` reduces major axes first (see there)."""
-    last = ndim - 1
-    return last in axes and len(axes) > 1 and any(i not in axes for i in range(min(axes), last))
-
-
-def _xla_cpu() -> bool:
-    """Whether the formulations that measured faster only on XLA:CPU apply (at trace time).
-
-    Two do (docs/benchmarks.md): group norm's statistics and gradients reduced in stages
-    (several times faster on XLA:CPU; on an H200 group norm without any staging took
-    0.87-0.88x flax's fwd+bwd time at (128, 64, 64, 256) against 0.93x staged, and 1.05x
-    against 1.17-1.19x at (32, 32, 32, 256)), and the row layout's derivative rule
-    recomputing the statistics for the scale gradient (see ``_fused_jvp``). Elsewhere the
-    programs measured on the GPU are kept.
-    """
-    return jax.default_backend() == "cpu"
-
-
-def _stages(axes: tuple[int, ...], ndim: int) -> tuple[tuple[int, ...], ...]:
-    """The groups of `axes` that :func:`_sum` reduces one after the other (see there).
-
-    >>> _stages((1, 2, 4), 5), _stages((1, 2), 4), _stages((0, 1, 2), 4)
-    (((1, 2), (4,)), ((2,), (1,)), ((0, 1, 2),))
-    """
-    last = ndim - 1
-    if _two_stage(axes, ndim) and _xla_cpu():
-        return (tuple(a for a in axes if a != last), (last,))
-    if len(axes) > 1 and last not in axes and min(axes) > 0:
-        inner = max(axes)
-        return ((inner,),) + _stages(tuple(a for a in axes if a != inner), ndim)
-    return (axes,)
-
-
-def _sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = None) -> jax.Array:
+def staged_sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = None) -> jax.Array:
     """``jnp.sum(v, axes, keepdims=True)``, in stages when that avoids a slow reduction.
 
-    The stages (:func:`_stages`) are the same sum in another order; each is timed on XLA:CPU:
-
-    - The minor-most axis is reduced but a kept axis lies among the reduced ones (group
-      norm's ``(N, H, W, G, C/G)`` over ``H, W, C/G``): XLA:CPU emits a reduction with a
-      small, strided inner extent. Reducing the major axes first (a contiguous column
-      reduction) and then the small minor axis of the ``(N, 1, 1, G, C/G)`` result is
-      several times faster there. On GPU the single reduction measured faster, so this
-      staging is for CPU only.
-    - Kept axes on both sides of the reduced ones (instance norm's ``(N, H, W, C)`` over
-      ``H, W``): reducing ``W`` and then ``H`` ran 1.65-2x faster than one reduction over
-      both, for the shifted sums at four of five NHWC shapes, and as fast at the fifth
-      (``docs/benchmarks.md``). On an H200 it helped too (fwd+bwd at (32, 64, 64, 64):
-      0.80-0.89x flax's time staged, 1.34x in one reduction).
-
-    :func:`_spread` is the transpose: it broadcasts through the same stages, so gradients
-    reduce in them too.
+    The stages (:func:`jnorm._plan.stages`, which says why) are the same sum in another
+    order. :func:`staged_spread` is the transpose: it broadcasts through the same stages, so
+    gradients reduce in them too.
     """
-    for i, stage in enumerate(_stages(axes, v.ndim)):
+    for i, stage in enumerate(stages(axes, v.ndim)):
         if i:
             # The barrier (on a small array) stops XLA from merging the reductions back.
             v = lax.optimization_barrier(v)
@@ -171,18 +127,19 @@ def _sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = None) ->
     return v
 
 
-def _spread(
+def staged_spread(
     v: jax.Array, axes: tuple[int, ...], shape: tuple[int, ...], staged: bool = True
 ) -> jax.Array:
-    """Broadcasts per-block `v` (`axes` of size 1) to `shape`, the transpose of :func:`_sum`.
+    """Broadcasts per-block `v` (`axes` of size 1) to `shape`, the transpose of
+    :func:`staged_sum`.
 
-    The broadcast runs through :func:`_sum`'s stages in reverse, with a barrier between
-    them, so reverse-mode autodiff turns ``v * full`` into :func:`_sum`'s staged reduction
-    rather than the single slow one. ``staged=False``: one broadcast.
+    The broadcast runs through :func:`staged_sum`'s stages in reverse, with a barrier between
+    them, so reverse-mode autodiff turns ``v * full`` into the staged reduction rather than
+    the single slow one. ``staged=False``: one broadcast.
     """
     v = jnp.reshape(v, (1,) * (len(shape) - v.ndim) + v.shape)
-    stages = _stages(axes, len(shape)) if staged else (axes,)
-    for i, stage in enumerate(reversed(stages)):
+    groups = stages(axes, len(shape)) if staged else (axes,)
+    for i, stage in enumerate(reversed(groups)):
         if i:
             v = lax.optimization_barrier(v)
         v = jnp.broadcast_to(v, tuple(shape[a] if a in stage else v.shape[a]
@@ -209,6 +166,29 @@ def private_copies(*arrays: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(lax.optimization_barrier(tuple(arrays)))
 
 
+def settle(v: jax.Array) -> jax.Array:
+    """`v` rounded to one mantissa bit less: a pivot every compiled loop reads alike.
+
+    Exactness rests on every user of a shift seeing the same rounded number: the shifted
+    sums are taken around it, ``x - shift`` is formed from it again in the output and in the
+    derivative, and :func:`_recentre` moves it by a Fast2Sum. Under ``jit`` XLA recomputes a
+    cheap per-block value inside every fused loop that reads it (optimization barriers are
+    gone by then), and the recomputations need not agree: the simplifier turns ``sum / n``
+    into ``sum * (1/n)``, and LLVM contracts that product with the subtraction into a fused
+    multiply-add (the unrounded mean) in some loops and not in others (the rounded one). At
+    ``1e6 + 2 N(0, 1)`` that moved group norm's compiled scale gradient by 1.5e-2. A value
+    that passes through ``reduce_precision`` is formed from the rounded product by integer
+    operations on its bits, which no contraction or algebraic rewrite bypasses, so every loop
+    computes the same number. One bit less moves a pivot by at most one ulp; a pivot only
+    needs to be near the mean (the bound in the module docstring). Small values (the mean
+    relative to the shift) need no settling: their rounding is tiny against the spread.
+    """
+    if jnp.iscomplexobj(v):
+        return lax.complex(settle(lax.real(v)), settle(lax.imag(v)))
+    info = jnp.finfo(v.dtype)
+    return lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant - 1)
+
+
 def _first_mean(
     xa: jax.Array, axes: tuple[int, ...], mask: jax.Array | None, count: jax.Array
 ) -> jax.Array:
@@ -217,7 +197,7 @@ def _first_mean(
     if mask is not None:
         xa = jnp.where(mask, xa, jnp.zeros_like(xa))
     safe = jnp.maximum(count, jnp.ones_like(count)).astype(xa.dtype)
-    return _sum(xa, axes) / safe
+    return staged_sum(xa, axes) / safe
 
 
 def _recentre(shift: jax.Array, mean: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -226,6 +206,10 @@ def _recentre(shift: jax.Array, mean: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``|mean| <= |shift|``: Fast2Sum). A constant block then has relative mean exactly 0, so it
     normalizes to exactly the bias; and ``x - shift`` is as small as it can be. The new shift
     is a constant for differentiation like the old one (the derivative rules rely on it)."""
+    # Both terms settled: the sum's operands are then no products XLA could contract, so every
+    # loop that recomputes it rounds it alike (settle). The sum itself is rounded to nearest,
+    # so a constant block's centre is its value and its relative mean exactly 0.
+    mean = settle(mean)
     centre = lax.stop_gradient(shift + mean)
     return centre, (shift - centre) + mean
 
@@ -265,6 +249,7 @@ def _combine_across_devices(
     # correct the pivot's own rounding (the second pass).
     local_means = jnp.where(has, shifts + means, jnp.zeros_like(means))
     common = lax.stop_gradient(jnp.sum(counts_acc * local_means, axis=0) / safe.astype(acc))
+    common = settle(common)
     offsets = jnp.where(has, (shifts - common[None]) + means, jnp.zeros_like(means))
     mean = jnp.sum(counts_acc * offsets, axis=0) / safe.astype(acc)
     spread = jnp.sum(counts * _abs_sq(offsets - mean[None]), axis=0)
@@ -309,7 +294,7 @@ def shifted_moments(
     xa = x.astype(acc)
 
     if mask is not None:
-        count = _sum(mask, axes, dtype=real)
+        count = staged_sum(mask, axes, dtype=real)
     else:
         size = 1
         for a in axes:
@@ -318,12 +303,13 @@ def shifted_moments(
                          dtype=real)
     safe = jnp.maximum(count, jnp.ones_like(count))
     if center:
-        shift = lax.stop_gradient(_first_mean(xa, axes, mask, count) if pivot is None else pivot)
+        if pivot is None:  # one number for the sums and every later user (settle)
+            shift = lax.stop_gradient(settle(_first_mean(xa, axes, mask, count)))
+        else:  # the caller's number, as it is: results are relative to it
+            shift = lax.stop_gradient(pivot)
         # The mean and the square sum each subtract their own copy of the shift, so XLA streams
-        # x into both reductions rather than writing x - shift to memory (private_copies; on
-        # CPU group norm's fwd 7 -> 5 passes, fwd+bwd 13 -> 11). GPUs keep group norm's
-        # program without copies or staging, the one measured there (docs/benchmarks.md).
-        copies = mask is None and (_xla_cpu() or not _two_stage(axes, x.ndim))
+        # x into both reductions rather than writing x - shift to memory (jnorm._plan).
+        copies = plan(axes, x.ndim, masked=mask is not None).shift_copies
         shift_mean, shift_sq = private_copies(shift, shift) if copies else (shift, shift)
         d, d_sq = xa - shift_mean, xa - shift_sq
     else:
@@ -331,9 +317,9 @@ def shifted_moments(
         d = d_sq = xa
     if mask is not None:
         d = d_sq = jnp.where(mask, d, jnp.zeros_like(d))
-    sq = _sum(_abs_sq(d_sq), axes) / safe
+    sq = staged_sum(_abs_sq(d_sq), axes) / safe
     if center:
-        mean = _sum(d, axes) / safe.astype(acc)
+        mean = staged_sum(d, axes) / safe.astype(acc)
         var = jnp.maximum(sq - _abs_sq(mean), jnp.zeros_like(sq))
         if pivot is None:
             shift, mean = _recentre(shift, mean)

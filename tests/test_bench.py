@@ -155,10 +155,18 @@ def test_fused_rule_reads_and_writes_less_than_flax():
     """At the issue's shapes the compiled forward+backward of jnorm's layers reads and writes
     full-size arrays at most as often as flax's (a property of the compiled program, not a
     timing), with no more temporary memory; layer norm keeps no full-size temporary at all."""
+    from jnorm._plan import plan
+
     report = bench.run(modes=["fwd+bwd"], rounds=0, warmup=0)  # compiled programs, not timed
     rows = {(r["layer"], r["impl"]): r for r in report["results"] if r["mode"] == "fwd+bwd"}
+    # Layer norm on XLA:CPU is plain autodiff (jnorm._plan: inside a model the rule cost more
+    # than it saves alone; docs/benchmarks.md); the pass counts below are the rule's.
+    autodiff = plan((1,), 2, param_shape=(1, 1024)).derivative == "autodiff"
     for layer in bench.LAYERS:
         ours, flax = rows[(layer, "jnorm")], rows[(layer, "flax")]
+        if layer == "layer_norm" and autodiff:
+            assert ours["temp_mib"] <= flax["temp_mib"], layer
+            continue
         assert ours["writes"] <= flax["writes"], layer
         assert ours["reads"] + ours["writes"] <= flax["reads"] + flax["writes"], layer
         # No full-size temporary beyond flax's. The exact statistics' first pass adds per-block
@@ -166,12 +174,13 @@ def test_fused_rule_reads_and_writes_less_than_flax():
         # the input: a strided or full-size copy would exceed it many times over.
         size_mib = np.prod(bench.DEFAULT_SHAPES[layer]) * 4 / 2**20
         assert ours["temp_mib"] <= flax["temp_mib"] + 0.01 * size_mib, layer
-    assert rows[("layer_norm", "jnorm")]["temp_mib"] < 1  # nothing full-size (32 MiB) is kept
+    if not autodiff:
+        assert rows[("layer_norm", "jnorm")]["temp_mib"] < 1  # nothing full-size is kept
     # Row norms: each of the three loops (sum g; dx with its statistics; dscale with its own
     # statistics) reads x and/or g once, and dx is written once: 6 passes for RMS norm, flax
     # 12. Layer norm's exact statistics add the first pass (the mean) and the shifted sums as
     # kernels of their own, read by the other loops: 8 passes, flax 14.
-    for layer, most in (("layer_norm", 8), ("rms_norm", 6)):
+    for layer, most in (("rms_norm", 6),) + ((("layer_norm", 8),) if not autodiff else ()):
         assert rows[(layer, "jnorm")]["reads"] + rows[(layer, "jnorm")]["writes"] <= most, layer
 
 

@@ -181,6 +181,85 @@ def test_input_gradients_are_exact_on_adversarial_data(case, data):
     assert err <= 1e-4, err
 
 
+# The offsets the input-gradient tests draw (hard_data), each used for the compiled gradients.
+OFFSETS = (0.0, 1e2, 1e4, 1e6)
+U = 2.0**-24  # float32 unit roundoff
+
+
+def _param_grads_jit(case, x, scale, g):
+    """``jax.jit(jax.grad)`` of ``sum(g * layer(x, scale, bias))`` w.r.t. (scale, bias)."""
+    c = x.shape[-1]
+    loss = lambda s, b: jnp.sum(case.call(jnp.asarray(x), s, b) * g)  # noqa: E731
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(scale), jnp.zeros(c, np.float32))
+
+
+def _check_param_grads(case, x, scale, g):
+    """Compiled (scale, bias) gradients against float64 on the same input, channel by channel.
+
+    They are column sums, ``sum(g x_hat)`` and ``sum(g)`` over the ``n`` non-channel
+    elements; recursive summation in any order errs by at most ``gamma_n = n u`` times the sum
+    of the terms' magnitudes, and exact statistics put ``x_hat`` within a few ``u`` of float64
+    (the moments' bound, ``2 gamma_m`` for blocks of ``m``), so the error is bounded by
+    ``4 max(n, m) u sum|g x_hat|``. A shift that XLA rounds differently in two places moves
+    ``x_hat`` by up to half an ulp of the offset over the spread (1.5e-2 at 1e6 + 2 N(0, 1)).
+    """
+    dscale, dbias = _param_grads_jit(case, x, scale, g)
+    x_hat = case.ref(x)
+    g64 = g.astype(np.float64)
+    cols = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    block = max(np.prod([case.view(x)[0].shape[a] for a in case.view(x)[1]]), n)
+    tol = 4 * block * U
+    err = np.abs(np.asarray(dscale, np.float64) - (g64 * x_hat).sum(cols))
+    bound = tol * np.abs(g64 * x_hat).sum(cols) + 1e-30
+    assert np.all(err <= bound), f"scale gradient: error / bound {np.max(err / bound):.3g}"
+    ref_b = g64.sum(cols) if case.has_bias else np.zeros(x.shape[-1])
+    err_b = np.abs(np.asarray(dbias, np.float64) - ref_b)
+    assert np.all(err_b <= tol * np.abs(g64).sum(cols) + 1e-30), "bias gradient"
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_parameter_gradients_are_exact_under_jit_at_every_offset(case):
+    """The issue's compiled case for every layer: x = offset + 2 N(0, 1) in blocks whose size is
+    no power of two (1/n is then inexact, and XLA:CPU contracts the rounded mean's product into
+    fused multiply-adds in some loops and not in others), gradients w.r.t. scale and bias under
+    ``jit``, at every offset the input-gradient tests draw."""
+    rng = np.random.default_rng(7)
+    for offset in OFFSETS:
+        for sign in (1.0, -1.0):
+            x = (sign * offset + 2 * rng.standard_normal(SHAPE)).astype(np.float32)
+            scale = rng.standard_normal(SHAPE[-1]).astype(np.float32)
+            g = (1 + rng.standard_normal(SHAPE)).astype(np.float32)  # sum(g) != 0
+            _check_param_grads(case, x, scale, g)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@given(data=st.data())
+def test_parameter_gradients_are_exact_under_jit_on_adversarial_data(case, data):
+    x = data.draw(hard_data(SHAPE))
+    c = x.shape[-1]
+    scale = (1 + np.arange(c) / c).astype(np.float32)
+    g = (1 + np.cos(np.arange(x.size))).reshape(x.shape).astype(np.float32)
+    _check_param_grads(case, x, scale, g)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_input_gradients_are_exact_under_jit_at_every_offset(case):
+    """The input-gradient check, compiled, in blocks whose size is no power of two."""
+    rng = np.random.default_rng(8)
+    c = SHAPE[-1]
+    scale = (1 + np.arange(c) / c).astype(np.float32)
+    for offset in OFFSETS:
+        x = (offset + 2 * rng.standard_normal(SHAPE)).astype(np.float32)
+        g = (1 + rng.standard_normal(SHAPE)).astype(np.float32)
+        grad = jax.jit(jax.grad(
+            lambda v, w: jnp.sum(case.call(v, jnp.asarray(scale), jnp.zeros(c)) * w)
+        ))(jnp.asarray(x), jnp.asarray(g))
+        ref = case.ref_grad(x, scale, g)
+        err = np.abs(np.asarray(grad, np.float64) - ref).max() / (np.abs(ref).max() + 1e-30)
+        assert err <= 1e-4, (offset, err)
+
+
 @given(x=hard_data(shape=(4096, 3)))
 def test_running_statistics_are_exact(x):
     _, state = jnorm.batch_norm(

@@ -1,0 +1,87 @@
+"""jnorm._plan: which program each layer gets, and what each plan costs in passes over memory.
+
+A pass is one read or write of an array of the input's size in the optimized HLO
+(:func:`benchmarks.bench.count_passes`); the counts are those of XLA:CPU's programs for each
+plan at small shapes (the test fails when a change of the plan or of the code behind it changes
+the program, which then needs a new measurement in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jnorm
+from benchmarks.bench import count_passes
+from jnorm._plan import plan
+
+
+def _layers():
+    return {
+        "batch_norm": ((64, 8, 8, 16), lambda x, s, b: jnorm.batch_norm(
+            x, jnorm.BatchStats.init(16), s, b, training=True)[0]),
+        "instance_norm": ((8, 16, 16, 16), jnorm.instance_norm),
+        "group_norm": ((8, 16, 16, 64), lambda x, s, b: jnorm.group_norm(x, s, b, num_groups=8)),
+        "layer_norm": ((256, 128), jnorm.layer_norm),
+        "rms_norm": ((256, 128), lambda x, s, b: jnorm.rms_norm(x, s)),
+    }
+
+
+# (derivative on CPU, on GPU; passes of the forward, of forward+backward on XLA:CPU)
+EXPECTED = {
+    "batch_norm": ("per_block", "per_block", 5, 8),
+    "instance_norm": ("per_block", "per_block", 5, 8),
+    "group_norm": ("two_stage", "two_stage", 5, 10),
+    "layer_norm": ("autodiff", "rows", 5, 20),
+    "rms_norm": ("rows", "rows", 3, 10),
+}
+# The statistics axes and the scale's broadcast shape of each layer at its shape above.
+_AXES = {
+    "batch_norm": ((0, 1, 2), (1, 1, 1, 16)), "instance_norm": ((1, 2), (1, 1, 1, 16)),
+    "group_norm": ((1, 2, 4), (1, 1, 1, 8, 8)), "layer_norm": ((1,), (1, 128)),
+    "rms_norm": ((1,), (1, 128)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_layer_gets_its_plan(name):
+    axes, scale = _AXES[name]
+    center = name != "rms_norm"
+    cpu, gpu = EXPECTED[name][:2]
+    ndim = len(scale)
+    assert plan(axes, ndim, center=center, param_shape=scale, backend="cpu").derivative == cpu
+    assert plan(axes, ndim, center=center, param_shape=scale, backend="gpu").derivative == gpu
+    assert plan(axes, ndim, masked=True, param_shape=scale).derivative == "autodiff"
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the counts are XLA:CPU's")
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_passes_of_each_plan(name):
+    shape, layer = _layers()[name]
+    x = jax.random.normal(jax.random.key(0), shape)
+    g = jax.random.normal(jax.random.key(1), shape)
+    c = shape[-1]
+    args = (x, jnp.ones(c), jnp.zeros(c))
+
+    def loss(x, s, b):
+        return jnp.sum(layer(x, s, b) * g)
+
+    fwd = jax.jit(layer).lower(*args).compile().as_text()
+    bwd = jax.jit(jax.grad(loss, (0, 1, 2))).lower(*args).compile().as_text()
+    _, _, n_fwd, n_bwd = EXPECTED[name]
+    assert count_passes(fwd, x.size)["passes"] == n_fwd
+    assert count_passes(bwd, x.size)["passes"] == n_bwd
+
+
+def test_the_layer_norm_choice_follows_the_plan(monkeypatch):
+    """On CPU layer norm is differentiated by plain autodiff (no custom rule in the jaxpr);
+    on GPU it keeps the rule."""
+    monkeypatch.setenv("JNORM_PALLAS", "0")
+    x = jnp.ones((4, 8))
+
+    def has_rule(backend):
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        return "custom_jvp_call" in str(jax.make_jaxpr(lambda v: jnorm.layer_norm(v))(x))
+
+    assert not has_rule("cpu")
+    assert has_rule("gpu")
