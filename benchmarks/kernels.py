@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks.bench import Entry, compile_program, time_round_robin
+from benchmarks.harness import Entry, compile_program, time_round_robin
 
 __all__ = ["PEAK_BANDWIDTH", "TUNE_BACKWARD", "TUNE_FORWARD", "kernel_bandwidth"]
 

@@ -17,7 +17,7 @@ update, batch statistics written back), jitted with the state donated and warmed
   convolution) 256 channels, on 8 x 32 x 32 x 128.
 
 Three implementations of the norm are timed interleaved round-robin in one process
-(:func:`benchmarks.bench.time_round_robin`): ``flax`` (flax's default, ``use_fast_variance=
+(:func:`benchmarks.harness.time_round_robin`): ``flax`` (flax's default, ``use_fast_variance=
 True``), ``flax_2pass`` (``use_fast_variance=False``) and ``jnorm``. Reported per model and
 framework: the minimum and median step time, the ratio of the minima to flax's default
 (``vs_flax``; minima, because on a shared machine noise only ever adds time) and the temporary
@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks.bench import IMPLS, Entry, _allocator, compile_program, time_round_robin
+from benchmarks.harness import IMPLS, Entry, allocator, compile_program, time_round_robin
 
 __all__ = ["FRAMEWORKS", "MODELS", "format_table", "main", "norm_class", "run"]
 
@@ -444,7 +444,7 @@ def run(models: Sequence[str] | None = None, *, frameworks: Sequence[str] = FRAM
     return {
         "device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}",
         "jax": jax.__version__, "flax": flax.__version__, "jnorm": jnorm.__version__,
-        "allocator": _allocator(), "rounds": rounds, "quick": quick, "results": results,
+        "allocator": allocator(), "rounds": rounds, "quick": quick, "results": results,
     }
 
 

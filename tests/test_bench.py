@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import bench, kernels
+from benchmarks import bench, harness, kernels
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_every_layer_mode_and_impl(report):
     seen = {(r["layer"], r["mode"], r["impl"]) for r in rows}
     for layer in bench.LAYERS:
         for mode in bench.MODES:
-            for impl in bench.IMPLS:
+            for impl in harness.IMPLS:
                 assert (layer, mode, impl) in seen
         assert (layer, "copy", "copy") in seen
     for r in rows:
@@ -135,7 +135,7 @@ def test_count_passes_on_a_copy():
 
     x = jnp.ones((64, 32))
     hlo = jax.jit(lambda x: x * 2 + 1).lower(x).compile().as_text()
-    assert bench.count_passes(hlo, x.size) == {"reads": 1, "writes": 1, "passes": 2}
+    assert harness.count_passes(hlo, x.size) == {"reads": 1, "writes": 1, "passes": 2}
 
 
 def test_count_passes_ignores_operands_a_fusion_only_slices():
@@ -146,9 +146,9 @@ def test_count_passes_ignores_operands_a_fusion_only_slices():
     x = jnp.ones((64, 32))
     hlo = jax.jit(lambda x: jnp.exp(x[:1] * 2 + 1)).lower(x).compile().as_text()
     assert " slice(" in hlo
-    assert bench.count_passes(hlo, x.size)["reads"] == 0
+    assert harness.count_passes(hlo, x.size)["reads"] == 0
     hlo = jax.jit(lambda x: x * x[:1]).lower(x).compile().as_text()
-    assert bench.count_passes(hlo, x.size) == {"reads": 1, "writes": 1, "passes": 2}
+    assert harness.count_passes(hlo, x.size) == {"reads": 1, "writes": 1, "passes": 2}
 
 
 def test_fused_rule_reads_and_writes_less_than_flax():
@@ -189,7 +189,7 @@ def test_allocator_reports_what_is_loaded_not_what_was_asked(tmp_path):
     be reported as tcmalloc: the header reads the process's mapped libraries."""
     missing = tmp_path / "libtcmalloc_minimal.so.4"  # does not exist: ld.so ignores it
     out = subprocess.run(
-        [sys.executable, "-c", "from benchmarks import bench; print(bench._allocator())"],
+        [sys.executable, "-c", "from benchmarks import harness; print(harness.allocator())"],
         capture_output=True, text=True, check=True, timeout=300,
         env={**__import__("os").environ, "LD_PRELOAD": str(missing)},
     )
@@ -199,7 +199,7 @@ def test_allocator_reports_what_is_loaded_not_what_was_asked(tmp_path):
     # a process with tcmalloc mapped (as /proc/self/maps lists it) is reported as tcmalloc
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libtcmalloc_minimal.so.4.5.9\n")
-    assert bench._allocator(str(maps)) == "tcmalloc"
+    assert harness.allocator(str(maps)) == "tcmalloc"
     maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n")
-    assert bench._allocator(str(maps)).startswith("default")
-    assert bench._allocator(str(tmp_path / "absent")).startswith(("default", "unknown"))
+    assert harness.allocator(str(maps)).startswith("default")
+    assert harness.allocator(str(tmp_path / "absent")).startswith(("default", "unknown"))

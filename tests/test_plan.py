@@ -1,7 +1,7 @@
 """jnorm._plan: which program each layer gets, and what each plan costs in passes over memory.
 
 A pass is one read or write of an array of the input's size in the optimized HLO
-(:func:`benchmarks.bench.count_passes`); the counts are those of XLA:CPU's programs for each
+(:func:`benchmarks.harness.count_passes`); the counts are those of XLA:CPU's programs for each
 plan at small shapes (the test fails when a change of the plan or of the code behind it changes
 the program, which then needs a new measurement in docs/benchmarks.md)."""
 
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 import jnorm
-from benchmarks.bench import count_passes
+from benchmarks.harness import count_passes
 from jnorm._plan import plan
 
 
