@@ -4,19 +4,19 @@ Each :class:`Entry` says how to call a public jnorm function on a small input, w
 NumPy transcription of its formula returns, which property flags it has (stateful, takes an
 ``epsilon``/``momentum``/``mask``/``dtype``, differentiable, half precision), its bad-argument
 cases, and which :mod:`jnorm.linen` (and :mod:`jnorm.nnx`) modules wrap it, with how the module's
-variables map onto the function's arguments. ``tests/test_registry.py`` runs the accuracy,
+variables map onto the function's arguments. ``tests/core/test_registry.py`` runs the accuracy,
 transformation (jit, vmap, grad), error and module tests over :data:`REGISTRY`, and fails when a
 public name of ``jnorm``, ``jnorm.linen`` or ``jnorm.nnx`` is in none of it.
 
 Adding a layer: add an :class:`Entry` (and its module cases); the coverage test fails until
 you do. Public names that are not normalizations (kernels, state types, tools) are listed in
 :data:`SUPPORT` with the test module that covers them. nnx modules: their class names are in
-``Entry.nnx`` (the linen modules' names; ``tests/test_nnx.py`` tests them).
+``Entry.nnx`` (the linen modules' names; ``tests/frontends/test_nnx.py`` tests them).
 
 The comparisons with flax's modules of the same name are here too: ``ModuleCase.flax`` and
 ``ModuleCase.flax_nnx`` (collected in :data:`FLAX_LINEN_CASES` and :data:`FLAX_NNX_CASES`, run by
-``tests/test_linen.py`` and ``tests/test_nnx.py``); the coverage tests fail for a module whose
-class name flax also has and that has none.
+``tests/frontends/test_linen.py`` and ``tests/frontends/test_nnx.py``); the coverage tests fail
+for a module whose class name flax also has and that has none.
 
 Also the home of the five core layers' :class:`Case` objects (``CASES``, used by
 test_layers, test_properties and test_transforms).
@@ -266,11 +266,11 @@ class ModuleCase:
     ``flax`` and ``flax_nnx`` are the comparisons with flax's module of the same name: each is
     the keyword arguments given to both ``flax.linen.<cls>`` and ``jnorm.linen.<cls>`` (resp.
     ``flax.nnx`` and ``jnorm.nnx``), which must then have the same variables, outputs and
-    updates (tests/test_linen.py, tests/test_nnx.py). A module whose class name flax also has
-    needs at least one (tests/test_registry.py checks).
+    updates (tests/frontends/test_linen.py, tests/frontends/test_nnx.py). A module whose class
+    name flax also has needs at least one (tests/core/test_registry.py checks).
 
     ``nnx_twin``: keyword arguments ``kw`` for which ``jnorm.nnx.<cls>(C, **kw)`` must be
-    bitwise equal to its ``jnorm.linen`` twin on the same variables (tests/test_nnx.py;
+    bitwise equal to its ``jnorm.linen`` twin on the same variables (tests/frontends/test_nnx.py;
     :data:`NNX_TWIN_CASES`).
     """
 
@@ -511,7 +511,7 @@ REGISTRY: tuple[Entry, ...] = (
                                         training=True, **_kw(p, *_BKW)),
         lambda x, p: _ref_renorm(x, p),
         # No "grad": r and d carry no gradient by the paper's definition, so finite differences
-        # (which see them move) and the derivative disagree; tests/test_extra_methods.py checks
+        # (which see them move) and the derivative disagree; tests/core/test_extra_methods.py checks
         # the defined gradient.
         frozenset({"stateful", "training", "epsilon", "momentum", "dtype", "mask",
                    "axis_name"}),
@@ -666,20 +666,21 @@ BY_NAME = {e.name: e for e in REGISTRY}
 
 #: Public names that are not normalizations, and the test modules that cover them.
 SUPPORT: dict[str, str] = {
-    "moments": "tests/test_stats.py",
-    "normalize": "tests/test_errors.py",
-    "fold_batch_norm": "tests/test_tools.py",
-    "precise_batch_stats": "tests/test_tools.py",
-    "save_state": "tests/test_tools.py",
-    "restore_state": "tests/test_tools.py",
-    "from_torch_batch_norm": "tests/test_layers.py",
-    "from_torch_state_dict": "tests/test_tools.py",
-    "to_torch_state_dict": "tests/test_tools.py",
-    "torch_norm_kwargs": "tests/test_tools.py",
-    "momentum_from_torch": "tests/test_layers.py",
+    "moments": "tests/core/test_stats.py",
+    "normalize": "tests/core/test_errors.py",
+    "fold_batch_norm": "tests/core/test_tools.py",
+    "precise_batch_stats": "tests/core/test_tools.py",
+    "save_state": "tests/core/test_tools.py",
+    "restore_state": "tests/core/test_tools.py",
+    "from_torch_batch_norm": "tests/core/test_layers.py",
+    "from_torch_state_dict": "tests/core/test_tools.py",
+    "to_torch_state_dict": "tests/core/test_tools.py",
+    "torch_norm_kwargs": "tests/core/test_tools.py",
+    "momentum_from_torch": "tests/core/test_layers.py",
 }
-# jnorm.nnx has the same modules as jnorm.linen (jnorm._modules.MODULE_NAMES); tests/test_nnx.py
-# checks each one bitwise against its linen module on the same variables, and against flax.nnx.
+# jnorm.nnx has the same modules as jnorm.linen (jnorm._modules.MODULE_NAMES);
+# tests/frontends/test_nnx.py checks each one bitwise against its linen module on the same
+# variables, and against flax.nnx.
 REGISTRY = tuple(
     dataclasses.replace(e, nnx=tuple(dict.fromkeys(mc.cls for mc in e.linen))) for e in REGISTRY
 )

@@ -70,7 +70,7 @@ def _jnorm_names_used(path: Path) -> set[str]:
     return names
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_ONLY = sorted(
     [p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "kernels.py"]
     + list((ROOT / "jnorm" / "experiments").glob("*.py")),

@@ -371,7 +371,7 @@ def test_accuracy_benchmark_table(capsys):
     import runpy
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy.py"
     runpy.run_path(str(path), run_name="__main__")
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")][1:]
     assert len(rows) == 6

@@ -21,7 +21,7 @@ import jnorm.linen as jnn
 from tests.helpers import rel_err
 from tests.registry import LINEN_SUPPORT, NNX_SUPPORT, REGISTRY, SUPPORT, Entry
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODULE_CASES = [(e, mc) for e in REGISTRY for mc in e.linen]
 
 
