@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jnorm
-from tests.helpers import CASES
+from tests.registry import CORE
 
 
 def _masked_input(shape=(4, 6, 5, 8), bad=np.nan):
@@ -29,7 +29,7 @@ def _renorm_call(x, s, b, m=None):
     return jnorm.batch_renorm(x, state, s, b, training=True, mask=m)[0]
 
 
-CALLS = [(c.name, c.call) for c in CASES] + [("batch_renorm", _renorm_call)]
+CALLS = [(c.name, c.apply) for c in CORE] + [("batch_renorm", _renorm_call)]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
