@@ -152,7 +152,7 @@ def test_count_passes_ignores_operands_a_fusion_only_slices():
 
 
 def test_fused_rule_reads_and_writes_less_than_flax():
-    """At the issue's shapes the compiled forward+backward of jnorm's layers reads and writes
+    """At the benchmark's shapes the compiled forward+backward of jnorm's layers reads and writes
     full-size arrays at most as often as flax's (a property of the compiled program, not a
     timing), with no more temporary memory; layer norm keeps no full-size temporary at all."""
     report = bench.run(modes=["fwd+bwd"], rounds=0, warmup=0)  # compiled programs, not timed

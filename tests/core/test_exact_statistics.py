@@ -132,7 +132,7 @@ def test_every_layer_is_exact_under_adversarial_masks(case, data):
 
 @pytest.mark.parametrize("case", CORE, ids=repr)
 @pytest.mark.parametrize("position", ["first", "middle", "last"])
-def test_the_issues_outlier_cases(case, position):
+def test_one_large_value_first_middle_or_last_in_every_block(case, position):
     """One large value at a fixed position of every block, at offsets 0 and 1e4."""
     rng = np.random.default_rng(0)
     for offset in (0.0, 1e4):
