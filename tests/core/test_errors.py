@@ -216,7 +216,12 @@ def _mask_calls():
         if "state" in params:
             kw.update(state=jnorm.BatchStats.init(4), training=True)
         calls.append((name, lambda m, fn=fn, kw=kw: fn(x, mask=m, **kw)))
-    for name in ("BatchNorm", "BatchRenorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm"):
+    modules = ("BatchNorm", "BatchRenorm", "DynamicTanh", "GroupNorm", "InstanceNorm",
+               "LayerNorm", "RMSNorm")
+    takes_mask = {n for n in dir(jnn) if inspect.isclass(getattr(jnn, n))
+                  and "mask" in inspect.signature(getattr(jnn, n).__call__).parameters}
+    assert set(modules) == takes_mask, takes_mask
+    for name in modules:
         kw = dict(extra.get(name, {}))
         if "Batch" in name:
             kw["use_running_average"] = False
@@ -235,7 +240,7 @@ def test_non_boolean_mask_is_rejected_by_every_layer():
     turned into `mask != 0`. Every function and module that takes `mask` now refuses it at trace
     time, naming `mask` and the fix; the same mask as booleans is accepted."""
     x, calls = _mask_calls()
-    assert len(calls) == 7 + 2 * 6, [c[0] for c in calls]
+    assert len(calls) == 8 + 2 * 7, [c[0] for c in calls]
     keep = np.random.default_rng(1).random(x.shape) < 0.7
     for name, call in calls:
         for bad in (keep.astype(np.int32), jnp.asarray(keep, jnp.float32)):
