@@ -27,7 +27,7 @@ Reported per layer, mode and implementation:
   instruction that moves data; ``bitcast`` and friends are free). A pass is one such read or
   write; the copy has 1 read and 1 write.
 
-Only the public API is used, as a user would (``tests/test_bench.py`` checks this); the
+Only the public API is used, as a user would (``tests/artifacts/test_bench.py`` checks this); the
 fused Pallas kernels' microbenchmark behind ``--pallas`` lives in :mod:`benchmarks.kernels`,
 which says why it is the exception. On a CPU, run it with tcmalloc: glibc's malloc
 returns large blocks to the OS and page-faults every big temporary again on each call::

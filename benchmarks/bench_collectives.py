@@ -7,7 +7,7 @@ forward call: every device packs ``(count, shift, mean, M2)`` into one array and
 all-reduce brings all of them to every device. On CPU it forces 8 host devices when run as a
 script, so it works anywhere; on a TPU/GPU host it uses the real devices.
 
-This is a structural property, not a timing: ``tests/test_distributed.py`` asserts it.
+This is a structural property, not a timing: ``tests/distributed/test_distributed.py`` asserts it.
 """
 
 from __future__ import annotations

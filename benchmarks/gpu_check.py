@@ -5,8 +5,8 @@ Whoever has a GPU runs it first and pastes its output into ``docs/benchmarks.md`
 the card's name, then runs each check and says ``PASS``/``FAIL`` (the exit status is the
 number of failed checks, capped at 100):
 
-1. ``pytest``: ``tests/test_pallas.py`` and ``tests/test_pallas_dispatch.py`` (compiled
-   kernels on a GPU).
+1. ``pytest``: ``tests/core/test_pallas.py`` and ``tests/distributed/test_pallas_dispatch.py``
+   (compiled kernels on a GPU).
 2. ``values``: automatic ``layer_norm`` / ``rms_norm`` and ``implementation="pallas"``
    against ``implementation="xla"`` and float64, for ``D`` in 256, 1024, 4096, 16384,
    float32 / bfloat16 / float16, at 1 row, an odd row count and many rows, on rows offset by
@@ -319,8 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps: dict[str, Callable[[], list[str]]] = {
         "pytest": lambda: _subprocess(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
-             "tests/test_pallas.py"]
-            + (["-k", "nonfinite or constant"] if quick else ["tests/test_pallas_dispatch.py"]),
+             "tests/core/test_pallas.py"]
+            + (["-k", "nonfinite or constant"] if quick
+               else ["tests/distributed/test_pallas_dispatch.py"]),
             timeout=600),
         "values": lambda: values(
             sizes=(256,) if quick else (256, 1024, 4096, 16384),

@@ -5,9 +5,9 @@ deliberately so: it times what no public function exposes, and should not -- the
 backward kernel (the layers' derivative rule measured faster with XLA, see
 ``docs/benchmarks.md``), and the kernels' launch configurations (``--tune``: elements per row
 block, warps, row blocks per program), which a kernel developer tunes and a user never sets.
-Everything else in :mod:`benchmarks` uses the public API only (``tests/test_bench.py`` checks
-both). The public path of the forward kernel is ``jnorm.layer_norm`` on a GPU
-(:func:`jnorm._pallas.suits` says when).
+Everything else in :mod:`benchmarks` uses the public API only
+(``tests/artifacts/test_bench.py`` checks both). The public path of the forward kernel is
+``jnorm.layer_norm`` on a GPU (:func:`jnorm._pallas.suits` says when).
 """
 
 from __future__ import annotations

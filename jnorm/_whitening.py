@@ -145,7 +145,7 @@ def whitening_matrix(
       (``u / s = 1.8e-3``), ``C`` levels off at a few ``1e-4`` from identity whatever the
       method; the exact level depends on the CPU's summation order, the bound does not.
 
-    ``tests/test_extra_methods.py`` checks the bound against the same iteration in float64 and
+    ``tests/core/test_extra_methods.py`` checks the bound against the same iteration in float64 and
     exact ZCA for ``d`` in {4, 16}, ``kappa`` up to 1e5 and ``T`` in {3, 8, 30}, also with
     products summed in other orders.
 

@@ -1,17 +1,11 @@
-"""Test data helpers. The layers and their float64 oracles live in tests/registry.py (the one
-list of every public normalization); ``CASES`` (the five core layers) is re-exported here."""
+"""Test data helpers: random data and parameters, error measures. The layers and their float64
+oracles live in tests/registry.py (the one table of every public normalization)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-
-from tests.registry import CASES as CASES
-from tests.registry import CENTERED as CENTERED
-from tests.registry import Case as Case
-from tests.registry import channel_param as channel_param
-from tests.registry import ref_norm as ref_norm
 
 
 def params(c: int, seed: int = 0, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:

@@ -4,22 +4,24 @@ Each :class:`Entry` says how to call a public jnorm function on a small input, w
 NumPy transcription of its formula returns, which property flags it has (stateful, takes an
 ``epsilon``/``momentum``/``mask``/``dtype``, differentiable, half precision), its bad-argument
 cases, and which :mod:`jnorm.linen` (and :mod:`jnorm.nnx`) modules wrap it, with how the module's
-variables map onto the function's arguments. ``tests/test_registry.py`` runs the accuracy,
+variables map onto the function's arguments. ``tests/core/test_registry.py`` runs the accuracy,
 transformation (jit, vmap, grad), error and module tests over :data:`REGISTRY`, and fails when a
 public name of ``jnorm``, ``jnorm.linen`` or ``jnorm.nnx`` is in none of it.
 
 Adding a layer: add an :class:`Entry` (and its module cases); the coverage test fails until
 you do. Public names that are not normalizations (kernels, state types, tools) are listed in
 :data:`SUPPORT` with the test module that covers them. nnx modules: their class names are in
-``Entry.nnx`` (the linen modules' names; ``tests/test_nnx.py`` tests them).
+``Entry.nnx`` (the linen modules' names; ``tests/frontends/test_nnx.py`` tests them).
 
 The comparisons with flax's modules of the same name are here too: ``ModuleCase.flax`` and
 ``ModuleCase.flax_nnx`` (collected in :data:`FLAX_LINEN_CASES` and :data:`FLAX_NNX_CASES`, run by
-``tests/test_linen.py`` and ``tests/test_nnx.py``); the coverage tests fail for a module whose
-class name flax also has and that has none.
+``tests/frontends/test_linen.py`` and ``tests/frontends/test_nnx.py``); the coverage tests fail
+for a module whose class name flax also has and that has none.
 
-Also the home of the five core layers' :class:`Case` objects (``CASES``, used by
-test_layers, test_properties and test_transforms).
+The core layers (batch, layer, RMS, instance and group norm: the generic standardisation over
+different axes) are the entries whose oracle is a :class:`Standardization`; :data:`CORE` lists
+them and :meth:`Entry.apply` calls them as ``(x, scale, bias, mask)`` for the tests that probe
+the standardisation itself (exact statistics, properties, transforms, leaks).
 """
 
 from __future__ import annotations
@@ -80,24 +82,26 @@ def _group_view(x: np.ndarray, groups: int = 2) -> tuple[np.ndarray, tuple[int, 
 
 
 @dataclasses.dataclass(frozen=True)
-class Case:
-    """A core layer: how to call it with jnorm, and which axes its float64 oracle reduces over.
+class Standardization:
+    """A core layer's float64 oracle: standardise over the axes ``view`` names, then scale and
+    shift per channel.
 
     ``view(x)`` reshapes an ``(N, ..., C)`` input (group norm splits C into 2 groups) and names
-    the statistics axes of the view; scale and bias are per channel.
+    the statistics axes of the view; ``epsilon`` is the layer's default; ``center=False`` divides
+    by the root mean square (RMS norm), ``has_bias=False`` means the layer takes no bias. As an
+    :attr:`Entry.ref` it is called ``ref(x, params)``.
     """
 
-    name: str
-    call: Callable[..., jax.Array]  # (x, scale, bias, mask=None) -> y
     view: View
     epsilon: float
     center: bool = True
     has_bias: bool = True
 
-    def __repr__(self) -> str:
-        return self.name
+    def __call__(self, x: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+        return self.standardize(x, p.get("scale"), p.get("bias"), p.get("mask"))
 
-    def ref(self, x: Any, scale: Any = None, bias: Any = None, mask: Any = None) -> np.ndarray:
+    def standardize(self, x: Any, scale: Any = None, bias: Any = None,
+                    mask: Any = None) -> np.ndarray:
         """float64 output of the definition."""
         x = np.asarray(x, np.float64)
         xv, axes = self.view(x)
@@ -110,7 +114,7 @@ class Case:
             y = y + channel_param(bias, x.ndim)
         return y
 
-    def ref_grad(self, x: Any, scale: Any, cotangent: Any) -> np.ndarray:
+    def grad(self, x: Any, scale: Any, cotangent: Any) -> np.ndarray:
         """float64 gradient of ``sum(cotangent * y)`` w.r.t. ``x``, in closed form."""
         x = np.asarray(x, np.float64)
         g = np.asarray(cotangent, np.float64)
@@ -124,26 +128,6 @@ class Case:
         out = gv - (gv.mean(axes, keepdims=True) if self.center else 0.0)
         out = (out - xc / s2 * (gv * xc).mean(axes, keepdims=True)) / np.sqrt(s2)
         return out.reshape(x.shape)
-
-
-def _bn_call(x: Any, scale: Any, bias: Any, mask: Any = None) -> jax.Array:
-    state = jnorm.BatchStats.init(x.shape[-1])
-    return jnorm.batch_norm(x, state, scale, bias, training=True, mask=mask)[0]
-
-
-CASES = [
-    Case("batch_norm", _bn_call, _batch_view, 1e-5),
-    Case("layer_norm", lambda x, s, b, m=None: jnorm.layer_norm(x, s, b, mask=m), _layer_view,
-         1e-6),
-    Case("rms_norm", lambda x, s, b, m=None: jnorm.rms_norm(x, s, mask=m), _layer_view, 1e-6,
-         center=False, has_bias=False),
-    Case("instance_norm", lambda x, s, b, m=None: jnorm.instance_norm(x, s, b, mask=m),
-         _instance_view, 1e-6),
-    Case("group_norm", lambda x, s, b, m=None: jnorm.group_norm(x, s, b, num_groups=2, mask=m),
-         _group_view, 1e-6),
-]
-CENTERED = [c for c in CASES if c.center]
-_CORE = {c.name: c for c in CASES}
 
 
 # ------------------------------------------------------------------- the other references
@@ -266,11 +250,11 @@ class ModuleCase:
     ``flax`` and ``flax_nnx`` are the comparisons with flax's module of the same name: each is
     the keyword arguments given to both ``flax.linen.<cls>`` and ``jnorm.linen.<cls>`` (resp.
     ``flax.nnx`` and ``jnorm.nnx``), which must then have the same variables, outputs and
-    updates (tests/test_linen.py, tests/test_nnx.py). A module whose class name flax also has
-    needs at least one (tests/test_registry.py checks).
+    updates (tests/frontends/test_linen.py, tests/frontends/test_nnx.py). A module whose class
+    name flax also has needs at least one (tests/core/test_registry.py checks).
 
     ``nnx_twin``: keyword arguments ``kw`` for which ``jnorm.nnx.<cls>(C, **kw)`` must be
-    bitwise equal to its ``jnorm.linen`` twin on the same variables (tests/test_nnx.py;
+    bitwise equal to its ``jnorm.linen`` twin on the same variables (tests/frontends/test_nnx.py;
     :data:`NNX_TWIN_CASES`).
     """
 
@@ -294,10 +278,10 @@ class Entry:
       shape: input shape of the tests (for weight transforms: the kernel's).
       params: per-test arguments, from a NumPy generator.
       call: ``call(x, params)`` -> the output pytree (``(y, state)`` if stateful).
-      ref: float64 oracle ``ref(x, params) -> y``.
+      ref: float64 oracle ``ref(x, params) -> y`` (a :class:`Standardization` for the core
+        layers).
       flags: property flags (see :data:`FLAGS`).
       linen: module cases of :mod:`jnorm.linen`.
-      nnx: class names of :mod:`jnorm.nnx` that wrap it (module cases in ``nnx_cases``).
       companions: public helpers that belong to it (e.g. ``tlu`` to FRN).
       errors: ``(call(x), regex)``: entry-specific bad calls and the message they must give
         (the generic ones -- epsilon, momentum, training, dtype, mask -- follow the flags).
@@ -313,8 +297,6 @@ class Entry:
     ref: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]
     flags: frozenset[str]
     linen: tuple[ModuleCase, ...] = ()
-    nnx: tuple[str, ...] = ()
-    nnx_cases: tuple[ModuleCase, ...] = ()
     companions: tuple[str, ...] = ()
     errors: tuple[tuple[Callable[[jax.Array], Any], str], ...] = ()
     rtol: float = 1e-6  # observed <= 2.4e-7; a 10x epsilon in layer norm: 3.8e-6
@@ -334,6 +316,55 @@ class Entry:
 
     def args(self, seed: int = 1) -> dict[str, Any]:
         return self.params(np.random.default_rng(seed), self.shape)
+
+    @property
+    def nnx(self) -> tuple[str, ...]:
+        """The :mod:`jnorm.nnx` classes that wrap it: the same names as its linen modules."""
+        return tuple(dict.fromkeys(mc.cls for mc in self.linen))
+
+    # ------------------------------------------------------------------ core layers only
+
+    @property
+    def core(self) -> bool:
+        """A core layer: the generic standardisation, with a :class:`Standardization` oracle."""
+        return isinstance(self.ref, Standardization)
+
+    def _standardization(self) -> Standardization:
+        assert isinstance(self.ref, Standardization), f"{self.name} is not a core layer"
+        return self.ref
+
+    @property
+    def view(self) -> View:
+        return self._standardization().view
+
+    @property
+    def epsilon(self) -> float:
+        return self._standardization().epsilon
+
+    @property
+    def center(self) -> bool:
+        return self._standardization().center
+
+    @property
+    def has_bias(self) -> bool:
+        return self._standardization().has_bias
+
+    def apply(self, x: Any, scale: Any = None, bias: Any = None, mask: Any = None) -> jax.Array:
+        """The output ``y`` of a core layer (batch norm: training on a fresh state) for a
+        per-channel ``scale`` and ``bias`` and a ``mask``; ``None`` leaves one out (RMS norm
+        takes no bias and ignores it)."""
+        given = {"scale": scale, "bias": bias if self.has_bias else None, "mask": mask}
+        out = self.call(x, {k: v for k, v in given.items() if v is not None})
+        return out[0] if "stateful" in self.flags else out
+
+    def oracle(self, x: Any, scale: Any = None, bias: Any = None, mask: Any = None
+               ) -> np.ndarray:
+        """float64 output of a core layer's definition, for the arguments of :meth:`apply`."""
+        return self._standardization().standardize(x, scale, bias, mask)
+
+    def oracle_grad(self, x: Any, scale: Any, cotangent: Any) -> np.ndarray:
+        """float64 gradient of ``sum(cotangent * y)`` w.r.t. ``x`` of a core layer."""
+        return self._standardization().grad(x, scale, cotangent)
 
 
 #: Property flags: ``stateful`` returns ``(y, state)``; ``training`` takes a static bool;
@@ -364,11 +395,6 @@ def _kw(p: Mapping[str, Any], *names: str) -> dict[str, Any]:
 
 _KW = ("epsilon", "dtype", "mask")
 _BKW = ("epsilon", "dtype", "mask", "momentum")
-
-
-def _core(name: str) -> Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]:
-    case = _CORE[name]
-    return lambda x, p: case.ref(x, p.get("scale"), p.get("bias"), p.get("mask"))
 
 
 def _state(x: Any) -> jnorm.BatchStats:
@@ -435,7 +461,7 @@ REGISTRY: tuple[Entry, ...] = (
         "batch_norm", (6, 3, 2, 4), _sb,
         lambda x, p: jnorm.batch_norm(x, _state(x), p.get("scale"), p.get("bias"),
                                       training=True, **_kw(p, *_BKW)),
-        _core("batch_norm"),
+        Standardization(_batch_view, 1e-5),
         frozenset({"stateful", "training", "epsilon", "momentum", "dtype", "mask", "half",
                    "grad", "axis_name"}),
         linen=(ModuleCase(
@@ -453,7 +479,7 @@ REGISTRY: tuple[Entry, ...] = (
     Entry(
         "layer_norm", (4, 3, 8), _sb,
         lambda x, p: jnorm.layer_norm(x, p.get("scale"), p.get("bias"), **_kw(p, *_KW)),
-        _core("layer_norm"),
+        Standardization(_layer_view, 1e-6),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
         linen=(ModuleCase(
             "LayerNorm", {}, lambda v, x: jnorm.layer_norm(
@@ -469,7 +495,7 @@ REGISTRY: tuple[Entry, ...] = (
     Entry(
         "rms_norm", (4, 3, 8), lambda rng, s: {"scale": _sb(rng, s)["scale"]},
         lambda x, p: jnorm.rms_norm(x, p.get("scale"), **_kw(p, *_KW)),
-        _core("rms_norm"),
+        Standardization(_layer_view, 1e-6, center=False, has_bias=False),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
         linen=(ModuleCase("RMSNorm", {}, lambda v, x: jnorm.rms_norm(x, v["params"]["scale"]),
                           flax=({}, {"reduction_axes": (2, 3)}), flax_nnx=({},),
@@ -480,7 +506,7 @@ REGISTRY: tuple[Entry, ...] = (
     Entry(
         "instance_norm", (3, 4, 2, 4), _sb,
         lambda x, p: jnorm.instance_norm(x, p.get("scale"), p.get("bias"), **_kw(p, *_KW)),
-        _core("instance_norm"),
+        Standardization(_instance_view, 1e-6),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
         linen=(ModuleCase(
             "InstanceNorm", {}, lambda v, x: jnorm.instance_norm(
@@ -493,7 +519,7 @@ REGISTRY: tuple[Entry, ...] = (
         "group_norm", (3, 2, 2, 8), _sb,
         lambda x, p: jnorm.group_norm(x, p.get("scale"), p.get("bias"), num_groups=2,
                                       **_kw(p, *_KW)),
-        _core("group_norm"),
+        Standardization(_group_view, 1e-6),
         frozenset({"epsilon", "dtype", "mask", "half", "grad", "axis_name"}),
         linen=(ModuleCase(
             "GroupNorm", {"num_groups": 2}, lambda v, x: jnorm.group_norm(
@@ -511,7 +537,7 @@ REGISTRY: tuple[Entry, ...] = (
                                         training=True, **_kw(p, *_BKW)),
         lambda x, p: _ref_renorm(x, p),
         # No "grad": r and d carry no gradient by the paper's definition, so finite differences
-        # (which see them move) and the derivative disagree; tests/test_extra_methods.py checks
+        # (which see them move) and the derivative disagree; tests/core/test_extra_methods.py checks
         # the defined gradient.
         frozenset({"stateful", "training", "epsilon", "momentum", "dtype", "mask",
                    "axis_name"}),
@@ -666,28 +692,22 @@ BY_NAME = {e.name: e for e in REGISTRY}
 
 #: Public names that are not normalizations, and the test modules that cover them.
 SUPPORT: dict[str, str] = {
-    "moments": "tests/test_stats.py",
-    "normalize": "tests/test_errors.py",
-    "fold_batch_norm": "tests/test_tools.py",
-    "precise_batch_stats": "tests/test_tools.py",
-    "save_state": "tests/test_tools.py",
-    "restore_state": "tests/test_tools.py",
-    "from_torch_batch_norm": "tests/test_layers.py",
-    "from_torch_state_dict": "tests/test_tools.py",
-    "to_torch_state_dict": "tests/test_tools.py",
-    "torch_norm_kwargs": "tests/test_tools.py",
-    "momentum_from_torch": "tests/test_layers.py",
+    "moments": "tests/core/test_stats.py",
+    "normalize": "tests/core/test_errors.py",
+    "fold_batch_norm": "tests/core/test_tools.py",
+    "precise_batch_stats": "tests/core/test_tools.py",
+    "save_state": "tests/core/test_tools.py",
+    "restore_state": "tests/core/test_tools.py",
+    "from_torch_batch_norm": "tests/core/test_layers.py",
+    "from_torch_state_dict": "tests/core/test_tools.py",
+    "to_torch_state_dict": "tests/core/test_tools.py",
+    "torch_norm_kwargs": "tests/core/test_tools.py",
+    "momentum_from_torch": "tests/core/test_layers.py",
 }
-# jnorm.nnx has the same modules as jnorm.linen (jnorm._modules.MODULE_NAMES); tests/test_nnx.py
-# checks each one bitwise against its linen module on the same variables, and against flax.nnx.
-REGISTRY = tuple(
-    dataclasses.replace(e, nnx=tuple(dict.fromkeys(mc.cls for mc in e.linen))) for e in REGISTRY
-)
+#: The core layers, in registry order, and those of them that subtract the mean.
+CORE = tuple(e for e in REGISTRY if e.core)
+CENTERED = tuple(e for e in CORE if e.center)
 #: The comparisons with flax: ``(ModuleCase, kwargs)`` for flax.linen and for flax.nnx.
 FLAX_LINEN_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.flax]
 FLAX_NNX_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.flax_nnx]
 NNX_TWIN_CASES = [(mc, kw) for e in REGISTRY for mc in e.linen for kw in mc.nnx_twin]
-#: Public classes of jnorm.linen that are not a normalization's module.
-LINEN_SUPPORT: dict[str, str] = {}
-#: Public classes of jnorm.nnx that are not a normalization's module.
-NNX_SUPPORT: dict[str, str] = {}

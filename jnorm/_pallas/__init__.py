@@ -3,7 +3,7 @@
 The kernels compute exactly what :func:`jnorm._normalize.normalize_with_moments` computes
 (corrected two-pass statistics: the row's mean, then shifted sums around it; then the
 affine scheme), in one read of each row block. The pure-JAX path is both their fallback and
-their test oracle (``tests/test_pallas.py`` runs them in Pallas interpret mode on CPU).
+their test oracle (``tests/core/test_pallas.py`` runs them in Pallas interpret mode on CPU).
 
 Importing this package imports no Pallas: :func:`row_norm` (the one entry point of the
 layers, :mod:`jnorm._pallas._dispatch`) decides per call, platform and sharding which program

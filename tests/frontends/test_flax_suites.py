@@ -1,11 +1,11 @@
 """flax's own normalization tests, run with jnorm's classes swapped in.
 
-The files under ``tests/flax_suites/`` are flax 0.12.8's ``tests/linen/linen_test.py`` and
+The files under ``tests/frontends/flax_suites/`` are flax 0.12.8's ``tests/linen/linen_test.py`` and
 ``tests/nnx/nn/normalization_test.py`` from its sdist, changed only in the import that swaps
 ``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm`` and ``InstanceNorm`` (nnx suite: also
 ``WeightNorm``, ``SpectralNorm``) for jnorm's (see
-``tests/flax_suites/README.md``). Run alone with
-``python -m pytest -q tests/test_flax_suites.py``.
+``tests/frontends/flax_suites/README.md``). Run alone with
+``python -m pytest -q tests/frontends/test_flax_suites.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import jnorm.linen as jnn
-from tests.flax_suites import linen_test, nnx_normalization_test
+from tests.frontends.flax_suites import linen_test, nnx_normalization_test
 
 
 @pytest.fixture(autouse=True)

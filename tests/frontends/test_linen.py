@@ -107,7 +107,7 @@ def test_mask_matches_flax():
         a = ours.apply(v, x, mask=mask, mutable=["batch_stats"])[0]
         b = theirs.apply(v, x, mask=mask, mutable=["batch_stats"])[0]
         # flax computes E[x^2] - E[x]^2 in float32: compare at float32 precision (the float64
-        # oracle tests of jnorm itself are in test_layers.py).
+        # oracle tests of jnorm itself are in tests/core/test_registry.py).
         np.testing.assert_allclose(a, b, rtol=5e-6, atol=5e-6, err_msg=name)
 
 

@@ -70,7 +70,7 @@ def _jnorm_names_used(path: Path) -> set[str]:
     return names
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_ONLY = sorted(
     [p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "kernels.py"]
     + list((ROOT / "jnorm" / "experiments").glob("*.py")),
@@ -152,7 +152,7 @@ def test_count_passes_ignores_operands_a_fusion_only_slices():
 
 
 def test_fused_rule_reads_and_writes_less_than_flax():
-    """At the issue's shapes the compiled forward+backward of jnorm's layers reads and writes
+    """At the benchmark's shapes the compiled forward+backward of jnorm's layers reads and writes
     full-size arrays at most as often as flax's (a property of the compiled program, not a
     timing), with no more temporary memory; layer norm keeps no full-size temporary at all."""
     from jnorm._plan import plan

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
 # ------------------------------------------------------------------------ code on the pages
@@ -38,7 +38,8 @@ DOCS = ROOT / "docs"
 FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 # Blocks that cannot run inside one test process, and what runs that path for real instead.
 NOT_RUN_HERE = {
-    "jax.distributed.initialize()": "tests/test_multiprocess.py",  # needs several processes
+    # needs several processes
+    "jax.distributed.initialize()": "tests/distributed/test_multiprocess.py",
 }
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "qk_norm.md"
+_DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "qk_norm.md"
 _BLOCKS = re.findall(r"^```python\n(.*?)^```", _DOC.read_text(), flags=re.S | re.M)
 
 

@@ -1,4 +1,7 @@
-"""jit, vmap, grad, jvp, hessian, scan and numerical derivative checks on every layer."""
+"""Derivatives of the core layers (parameter gradients, jvp against vjp, numerical checks
+without some parameters and with a mask, the hessian) and batch norm's state under scan, cond
+and grad. tests/core/test_registry.py has jit, vmap and the float64 derivative check of every
+layer."""
 
 from __future__ import annotations
 
@@ -10,84 +13,42 @@ from jax import lax
 from jax.test_util import check_grads
 
 import jnorm
-from tests.helpers import CASES, data, params
+from tests.helpers import data, params
+from tests.registry import CORE
 
 SHAPE = (4, 3, 2, 4)
 
 
-def _fn(case, s=None, b=None):
-    return lambda x: case.call(x, s, b)
-
-
-def _reordered_tol(x, s, b) -> float:
-    """How far two float32 evaluations of one layer may differ when XLA orders the sums
-    differently (jit vs eager, vmap vs loop): the statistics are exact to a few ulps of the
-    input's magnitude, which the output sees divided by the spread and times the scale, plus a
-    few ulps of the output itself. 16 ulps each: the exact-statistics bound with margin."""
-    x = np.asarray(x, np.float64)
-    u = float(np.finfo(np.float32).eps)
-    z = np.abs(x).max() / x.std() + 1  # |x|/sigma and the standardized output
-    return 16 * u * (z * np.abs(s).max() + np.abs(b).max())
-
-
-@pytest.mark.parametrize("case", CASES, ids=repr)
-def test_jit_equals_eager(case):
-    x = jnp.asarray(data(SHAPE, offset=3.0))
-    s, b = map(jnp.asarray, params(4))
-    np.testing.assert_allclose(jax.jit(_fn(case, s, b))(x), case.call(x, s, b), rtol=0,
-                               atol=_reordered_tol(x, s, b))
-
-
-@pytest.mark.parametrize("case", CASES, ids=repr)
-def test_vmap_equals_loop(case):
-    xs = jnp.asarray(data((3,) + SHAPE, offset=-2.0))
-    s, b = map(jnp.asarray, params(4))
-    batched = jax.vmap(_fn(case, s, b))(xs)
-    for i in range(3):
-        np.testing.assert_allclose(batched[i], case.call(xs[i], s, b), rtol=0,
-                                   atol=_reordered_tol(xs[i], s, b))
-
-
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE, ids=repr)
 def test_grad_wrt_params(case):
     x = data(SHAPE, offset=1.0)
     s, b = params(4)
     ct = data(SHAPE, seed=9)
 
     def loss(s, b):
-        return jnp.sum(case.call(jnp.asarray(x), s, b if case.has_bias else None) * ct)
+        return jnp.sum(case.apply(jnp.asarray(x), s, b if case.has_bias else None) * ct)
 
     gs, gb = jax.grad(loss, argnums=(0, 1))(jnp.asarray(s), jnp.asarray(b))
-    xhat = case.ref(x)
+    xhat = case.oracle(x)
     np.testing.assert_allclose(gs, (xhat * ct).reshape(-1, 4).sum(0), rtol=1e-5, atol=1e-5)
     if case.has_bias:
         np.testing.assert_allclose(gb, ct.astype(np.float64).reshape(-1, 4).sum(0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE, ids=repr)
 def test_jvp_matches_vjp(case):
     """Forward and reverse mode agree: <J t, c> == <t, J^T c>."""
     x = jnp.asarray(data(SHAPE, offset=5.0))
     t = jnp.asarray(data(SHAPE, seed=1))
     c = jnp.asarray(data(SHAPE, seed=2))
-    f = _fn(case)
+    f = case.apply
     _, jt = jax.jvp(f, (x,), (t,))
     _, vjp = jax.vjp(f, x)
     (jc,) = vjp(c)
     np.testing.assert_allclose(jnp.vdot(jt, c), jnp.vdot(t, jc), rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
-def test_check_grads_float64_order2(case):
-    with jax.enable_x64(True):
-        x = jnp.asarray(data((3, 2, 2, 4), offset=1.0).astype(np.float64))
-        s, b = (jnp.asarray(p.astype(np.float64)) for p in params(4))
-        # jit: the same derivative rules, compiled once instead of dispatched op by op (2x).
-        check_grads(jax.jit(lambda x, s, b: case.call(x, s, b if case.has_bias else None)),
-                    (x, s, b), order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE, ids=repr)
 @pytest.mark.parametrize("affine", ["none", "scale", "bias"])
 def test_check_grads_float64_without_some_params(case, affine):
     """The derivative rule groups its terms differently with and without a scale (and per
@@ -96,22 +57,22 @@ def test_check_grads_float64_without_some_params(case, affine):
         x = jnp.asarray(data((3, 2, 2, 4), offset=1.0).astype(np.float64))
         s, b = (jnp.asarray(p.astype(np.float64)) for p in params(4))
         if affine == "scale":
-            f = lambda x, s: case.call(x, s, None)  # noqa: E731
+            f = lambda x, s: case.apply(x, s, None)  # noqa: E731
             args = (x, s)
         elif affine == "bias" and case.has_bias:
-            f = lambda x, b: case.call(x, None, b)  # noqa: E731
+            f = lambda x, b: case.apply(x, None, b)  # noqa: E731
             args = (x, b)
         else:
-            f = lambda x: case.call(x, None, None)  # noqa: E731
+            f = lambda x: case.apply(x, None, None)  # noqa: E731
             args = (x,)
         check_grads(jax.jit(f), args, order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE, ids=repr)
 def test_hessian(case):
     x = jnp.asarray(data((2, 2, 1, 4), offset=2.0))
     w = jnp.asarray(data((2, 2, 1, 4), seed=3))
-    h = jax.hessian(lambda x: jnp.sum(jnp.tanh(case.call(x, None, None)) * w))(x)
+    h = jax.hessian(lambda x: jnp.sum(jnp.tanh(case.apply(x, None, None)) * w))(x)
     assert h.shape == x.shape * 2 and bool(jnp.all(jnp.isfinite(h)))
     flat = h.reshape(x.size, x.size)
     np.testing.assert_allclose(flat, flat.T, atol=1e-4)
@@ -165,12 +126,12 @@ def test_grad_through_training_and_state():
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE, ids=repr)
 def test_check_grads_with_mask_float64(case):
     """Masks take the plain-autodiff path (no fused derivative rule): check it numerically too."""
     with jax.enable_x64(True):
         x = jnp.asarray(data((3, 2, 2, 4), offset=1.0).astype(np.float64))
         mask = jnp.asarray(np.random.default_rng(5).random((3, 2, 2, 4)) > 0.3)
         s, b = (jnp.asarray(p.astype(np.float64)) for p in params(4))
-        check_grads(jax.jit(lambda x, s, b: case.call(x, s, b if case.has_bias else None, mask)),
+        check_grads(jax.jit(lambda x, s, b: case.apply(x, s, b if case.has_bias else None, mask)),
                     (x, s, b), order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)

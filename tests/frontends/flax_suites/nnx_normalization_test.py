@@ -20,8 +20,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from tests.flax_suites.swap import nnx_suite_linen as linen  # jnorm: the swap (was: from flax import linen)
-from tests.flax_suites.swap import nnx  # jnorm: the swap (was: from flax import nnx)
+from tests.frontends.flax_suites.swap import nnx_suite_linen as linen  # jnorm: the swap (was: from flax import linen)
+from tests.frontends.flax_suites.swap import nnx  # jnorm: the swap (was: from flax import nnx)
 from flax.typing import Dtype
 
 

@@ -162,7 +162,7 @@ def test_traced_hyperparameters_are_still_accepted():
 def test_every_public_function_uses_the_two_axis_names():
     """No public function or module constructor of jnorm takes an axis argument by another
     name than reduction_axes / feature_axes / axis_name / axis_index_groups (flax's module
-    attributes are flax's, and checked against flax in tests/test_linen.py)."""
+    attributes are flax's, and checked against flax in tests/frontends/test_linen.py)."""
     import inspect
 
     allowed = {"reduction_axes", "feature_axes", "axis_name", "axis_index_groups"}

@@ -20,7 +20,7 @@ from typing import Any
 
 from absl.testing import absltest, parameterized
 from flax import ids
-from tests.flax_suites.swap import linen as nn  # jnorm: the swap (was: from flax import linen as nn)
+from tests.frontends.flax_suites.swap import linen as nn  # jnorm: the swap (was: from flax import linen as nn)
 from flax.linen import fp8_ops
 from flax.training import train_state
 import jax

@@ -1,13 +1,12 @@
-"""One process of the two-process ``jax.distributed`` test (tests/test_multiprocess.py).
+"""One process of the two-process ``jax.distributed`` test (tests/distributed/test_multiprocess.py).
 
-Run as ``python tests/multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES``. Every process
-has one CPU device; the processes talk through gloo collectives on localhost, exactly as hosts
-of a multi-host slice talk through their interconnect. Each process builds the same global
+Run as ``python tests/distributed/multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES``. Every
+process has one CPU device; the processes talk through gloo collectives on localhost, exactly as
+hosts of a multi-host slice talk through their interconnect. Each process builds the same global
 batch from a fixed seed, feeds its own rows to synced batch norm (``shard_map`` over the global
-mesh, ``axis_name="d"``) and compares the rows it gets back, the input gradient and the
-running statistics with batch norm on one device over the whole batch. The last process's rows
-are all masked out. Prints ``OK <max relative error>`` and exits 0 when they agree.
-"""
+mesh, ``axis_name="d"``) and compares the rows it gets back, the input gradient and the running
+statistics with batch norm on one device over the whole batch. The last process's rows are all
+masked out. Prints ``OK <max relative error>`` and exits 0 when they agree. """
 
 from __future__ import annotations
 

@@ -158,8 +158,7 @@ def test_no_difference_is_shown_only_by_a_tight_interval() -> None:
 def test_a_claimed_advantage_gets_three_verdicts(sign: int) -> None:
     """The same rule as for agreement, in both directions: shown when the difference clears
     the margin in the claimed direction, refuted when it clears it the other way or is
-    bounded below the floor, undecided when it is lost in the seed spread (issue: layer norm
-    at +0.281 against a margin of 0.538 was called "not reproduced")."""
+    bounded below the floor, undecided when it is lost in the seed spread."""
     def beats(a, b):  # the claim "x beats y" for x = a (sign 1) or x = b (sign -1)
         return (compare(a, b, 0.02) if sign == 1 else compare(b, a, 0.02)).beats()
 
@@ -307,8 +306,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_no_run_replaces_earlier_results_unless_told(tmp_path: Path, monkeypatch,
                                                      digits: Dataset) -> None:
-    """The issue: a full run, then ``--quick --only noise`` into the same folder, exited 0
-    with 8 figures deleted and the report cut to one experiment."""
+    """A full run, then ``--quick --only noise`` into the same folder, must not exit 0 having
+    deleted the full run's figures or cut the report to one experiment."""
     _with_fakes(monkeypatch, one="v1", two="v1")
     ctx = Context(digits, tmp_path, scale="tiny", seeds=(0,), progress=False)
     run_suite(ctx)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jnorm
-from tests.helpers import CASES
+from tests.registry import CORE
 
 
 def _masked_input(shape=(4, 6, 5, 8), bad=np.nan):
@@ -29,7 +29,7 @@ def _renorm_call(x, s, b, m=None):
     return jnorm.batch_renorm(x, state, s, b, training=True, mask=m)[0]
 
 
-CALLS = [(c.name, c.call) for c in CASES] + [("batch_renorm", _renorm_call)]
+CALLS = [(c.name, c.apply) for c in CORE] + [("batch_renorm", _renorm_call)]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -74,7 +74,7 @@ def test_fully_masked_blocks_return_the_bias_in_half_precision(name, call):
 
 def test_cumulative_average_skips_features_without_data():
     """momentum=None: a feature masked out of one batch averages only the batches that had it
-    (the issue: 22.39 instead of 29.85 with one count for all features)."""
+    (29.85 here; one count shared by all features would give 22.39)."""
     rng = np.random.default_rng(1)
     batches = [(10.0 * (k + 1) + rng.standard_normal((16, 2))).astype(np.float32)
                for k in range(4)]
@@ -139,7 +139,7 @@ def test_whitening_skip_nonfinite_keeps_the_state(fn):
 @pytest.mark.parametrize("size", [1e-6, 1e-10])
 def test_spectral_norm_of_tiny_kernels(size):
     """sigma of a kernel whose largest singular value is 1e-6: the normalized kernel's spectral
-    norm is 1 (the issue: 2.45 with epsilon inside the square root). Below epsilon = 1e-12
+    norm is 1 (not 2.45, which epsilon inside the square root would give). Below epsilon = 1e-12
     the rule max(||z||, epsilon), PyTorch's, takes over by design."""
     w = np.random.default_rng(4).standard_normal((16, 4)).astype(np.float32)
     w = w / np.linalg.svd(w, compute_uv=False)[0] * size

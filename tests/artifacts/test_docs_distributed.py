@@ -8,7 +8,7 @@ import pathlib
 import jax
 import pytest
 
-_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
+_DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "distributed.md"
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="the examples use 8 devices")

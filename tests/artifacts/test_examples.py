@@ -19,7 +19,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "data_parallel.py"
+_PATH = pathlib.Path(__file__).resolve().parents[2] / "examples" / "data_parallel.py"
 pytestmark = pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jnorm
-from tests.helpers import CASES, CENTERED
+from tests.registry import CENTERED, CORE
 
 SHAPE = (4, 3, 2, 4)
 finite = st.floats(-10.0, 10.0, allow_nan=False, width=64)
@@ -34,32 +34,32 @@ def _spread_enough(case, x):
 @given(x=inputs, c=st.floats(-1e3, 1e3, allow_nan=False))
 def test_shift_invariance(case, x, c):
     with jax.enable_x64(True):
-        y0 = case.call(jnp.asarray(x), None, None)
-        y1 = case.call(jnp.asarray(x + c), None, None)
+        y0 = case.apply(jnp.asarray(x), None, None)
+        y1 = case.apply(jnp.asarray(x + c), None, None)
         np.testing.assert_allclose(y1, y0, atol=1e-8)
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE, ids=repr)
 @given(x=inputs, k=st.floats(0.5, 20.0))
 def test_scale_invariance(case, x, k):
     """y(k x) = y(x) up to epsilon, exactly: per block y(k x) = y(x) sqrt((v + e) / (v + e/k^2)),
     with v the block's variance (mean square for RMS norm) of x (float64)."""
     with jax.enable_x64(True):
-        y0 = np.asarray(case.call(jnp.asarray(x), None, None))
-        y1 = np.asarray(case.call(jnp.asarray(k * x), None, None))
+        y0 = np.asarray(case.apply(jnp.asarray(x), None, None))
+        y1 = np.asarray(case.apply(jnp.asarray(k * x), None, None))
     xv, axes = case.view(x)
     v = xv.var(axes, keepdims=True) if case.center else (xv**2).mean(axes, keepdims=True)
     factor = np.sqrt((v + case.epsilon) / (v + case.epsilon / k**2))
     np.testing.assert_allclose(case.view(y1)[0], case.view(y0)[0] * factor, atol=1e-9)
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE, ids=repr)
 @given(x=spread_inputs, k=st.floats(0.5, 20.0))
 def test_scale_invariance_float32(case, x, k):
     """The same in float32 where epsilon is negligible (block spread > 0.5)."""
     assume(_spread_enough(case, x))
-    y0 = case.call(jnp.asarray(x, jnp.float32), None, None)
-    y1 = case.call(jnp.asarray(k * x, jnp.float32), None, None)
+    y0 = case.apply(jnp.asarray(x, jnp.float32), None, None)
+    y1 = case.apply(jnp.asarray(k * x, jnp.float32), None, None)
     np.testing.assert_allclose(y1, y0, atol=2e-5)
 
 
@@ -108,13 +108,13 @@ def test_notes_weight_scale_identities(u, a):
         np.testing.assert_allclose(gw_a, gw / a, rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("case", CASES, ids=repr)
+@pytest.mark.parametrize("case", CORE, ids=repr)
 @given(x=spread_inputs)
 def test_output_statistics_are_standard(case, x):
     """Without scale/bias each normalized block has mean 0 and (up to eps) variance 1."""
     assume(_spread_enough(case, x))
     with jax.enable_x64(True):
-        y = np.asarray(case.call(jnp.asarray(x), None, None))
+        y = np.asarray(case.apply(jnp.asarray(x), None, None))
     yv, axes = case.view(y)
     if case.center:
         np.testing.assert_allclose(yv.mean(axes), 0.0, atol=1e-9)

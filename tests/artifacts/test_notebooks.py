@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 
 #: A top-level statement (not inside a ``def``) that draws: the notebooks' ``show(result)``,
 #: pyplot, or an image display.

@@ -106,7 +106,7 @@ def _sharded(shape, spec, mesh_shape=(4,), names=("data",), axis_types=None):
 
 @pytest.mark.parametrize("implementation", [None, "pallas"])
 def test_rows_sharded_run_the_kernel_per_shard(gpu_host, implementation):
-    """The issue's case: (64, 1024) split over 4 devices by rows, under jit. The kernel runs
+    """(64, 1024) split over 4 devices by rows, under jit: the kernel runs
     per shard (each row's statistics are local), values and sharding as XLA's."""
     x = _sharded((64, 1024), P("data", None))
     f = _layer(implementation)

@@ -1,10 +1,11 @@
 """Synced batch norm across *processes*: two ``jax.distributed`` processes on localhost.
 
-tests/test_distributed.py checks devices of one process; this runs the multi-host path -- a
-coordinator, one CPU device per process, gloo collectives between them -- and checks that
+tests/distributed/test_distributed.py checks devices of one process; this runs the multi-host
+path -- a coordinator, one CPU device per process, gloo collectives between them -- and checks that
 synced batch norm equals batch norm on one device over the whole batch (outputs, input
 gradients, running statistics), with one process's rows all masked out. See
-tests/multiprocess_worker.py; docs/distributed.md says how to run the same on a GPU/TPU slice.
+tests/distributed/multiprocess_worker.py; docs/distributed.md says how to run the same on a
+GPU/TPU slice.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
-ROOT = WORKER.parents[1]
+ROOT = WORKER.parents[2]
 
 
 def _free_port() -> int:
