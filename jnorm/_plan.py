@@ -5,7 +5,7 @@ written decides what XLA keeps in memory, and that depends on the layout (which 
 reduced, where the parameters vary), on a mask, and on the backend. :func:`plan` makes every
 such choice from those facts and returns them as one frozen :class:`Plan`, which the
 statistics kernel and the derivative rule read. The measurements behind each choice are logged
-in ``docs/benchmarks.md``; ``tests/test_plan.py`` counts the HLO passes of each plan.
+in ``docs/benchmarks.md``; ``tests/core/test_plan.py`` counts the HLO passes of each plan.
 """
 
 from __future__ import annotations
