@@ -25,7 +25,8 @@ memory of the compiled step (``compiled.memory_analysis().temp_size_in_bytes``).
 
 Options: ``--quick`` (tiny sizes and a few rounds: seconds, for tests), ``--models a,b``,
 ``--frameworks linen,nnx``, ``--rounds``, ``--warmup``, ``--json``. On a CPU run it with
-tcmalloc like :mod:`benchmarks.bench`. Public API only (``tests/artifacts/test_models_bench.py`` checks).
+tcmalloc like :mod:`benchmarks.bench`. Public API only
+(``tests/artifacts/test_models_bench.py`` checks).
 """
 
 from __future__ import annotations
