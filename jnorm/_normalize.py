@@ -192,7 +192,11 @@ def normalize_with_moments(
                 f"{reason}. Pass implementation=None (automatic) or 'xla'."
             )
     if reason is None and implementation != "pallas" and _plan_of(x, axes, scale, center) \
-            .derivative == "autodiff":
+            .derivative == "autodiff" and (
+                implementation == "xla"
+                or not _pallas.may_take_kernel(x, axes, scale, bias, center=center)):
+        # where the kernel may run (a GPU in the process), the rule's forward picks it per
+        # platform at lowering; elsewhere plain autodiff pays (jnorm._plan)
         reason = "plain autodiff pays here (jnorm._plan)"
     if reason is not None:
         return _normalize_with_moments(

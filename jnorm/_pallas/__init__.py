@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jnorm._pallas._dispatch import may_take_kernel as may_take_kernel
 from jnorm._pallas._dispatch import row_norm as row_norm
 from jnorm._pallas._support import AUTO_MIN_D as AUTO_MIN_D
 from jnorm._pallas._support import block_rows as block_rows
@@ -23,8 +24,8 @@ from jnorm._pallas._support import suits as suits
 from jnorm._pallas._support import unsupported as unsupported
 
 __all__ = [
-    "AUTO_MIN_D", "block_rows", "row_norm", "row_norm_backward", "row_norm_forward", "suits",
-    "unsupported",
+    "AUTO_MIN_D", "block_rows", "may_take_kernel", "row_norm", "row_norm_backward",
+    "row_norm_forward", "suits", "unsupported",
 ]
 
 

@@ -45,6 +45,15 @@ def gpu_present() -> bool:
         return False
 
 
+def may_take_kernel(
+    x: jax.Array, axes: tuple[int, ...], scale: jax.Array | None, bias: jax.Array | None, *,
+    center: bool,
+) -> bool:
+    """Whether the automatic choice may stage the kernel for this call: a CUDA backend in the
+    process and a shape where the kernel pays (:func:`row_norm` still decides per platform)."""
+    return x.size > 0 and suits(x, axes, scale, bias, center=center) and gpu_present()
+
+
 @functools.cache
 def _import_kernels() -> tuple[ModuleType | None, str | None]:
     try:
