@@ -21,6 +21,15 @@ S = RNG.uniform(0.5, 2.0, 16).astype(np.float32)
 B = RNG.normal(0.0, 1.0, 16).astype(np.float32)
 
 
+def _same(a, b):
+    """Two programs computing the same values (``s`` and ``1 + (s - 1)`` are the same float):
+    equal to a few ulps of the output's dtype. XLA may fuse the extra addition differently on
+    another CPU, so outputs of the two programs are not held bitwise."""
+    ulp = float(jnp.finfo(jnp.asarray(b).dtype).eps)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    np.testing.assert_allclose(a, b, rtol=0, atol=4 * ulp * np.abs(b).max())
+
+
 def _to_zero_centered(params):
     return {**params, "scale": params["scale"] - 1}
 
@@ -38,10 +47,8 @@ def test_conversion_is_exact_on_the_sterbenz_range():
 def test_functions_plain_equals_zero_centered_bitwise(dtype):
     x = jnp.asarray(X, dtype)
     gamma = jnp.asarray(S) - 1
-    np.testing.assert_array_equal(
-        jnorm.layer_norm(x, S, B), jnorm.layer_norm(x, gamma, B, zero_centered_scale=True))
-    np.testing.assert_array_equal(
-        jnorm.rms_norm(x, S), jnorm.rms_norm(x, gamma, zero_centered_scale=True))
+    _same(jnorm.layer_norm(x, gamma, B, zero_centered_scale=True), jnorm.layer_norm(x, S, B))
+    _same(jnorm.rms_norm(x, gamma, zero_centered_scale=True), jnorm.rms_norm(x, S))
 
 
 def test_gradients_match_the_plain_form():
@@ -50,8 +57,8 @@ def test_gradients_match_the_plain_form():
     g_plain = jax.grad(lambda s, x: jnp.sum(jnp.sin(jnorm.rms_norm(x, s))), (0, 1))(S, x)
     g_zero = jax.grad(lambda g, x: jnp.sum(jnp.sin(
         jnorm.rms_norm(x, g, zero_centered_scale=True))), (0, 1))(gamma, x)
-    for a, b in zip(g_plain, g_zero, strict=True):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(g_zero, g_plain, strict=True):
+        _same(a, b)
 
 
 def test_bfloat16_gamma_is_added_in_float32():
@@ -59,7 +66,7 @@ def test_bfloat16_gamma_is_added_in_float32():
     gamma = jnp.full((16,), 2.0**-10, jnp.bfloat16)  # 1 + 2**-10 is not a bf16 number
     y = jnorm.rms_norm(jnp.asarray(X), gamma, zero_centered_scale=True)
     ref = jnorm.rms_norm(jnp.asarray(X), jnp.full((16,), 1 + 2.0**-10, jnp.float32))
-    np.testing.assert_array_equal(y, ref)
+    _same(y, ref)
 
 
 def test_errors_name_the_option():
@@ -77,17 +84,16 @@ def test_linen_checkpoint_round_trip_and_wrong_conversion(cls):
     fresh_plain = plain.init(jax.random.key(0), x)["params"]
     fresh_zero = zero.init(jax.random.key(0), x)["params"]
     np.testing.assert_array_equal(fresh_zero["scale"], np.zeros(16))  # init: identity
-    np.testing.assert_array_equal(plain.apply({"params": fresh_plain}, x),
-                                  zero.apply({"params": fresh_zero}, x))
+    _same(zero.apply({"params": fresh_zero}, x), plain.apply({"params": fresh_plain}, x))
     trained = {**fresh_plain, "scale": jnp.asarray(S)}
     if "bias" in trained:
         trained["bias"] = jnp.asarray(B)
     y = plain.apply({"params": trained}, x)
     converted = _to_zero_centered(trained)
-    np.testing.assert_array_equal(zero.apply({"params": converted}, x), y)
+    _same(zero.apply({"params": converted}, x), y)
     back = _to_plain(converted)
     np.testing.assert_array_equal(back["scale"], trained["scale"])
-    np.testing.assert_array_equal(plain.apply({"params": back}, x), y)
+    _same(plain.apply({"params": back}, x), y)
     # the silent error: a plain checkpoint loaded unconverted scales the output by (1 + s) / s
     wrong = zero.apply({"params": trained}, x)
     bias = trained.get("bias", jnp.zeros(16))[None, None]
@@ -102,12 +108,12 @@ def test_nnx_checkpoint_round_trip(cls):
     plain = getattr(jnx, cls)(16, rngs=nnx.Rngs(0))
     zero = getattr(jnx, cls)(16, zero_centered_scale=True, rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(zero.scale[...], np.zeros(16))
-    np.testing.assert_array_equal(plain(x), zero(x))
+    _same(zero(x), plain(x))
     plain.scale[...] = jnp.asarray(S)
     zero.scale[...] = plain.scale[...] - 1
     if cls == "LayerNorm":
         plain.bias[...] = zero.bias[...] = jnp.asarray(B)
-    np.testing.assert_array_equal(zero(x), plain(x))
+    _same(zero(x), plain(x))
     zero.scale[...] = plain.scale[...]  # the wrong conversion is visible
     assert float(jnp.max(jnp.abs(zero(x) - plain(x)))) > 0.5
 
