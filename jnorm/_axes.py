@@ -7,27 +7,39 @@ non-negative axes, the statistics axes of a layer, parameters reshaped to broadc
 
 from __future__ import annotations
 
+import numbers
 import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnorm._checks import check_state, is_int
 from jnorm._typing import Axes
 
 __all__ = [
+    "Layout",
     "batch_axes",
     "canonicalize_axes",
     "complement_axes",
     "feature_param",
+    "group_layout",
     "grouped_param",
+    "instance_layout",
+    "is_int",
     "one_axis",
+    "per_feature",
     "resolve_groups",
+    "row_layout",
     "spatial_axes",
 ]
+
+
+def is_int(value: Any) -> bool:
+    """Whether `value` is an integer usable as an axis or a size: not a bool (``True`` is no
+    axis 1), not a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def canonicalize_axes(
@@ -186,17 +198,91 @@ def resolve_groups(
     return int(num_groups)
 
 
-def batch_axes(
-    x: jax.Array, state: Any, feature_axes: Axes, *, cls: type, layer: str
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Checks a batch-statistics layer's ``state`` against ``x`` and its ``feature_axes``.
+def batch_axes(ndim: int, feature_axes: Axes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A batch-statistics layer's ``(feature_axes, statistics_axes)``: the statistics cover
+    every axis that is not a feature axis.
 
-    `cls` is :class:`jnorm.BatchStats` (passed in: the state lives a tier above the checks).
-    Returns ``(feature_axes, statistics_axes)``.
+    >>> batch_axes(4, -1)
+    ((3,), (0, 1, 2))
     """
-    features = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
-    feature_shape = tuple(x.shape[a] for a in features)
-    num = feature_shape[0] if len(feature_shape) == 1 else feature_shape
-    check_state(state, cls, {"mean": feature_shape, "var": feature_shape},
-                init=f"BatchStats.init({num})", layer=layer)
-    return features, complement_axes(features, x.ndim)
+    features = canonicalize_axes(feature_axes, ndim, name="feature_axes")
+    return features, complement_axes(features, ndim)
+
+
+class Layout(NamedTuple):
+    """A layer's statistics axes and its parameters broadcast to the (reshaped) input."""
+
+    #: the shape the layer normalizes the input as (group norm splits the channels)
+    shape: tuple[int, ...]
+    #: the statistics axes of that shape, canonical
+    stat_axes: tuple[int, ...]
+    scale: jax.Array | None
+    bias: jax.Array | None
+
+
+def per_feature(
+    shape: Sequence[int], stat_axes: tuple[int, ...], feature_axes: Sequence[int],
+    scale: Any, bias: Any,
+) -> Layout:
+    """The layout of statistics over `stat_axes` with parameters on `feature_axes`
+    (:func:`feature_param` checks each)."""
+    shape = tuple(shape)
+    return Layout(shape, stat_axes, feature_param(scale, shape, feature_axes, name="scale"),
+                  feature_param(bias, shape, feature_axes, name="bias"))
+
+
+def row_layout(
+    shape: Sequence[int], reduction_axes: Axes, feature_axes: Axes | None, scale: Any, bias: Any
+) -> Layout:
+    """Layer and RMS norm: statistics over `reduction_axes`, parameters on `feature_axes`
+    (default: the same axes)."""
+    ndim = len(shape)
+    stat = canonicalize_axes(reduction_axes, ndim, name="reduction_axes", allow_empty=False)
+    feat = stat if feature_axes is None else canonicalize_axes(
+        feature_axes, ndim, name="feature_axes")
+    return per_feature(shape, stat, feat, scale, bias)
+
+
+def instance_layout(x: jax.Array, feature_axes: Axes, strict: bool, scale: Any, bias: Any
+                    ) -> Layout:
+    """Instance norm: statistics over the spatial axes (:func:`spatial_axes`), parameters on
+    the channels."""
+    channels = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
+    spatial = spatial_axes(x, channels, "instance_norm", strict)
+    return per_feature(x.shape, spatial, channels, scale, bias)
+
+
+def group_layout(
+    x: jax.Array, feature_axes: Axes, reduction_axes: Axes | None, num_groups: int | None,
+    group_size: int | None, scale: Any, bias: Any,
+) -> Layout:
+    """Group norm: the channel axis split into ``(G, C/G)``; the statistics cover the
+    non-channel axes (`reduction_axes`, default all but the batch axis 0) and the within-group
+    axis; the parameters are ``(G, C/G)`` there."""
+    ch = one_axis(feature_axes, x.ndim, "feature_axes")
+    if reduction_axes is None:
+        if ch == 0:
+            spatial_axes(x, (ch,), "group_norm")  # raises: axis 0 is the batch axis
+        others = tuple(i for i in range(1, x.ndim) if i != ch)
+    else:
+        others = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes")
+        if ch in others:
+            raise ValueError(
+                "group_norm: `reduction_axes` must not include the channel axis; the channels "
+                "of a group are always reduced over."
+            )
+    channels = x.shape[ch]
+    groups = resolve_groups(channels, num_groups, group_size)
+    if not others and channels == groups:
+        raise ValueError(
+            f"group_norm: an input of shape {x.shape} with groups of one channel and no spatial "
+            "axis would normalize single values. Use fewer groups, or give the input spatial "
+            "axes (N, H, W, C)."
+        )
+    split = x.shape[:ch] + (groups, channels // groups) + x.shape[ch + 1:]
+    moved = tuple(a + 1 if a > ch else a for a in others)
+    return per_feature(
+        split, moved + (ch + 1,), (ch, ch + 1),
+        None if scale is None else grouped_param(scale, channels, groups, "scale"),
+        None if bias is None else grouped_param(bias, channels, groups, "bias"),
+    )

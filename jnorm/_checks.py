@@ -16,18 +16,21 @@ accepted as it is; a concrete value -- a Python number, a NumPy scalar, a concre
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jnorm._axes import batch_axes, is_int
 from jnorm._typing import AxisIndexGroups, AxisName, DTypeLike
 
 __all__ = [
+    "BatchArgs",
+    "as_batch_args",
+    "as_batch_axes",
     "as_feature_shape",
     "as_input",
     "as_kernel",
@@ -45,7 +48,6 @@ __all__ = [
     "check_state",
     "check_training",
     "is_bool",
-    "is_int",
 ]
 
 
@@ -64,11 +66,8 @@ def _concrete(value: Any) -> np.ndarray | None:
 
 
 def is_bool(value: Any) -> bool:
+    """Whether `value` is a boolean (Python, NumPy, or an array of dtype bool)."""
     return isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not is_bool(value)
 
 
 def check_axis_name(
@@ -377,3 +376,69 @@ def check_batch_moments(state: Any, mean: Any, var: Any, count: Any) -> None:
             f"update_batch_stats: `count` has shape {jnp.shape(count)}; pass one count for all "
             f"features (shape ()) or one per feature (shape {jnp.shape(state.mean)})."
         )
+
+
+def as_batch_axes(
+    x: jax.Array, state: Any, feature_axes: Any, *, cls: type, layer: str
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A batch-statistics layer's ``(feature_axes, statistics_axes)``
+    (:func:`jnorm._axes.batch_axes`), with ``state`` checked against the feature shape.
+
+    `cls` is :class:`jnorm.BatchStats` (passed in: the state lives a tier above the checks).
+    """
+    features, stat_axes = batch_axes(x.ndim, feature_axes)
+    feature_shape = tuple(x.shape[a] for a in features)
+    num = feature_shape[0] if len(feature_shape) == 1 else feature_shape
+    check_state(state, cls, {"mean": feature_shape, "var": feature_shape},
+                init=f"BatchStats.init({num})", layer=layer)
+    return features, stat_axes
+
+
+def as_layer_args(
+    layer: str, x: Any, *, epsilon: Any, dtype: Any, mask: Any, axis_name: AxisName,
+    axis_index_groups: AxisIndexGroups, implementation: Any = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """The checks every layer function makes on the arguments they all take.
+
+    Returns ``(x, mask)``: the input as an array (:func:`as_input`) and the mask as a boolean
+    array of its shape, or None (:func:`as_mask`).
+    """
+    x = as_input(x, layer=layer)
+    check_epsilon(epsilon, layer=layer)
+    check_dtype(dtype, layer=layer)
+    check_axis_name(axis_name, axis_index_groups, layer=layer)
+    check_implementation(implementation, layer=layer)
+    return x, as_mask(mask, x.shape)
+
+
+class BatchArgs(NamedTuple):
+    """A batch-statistics layer's input once checked: canonical axes and a boolean mask."""
+
+    x: jax.Array
+    features: tuple[int, ...]
+    stat_axes: tuple[int, ...]
+    mask: jax.Array | None
+
+
+def as_batch_args(
+    layer: str, x: Any, state: Any, *, cls: type, training: Any, feature_axes: Any,
+    momentum: Any, epsilon: Any, dtype: Any, mask: Any, axis_name: AxisName,
+    axis_index_groups: AxisIndexGroups, partial: bool,
+) -> BatchArgs:
+    """The checks every batch-statistics layer (``batch_norm``, ``batch_renorm``) makes.
+
+    `partial`: a mask or ``skip_nonfinite`` can leave a feature without data in a batch, which
+    cumulative averaging (``momentum=None``) needs a per-feature count for. In evaluation no
+    collective runs, so `axis_name` need not be bound there (as in flax).
+    """
+    check_training(training, layer=layer)
+    x, mask = as_layer_args(
+        layer, x, epsilon=epsilon, dtype=dtype, mask=mask,
+        axis_name=axis_name if training else None,
+        axis_index_groups=axis_index_groups if training else None,
+    )
+    features, stat_axes = as_batch_axes(x, state, feature_axes, cls=cls, layer=layer)
+    check_momentum(momentum, layer=layer)
+    if training:
+        check_cumulative(state, momentum, partial=partial)
+    return BatchArgs(x, features, stat_axes, mask)

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 from jnorm._axes import (
-    batch_axes,
     canonicalize_axes,
     feature_param,
     grouped_param,
@@ -29,6 +28,7 @@ from jnorm._axes import (
     spatial_axes,
 )
 from jnorm._checks import (
+    as_batch_axes,
     as_input,
     check_batch_size,
     check_dtype,
@@ -195,7 +195,7 @@ def evonorm_b0(
     ch = x.ndim - 1
     spatial = spatial_axes(x, (ch,), "evonorm_b0")
     c = x.shape[ch]
-    _, batch = batch_axes(x, state, ch, cls=BatchStats, layer="evonorm_b0")
+    _, batch = as_batch_axes(x, state, ch, cls=BatchStats, layer="evonorm_b0")
     check_momentum(momentum, layer="evonorm_b0")
     check_epsilon(epsilon, layer="evonorm_b0")
     check_dtype(dtype, layer="evonorm_b0")

@@ -1,9 +1,11 @@
 """The layer functions: each is the generic scheme with its own axes.
 
-Every function below chooses *statistics axes* (what the mean and variance are taken over) and
-*feature axes* (what the learned ``scale``/``bias`` vary along), then calls :func:`_apply`,
-which is :func:`jnorm._stats.shifted_moments` followed by :func:`jnorm.normalize`. No layer
-computes statistics or the affine map itself.
+Every function below checks its arguments (:func:`jnorm._checks.as_layer_args`), chooses its
+*layout* (:mod:`jnorm._axes`: the statistics axes, what the mean and variance are taken over,
+and the parameters broadcast along the feature axes), then calls
+:func:`jnorm._normalize.normalize_over`, which is :func:`jnorm._stats.shifted_moments`
+followed by the scheme of :func:`jnorm.normalize`. No layer computes statistics or the affine
+map itself.
 
 Shape legend used in the docstrings: ``N`` batch, ``H, W`` spatial (any number of spatial axes
 works), ``C`` channels, ``G`` groups, ``F`` the feature shape.
@@ -11,115 +13,42 @@ works), ``C`` channels, ``G`` groups, ``F`` the feature shape.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnorm._axes import (
-    batch_axes,
-    canonicalize_axes,
-    feature_param,
-    grouped_param,
-    one_axis,
-    resolve_groups,
-    spatial_axes,
-)
-from jnorm._checks import (
-    as_input,
-    as_mask,
-    as_positive_int,
-    check_axis_name,
-    check_batch_size,
-    check_cumulative,
-    check_dtype,
-    check_epsilon,
-    check_implementation,
-    check_momentum,
-    check_training,
-)
-from jnorm._normalize import normalize, normalize_with_moments
-from jnorm._state import BatchStats, update_batch_stats
+from jnorm._axes import group_layout, instance_layout, per_feature, row_layout
+from jnorm._checks import as_batch_args, as_layer_args, as_positive_int, check_batch_size
+from jnorm._normalize import normalize, normalize_over
+from jnorm._state import BatchStats, next_batch_stats
 from jnorm._stats import accumulation_dtype
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation, Scalar
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
 
 
-def _check_common(
-    layer: str,
-    epsilon: Scalar,
-    dtype: DTypeLike | None,
-    axis_name: AxisName,
-    axis_index_groups: AxisIndexGroups,
-) -> None:
-    """The checks every layer function shares: epsilon, output dtype, the mapped axis."""
-    check_epsilon(epsilon, layer=layer)
-    check_dtype(dtype, layer=layer)
-    check_axis_name(axis_name, axis_index_groups, layer=layer)
-
-
-class BatchArgs(NamedTuple):
-    """A batch-statistics layer's input once checked: canonical axes and a boolean mask."""
-
-    x: jax.Array
-    features: tuple[int, ...]
-    stat_axes: tuple[int, ...]
-    mask: jax.Array | None
-
-
-def checked_batch_args(
-    layer: str, x: jax.Array, state: BatchStats, *, training: bool, feature_axes: Axes,
-    momentum: Scalar | None, epsilon: Scalar, dtype: DTypeLike | None, mask: jax.Array | None,
-    axis_name: AxisName, axis_index_groups: AxisIndexGroups, partial: bool,
-) -> BatchArgs:
-    """The checks every batch-statistics layer (``batch_norm``, ``batch_renorm``) makes.
-
-    `partial`: a mask or ``skip_nonfinite`` can leave a feature without data in a batch, which
-    cumulative averaging (``momentum=None``) needs a per-feature count for. In evaluation no
-    collective runs, so `axis_name` need not be bound there (as in flax).
-    """
-    x = as_input(x, layer=layer)
-    check_training(training, layer=layer)
-    features, stat_axes = batch_axes(x, state, feature_axes, cls=BatchStats, layer=layer)
-    check_momentum(momentum, layer=layer)
-    _check_common(layer, epsilon, dtype, *((axis_name, axis_index_groups) if training
-                                           else (None, None)))
-    if training:
-        check_cumulative(state, momentum, partial=partial)
-    return BatchArgs(x, features, stat_axes, as_mask(mask, x.shape))
-
-
-def _checked_apply(
-    layer: str, x: jax.Array, stat_axes: tuple[int, ...], feature_axes: tuple[int, ...],
-    scale: jax.Array | None, bias: jax.Array | None, **kw: Any,
+def _row_norm(
+    layer: str, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, *,
+    center: bool, reduction_axes: Axes, feature_axes: Axes | None, epsilon: Scalar,
+    mask: jax.Array | None, axis_name: AxisName, axis_index_groups: AxisIndexGroups,
+    dtype: DTypeLike | None, implementation: Implementation, zero_centered_scale: bool,
 ) -> jax.Array:
-    """A per-example layer once its axes are known: the shared checks, then :func:`_apply`."""
-    _check_common(layer, kw["epsilon"], kw.get("dtype"), kw.get("axis_name"),
-                  kw.get("axis_index_groups"))
-    kw["mask"] = as_mask(kw["mask"], x.shape)
-    return _apply(x, stat_axes, feature_axes, scale, bias, **kw)[0]
+    """Layer norm (`center`) and RMS norm: statistics over `reduction_axes`, parameters on
+    `feature_axes` (default: the same axes)."""
+    x, mask = as_layer_args(layer, x, epsilon=epsilon, dtype=dtype, mask=mask,
+                            axis_name=axis_name, axis_index_groups=axis_index_groups,
+                            implementation=implementation)
+    scale = _zero_centered(scale, zero_centered_scale, layer)
+    lay = row_layout(x.shape, reduction_axes, feature_axes, scale, bias)
+    return normalize_over(
+        x, lay.stat_axes, lay.scale, lay.bias, epsilon=epsilon, center=center, mask=mask,
+        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+        implementation=implementation,
+    )[0]
 
 
-def _over_axes(
-    layer: str, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
-    reduction_axes: Axes, feature_axes: Axes | None, **kw: Any,
-) -> jax.Array:
-    """Layer and RMS norm: statistics over `reduction_axes`, parameters on `feature_axes`
-    (default: the same axes)."""
-    x = as_input(x, layer=layer)
-    check_implementation(kw["implementation"], layer=layer)
-    scale = _zero_centered(scale, kw.pop("zero_centered_scale"), layer)
-    stat_axes = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes",
-                                  allow_empty=False)
-    feat = stat_axes if feature_axes is None else canonicalize_axes(
-        feature_axes, x.ndim, name="feature_axes"
-    )
-    return _checked_apply(layer, x, stat_axes, feat, scale, bias, **kw)
-
-
-def _zero_centered(scale: jax.Array | None, zero_centered: Any, layer: str) -> jax.Array | None:
+def _zero_centered(scale: jax.Array | None, zero_centered: object, layer: str
+                   ) -> jax.Array | None:
     """``1 + scale`` (in at least float32) for a zero-centred scale, else ``scale``."""
     if not isinstance(zero_centered, (bool, np.bool_)):
         raise TypeError(
@@ -135,34 +64,6 @@ def _zero_centered(scale: jax.Array | None, zero_centered: Any, layer: str) -> j
         )
     s = jnp.asarray(scale)
     return s.astype(accumulation_dtype(s.dtype)) + 1
-
-
-def _apply(
-    x: jax.Array,
-    stat_axes: tuple[int, ...],
-    feature_axes: tuple[int, ...],
-    scale: jax.Array | None,
-    bias: jax.Array | None,
-    *,
-    epsilon: float,
-    mask: jax.Array | None,
-    center: bool = True,
-    axis_name: AxisName = None,
-    axis_index_groups: AxisIndexGroups = None,
-    dtype: DTypeLike | None = None,
-    implementation: Implementation = None,
-) -> tuple[jax.Array, Any]:
-    """Statistics over `stat_axes`, then the generic scheme with params on `feature_axes`.
-
-    Every argument has been checked by the public function that calls this.
-    """
-    scale = feature_param(scale, x.shape, feature_axes, name="scale")
-    bias = feature_param(bias, x.shape, feature_axes, name="bias")
-    return normalize_with_moments(
-        x, stat_axes, scale, bias, epsilon=epsilon, center=center, mask=mask,
-        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
-        implementation=implementation,
-    )
 
 
 def layer_norm(
@@ -230,10 +131,11 @@ def layer_norm(
       ...                        zero_centered_scale=True) == y).all())
       True
     """
-    return _over_axes(
-        "layer_norm", x, scale, bias, reduction_axes, feature_axes, center=True,
-        epsilon=epsilon, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        dtype=dtype, implementation=implementation, zero_centered_scale=zero_centered_scale,
+    return _row_norm(
+        "layer_norm", x, scale, bias, center=True, reduction_axes=reduction_axes,
+        feature_axes=feature_axes, epsilon=epsilon, mask=mask, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, dtype=dtype, implementation=implementation,
+        zero_centered_scale=zero_centered_scale,
     )
 
 
@@ -271,10 +173,11 @@ def rms_norm(
       >>> [round(v, 5) for v in z[0].tolist()]
       [0.84853, 2.26274]
     """
-    return _over_axes(
-        "rms_norm", x, scale, None, reduction_axes, feature_axes, center=False,
-        epsilon=epsilon, mask=mask, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        dtype=dtype, implementation=implementation, zero_centered_scale=zero_centered_scale,
+    return _row_norm(
+        "rms_norm", x, scale, None, center=False, reduction_axes=reduction_axes,
+        feature_axes=feature_axes, epsilon=epsilon, mask=mask, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, dtype=dtype, implementation=implementation,
+        zero_centered_scale=zero_centered_scale,
     )
 
 
@@ -312,15 +215,16 @@ def instance_norm(
       >>> [round(v, 5) for v in jnorm.instance_norm(x, epsilon=0.0)[0, :, :, 0].ravel().tolist()]
       [-1.34164, -0.44721, 0.44721, 1.34164]
     """
-    x = as_input(x, layer="instance_norm")
-    channels = canonicalize_axes(feature_axes, x.ndim, name="feature_axes")
-    spatial = spatial_axes(x, channels, "instance_norm", strict)
-    if not spatial:  # strict=False: each statistic is its own element, x - mean = 0 (masked too)
+    x, mask = as_layer_args("instance_norm", x, epsilon=epsilon, dtype=dtype, mask=mask,
+                            axis_name=axis_name, axis_index_groups=axis_index_groups)
+    lay = instance_layout(x, feature_axes, strict, scale, bias)
+    if not lay.stat_axes:  # strict=False: each statistic is one element, x - mean = 0
         mask = None
-    return _checked_apply(
-        "instance_norm", x, spatial, channels, scale, bias, epsilon=epsilon, mask=mask,
+    return normalize_over(
+        x, lay.stat_axes, lay.scale, lay.bias, epsilon=epsilon, center=True, mask=mask,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
-    )
+        implementation=None,
+    )[0]
 
 
 def group_norm(
@@ -367,39 +271,13 @@ def group_norm(
       >>> round(float(y[..., :2].mean()), 6), round(float(y[..., :2].std()), 6)
       (0.0, 1.0)
     """
-    x = as_input(x, layer="group_norm")
-    ch = one_axis(feature_axes, x.ndim, "feature_axes")
-    if reduction_axes is None:
-        if ch == 0:
-            spatial_axes(x, (ch,), "group_norm")  # raises: axis 0 is the batch axis
-        others = tuple(i for i in range(1, x.ndim) if i != ch)
-    else:
-        others = canonicalize_axes(reduction_axes, x.ndim, name="reduction_axes")
-        if ch in others:
-            raise ValueError(
-                "group_norm: `reduction_axes` must not include the channel axis; the channels "
-                "of a group are always reduced over."
-            )
-    channels = x.shape[ch]
-    groups = resolve_groups(channels, num_groups, group_size)
-    if not others and channels == groups:
-        raise ValueError(
-            f"group_norm: an input of shape {x.shape} with groups of one channel and no spatial "
-            "axis would normalize single values. Use fewer groups, or give the input spatial "
-            "axes (N, H, W, C)."
-        )
-    _check_common("group_norm", epsilon, dtype, axis_name, axis_index_groups)
-    mask = as_mask(mask, x.shape)
-    # Split C into (G, C/G): the statistics cover `others` and the within-group axis ch + 1.
-    split = x.shape[:ch] + (groups, channels // groups) + x.shape[ch + 1:]
-    moved = tuple(a + 1 if a > ch else a for a in others)
-    xs = x.reshape(split)
-    y, _ = _apply(
-        xs, moved + (ch + 1,), (ch, ch + 1),
-        None if scale is None else grouped_param(scale, channels, groups, "scale"),
-        None if bias is None else grouped_param(bias, channels, groups, "bias"),
-        epsilon=epsilon, mask=None if mask is None else mask.reshape(split),
-        axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+    x, mask = as_layer_args("group_norm", x, epsilon=epsilon, dtype=dtype, mask=mask,
+                            axis_name=axis_name, axis_index_groups=axis_index_groups)
+    lay = group_layout(x, feature_axes, reduction_axes, num_groups, group_size, scale, bias)
+    y, _ = normalize_over(
+        x.reshape(lay.shape), lay.stat_axes, lay.scale, lay.bias, epsilon=epsilon, center=True,
+        mask=None if mask is None else mask.reshape(lay.shape), axis_name=axis_name,
+        axis_index_groups=axis_index_groups, dtype=dtype, implementation=None,
     )
     return y.reshape(x.shape)
 
@@ -491,9 +369,9 @@ def batch_norm(
       >>> y[:, 0].tolist(), s.mean.tolist(), s.var.tolist()  # var: mean of 1 and 4
       ([-1.0, 1.0, -1.0, 1.0], [6.5], [2.5])
     """
-    x, features, stat_axes, mask = checked_batch_args(
-        "batch_norm", x, state, training=training, feature_axes=feature_axes, momentum=momentum,
-        epsilon=epsilon, dtype=dtype, mask=mask, axis_name=axis_name,
+    x, features, stat_axes, mask = as_batch_args(
+        "batch_norm", x, state, cls=BatchStats, training=training, feature_axes=feature_axes,
+        momentum=momentum, epsilon=epsilon, dtype=dtype, mask=mask, axis_name=axis_name,
         axis_index_groups=axis_index_groups, partial=mask is not None or skip_nonfinite,
     )
     if virtual_batch_size is not None:
@@ -501,15 +379,10 @@ def batch_norm(
             virtual_batch_size, "virtual_batch_size", layer="batch_norm"
         )
     if not training:
-        shape = [1] * x.ndim
-        for a in features:
-            shape[a] = x.shape[a]
-        y = normalize(
-            x, state.mean.reshape(shape), state.var.reshape(shape),
-            feature_param(scale, x.shape, features, name="scale"),
-            feature_param(bias, x.shape, features, name="bias"),
-            epsilon=epsilon, dtype=dtype,
-        )
+        lay = per_feature(x.shape, stat_axes, features, scale, bias)
+        shape = tuple(1 if a in stat_axes else n for a, n in enumerate(x.shape))
+        y = normalize(x, state.mean.reshape(shape), state.var.reshape(shape), lay.scale,
+                      lay.bias, epsilon=epsilon, dtype=dtype)
         return y, state
     if virtual_batch_size is not None:
         return _ghost_batch_norm(
@@ -519,11 +392,13 @@ def batch_norm(
             skip_nonfinite=skip_nonfinite, dtype=dtype,
         )
     check_batch_size(x, stat_axes, axis_name, layer="batch_norm", strict=strict)
-    y, m = _apply(
-        x, stat_axes, features, scale, bias, epsilon=epsilon, mask=mask,
+    lay = per_feature(x.shape, stat_axes, features, scale, bias)
+    y, m = normalize_over(
+        x, stat_axes, lay.scale, lay.bias, epsilon=epsilon, center=True, mask=mask,
         axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
+        implementation=None,
     )
-    new_state = update_batch_stats(
+    new_state = next_batch_stats(
         state,
         jnp.squeeze(m.mean, stat_axes),
         jnp.squeeze(m.var, stat_axes),
@@ -543,7 +418,15 @@ def _ghost_batch_norm(
     features: tuple[int, ...],
     stat_axes: tuple[int, ...],
     size: int,
-    **kw: Any,
+    *,
+    momentum: Scalar | None,
+    epsilon: Scalar,
+    mask: jax.Array | None,
+    axis_name: AxisName,
+    axis_index_groups: AxisIndexGroups,
+    unbiased_running_var: bool,
+    skip_nonfinite: bool,
+    dtype: DTypeLike | None,
 ) -> tuple[jax.Array, BatchStats]:
     """batch_norm in training with ``virtual_batch_size``: see its docstring for the rules."""
     if 0 in features:
@@ -561,19 +444,18 @@ def _ghost_batch_norm(
             "the padding out with `mask`."
         )
     xs = x.reshape((n // size, size, *x.shape[1:]))
-    mask = kw["mask"]  # checked by batch_norm
     sub_stat = tuple(a + 1 for a in stat_axes)  # within one sub-batch; axis 0 counts them
-    sub_feat = tuple(a + 1 for a in features)
-    if kw["axis_name"] is None and int(np.prod([xs.shape[a] for a in sub_stat])) <= 1:
+    if axis_name is None and int(np.prod([xs.shape[a] for a in sub_stat])) <= 1:
         raise ValueError(
             f"`virtual_batch_size`={size} leaves one value per channel in each sub-batch of the "
             f"input of shape {x.shape}, so every output would be 0. Use a larger "
             "`virtual_batch_size`."
         )
-    y, m = _apply(
-        xs, sub_stat, sub_feat, scale, bias, epsilon=kw["epsilon"],
-        mask=None if mask is None else mask.reshape(xs.shape), axis_name=kw["axis_name"],
-        axis_index_groups=kw["axis_index_groups"], dtype=kw["dtype"],
+    lay = per_feature(xs.shape, sub_stat, tuple(a + 1 for a in features), scale, bias)
+    y, m = normalize_over(
+        xs, sub_stat, lay.scale, lay.bias, epsilon=epsilon, center=True,
+        mask=None if mask is None else mask.reshape(xs.shape), axis_name=axis_name,
+        axis_index_groups=axis_index_groups, dtype=dtype, implementation=None,
     )
     # One running-statistics update with the count-weighted average over the sub-batches.
     counts = m.count
@@ -581,18 +463,18 @@ def _ghost_batch_norm(
     safe = jnp.maximum(total, jnp.ones_like(total))
     mean = jnp.sum(counts.astype(m.mean.dtype) * m.mean, axis=0) / safe.astype(m.mean.dtype)
     m2 = jnp.sum(counts * m.var, axis=0)
-    if kw["unbiased_running_var"]:
+    if unbiased_running_var:
         dof = jnp.sum(jnp.maximum(counts - 1, jnp.zeros_like(counts)), axis=0)
         var = m2 / jnp.where(dof > 0, dof, safe)
     else:
         var = m2 / safe
-    new_state = update_batch_stats(
+    new_state = next_batch_stats(
         state,
         jnp.squeeze(mean, stat_axes),
         jnp.squeeze(var, stat_axes),
         jnp.squeeze(total, stat_axes),
-        momentum=kw["momentum"],
+        momentum=momentum,
         unbiased_running_var=False,
-        skip_nonfinite=kw["skip_nonfinite"],
+        skip_nonfinite=skip_nonfinite,
     )
     return y.reshape(x.shape), new_state

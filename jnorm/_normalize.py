@@ -12,7 +12,7 @@ from jax import lax
 
 from jnorm import _pallas  # imports no Pallas: the kernels load where they run
 from jnorm._checks import check_epsilon
-from jnorm._plan import plan
+from jnorm._plan import Plan, plan
 from jnorm._stats import (
     Moments,
     accumulation_dtype,
@@ -24,8 +24,8 @@ from jnorm._stats import (
 from jnorm._typing import ArrayLike, AxisIndexGroups, AxisName, DTypeLike, Implementation, Scalar
 
 __all__ = [
-    "hide_masked_nonfinite", "normalize", "normalize_with_moments", "output_dtype",
-    "restore_masked", "var_of_empty_blocks",
+    "hide_masked_nonfinite", "normalize", "normalize_over", "output_dtype", "restore_masked",
+    "var_of_empty_blocks",
 ]
 
 
@@ -115,18 +115,41 @@ def normalize(
     """
     x = jnp.asarray(x)
     check_epsilon(epsilon, layer="normalize")
-    out = output_dtype(x.dtype, dtype)
     compute = accumulation_dtype(x.dtype)
     real = jnp.finfo(compute).dtype
+    return _scheme(
+        x, _as_operand(mean, x, compute, "mean"), _as_operand(var, x, real, "var"),
+        None if scale is None else _as_operand(scale, x, compute, "scale"),
+        None if bias is None else _as_operand(bias, x, compute, "bias"),
+        epsilon=epsilon, shift=None if shift is None else _as_operand(shift, x, compute, "shift"),
+        dtype=dtype, compute=compute,
+    )
+
+
+def _scheme(
+    x: jax.Array,
+    mean: jax.Array,
+    var: jax.Array,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
+    *,
+    epsilon: Scalar,
+    shift: jax.Array | None,
+    dtype: DTypeLike | None,
+    compute: jnp.dtype,
+) -> jax.Array:
+    """:func:`normalize` on operands that already have `x`'s rank and broadcast to it;
+    `compute` is the accumulation dtype of `x` (:func:`jnorm._stats.accumulation_dtype`)."""
+    out = output_dtype(x.dtype, dtype)
+    real = jnp.finfo(compute).dtype
     centred = x.astype(compute)
-    mean = _as_operand(mean, x, compute, "mean")
-    mul = lax.rsqrt(_as_operand(var, x, real, "var") + jnp.asarray(epsilon, real))
-    mul = mul.astype(compute)
+    mean = mean.astype(compute)
+    mul = lax.rsqrt(var.astype(real) + jnp.asarray(epsilon, real)).astype(compute)
     if scale is not None:
-        mul = mul * _as_operand(scale, x, compute, "scale")
-    offset = None if bias is None else _as_operand(bias, x, compute, "bias")
+        mul = mul * scale.astype(compute)
+    offset = None if bias is None else bias.astype(compute)
     if shift is not None:
-        centred = centred - _as_operand(shift, x, compute, "shift")
+        centred = centred - shift.astype(compute)
         factors = [mean.shape, mul.shape] + ([] if offset is None else [offset.shape])
         if any(n > 1 and all(f[i] == 1 for f in factors) for i, n in enumerate(x.shape)):
             # The factors are constant along some axis of x (batch, instance, group norm):
@@ -141,76 +164,83 @@ def normalize(
     return y.astype(out)
 
 
-def normalize_with_moments(
+def normalize_over(
     x: jax.Array,
     axes: tuple[int, ...],
-    scale: jax.Array | None = None,
-    bias: jax.Array | None = None,
+    scale: jax.Array | None,
+    bias: jax.Array | None,
     *,
-    epsilon: float,
-    center: bool = True,
-    mask: jax.Array | None = None,
-    axis_name: AxisName = None,
-    axis_index_groups: AxisIndexGroups = None,
-    dtype: DTypeLike | None = None,
-    implementation: Implementation = None,
+    epsilon: Scalar,
+    center: bool,
+    mask: jax.Array | None,
+    axis_name: AxisName,
+    axis_index_groups: AxisIndexGroups,
+    dtype: DTypeLike | None,
+    implementation: Implementation,
 ) -> tuple[jax.Array, Moments]:
-    """Statistics of `x` over `axes`, then :func:`normalize` with them: what every layer does.
+    """Normalizes `x` by its own statistics over `axes`: what every layer function does.
 
-    Returns ``(y, moments)``. The value is exactly :func:`jnorm._stats.shifted_moments`
-    followed by :func:`normalize`. For real inputs without ``mask``/``axis_name`` the pair
-    carries a derivative rule (:func:`_fused_jvp`, a ``custom_jvp``) whose tangent is linear in
-    the tangents, so forward mode keeps working and reverse mode transposes it into the short
-    backward pass: two row reductions, the parameter column sums, and one elementwise pass for
-    the input gradient, with no full-size intermediate beyond what XLA fuses away. Where
-    :func:`jnorm._plan.plan` says plain autodiff pays (layer norm on XLA:CPU, whose input in a
-    model is an unmaterialized residual stream), the pair is differentiated as it is computed.
+    Returns ``(y, moments)``: :func:`jnorm._stats.shifted_moments` over `axes`, then the
+    scheme of :func:`normalize` with them. :func:`jnorm._plan.plan` decides, once, how XLA
+    runs it, and this function follows the plan:
 
-    `scale`, `bias` must already broadcast to `x` (see :func:`jnorm._axes.feature_param`).
-    `implementation` (checked by the layer) picks the forward's program: None lets
-    :func:`jnorm._pallas.suits` choose, ``"xla"`` never uses the Pallas kernel, ``"pallas"``
-    always does and raises a ValueError (at trace time) where it cannot.
+    * ``derivative="autodiff"``: :func:`_plain`, differentiated as it is computed (a mask,
+      cross-device statistics, non-float data; layer norm on XLA:CPU, whose input inside a
+      model is an unmaterialized residual stream);
+    * otherwise :func:`_with_rule`: the same value carrying the derivative rule
+      :func:`_rule_jvp` (a ``custom_jvp`` whose tangent is linear in the tangents, so forward
+      mode works and reverse mode transposes it into the short backward pass); its forward is
+      the fused Pallas kernel where ``plan.kernel`` and the platform allow.
+
+    Every argument has been checked by the layer function that calls this: `axes` canonical,
+    `scale`/`bias` broadcast to `x` (:func:`jnorm._axes.feature_param`), `mask` boolean.
+    `implementation`: None lets :func:`jnorm._pallas.may_take_kernel` choose, ``"xla"`` never
+    uses the Pallas kernel, ``"pallas"`` always does and raises a ValueError (at trace time)
+    where it cannot.
     """
-    x = jnp.asarray(x)
     if isinstance(epsilon, jax.Array) and not isinstance(epsilon, jax.core.Tracer):
-        epsilon = float(epsilon)  # a concrete array: the fused rule takes it as a constant
-    general = [
-        (mask is not None, "a `mask`"),
-        (axis_name is not None or axis_index_groups is not None,
-         "cross-device statistics (`axis_name`)"),
-        (not jnp.issubdtype(x.dtype, jnp.floating), f"a {x.dtype} input"),
-        (not isinstance(epsilon, (int, float, np.floating)), "a traced `epsilon`"),
-        (any(p is not None and not jnp.issubdtype(jnp.result_type(p), jnp.floating)
-             for p in (scale, bias)), "non-float parameters"),
-    ]
-    reason = next((why for hit, why in general if hit), None)
+        epsilon = float(epsilon)  # a concrete array: the rule takes it as a constant
+    why_not = _why_no_rule(x, scale, bias, epsilon=epsilon, mask=mask, axis_name=axis_name,
+                           axis_index_groups=axis_index_groups)
     if implementation == "pallas":
-        reason = reason or _pallas.unsupported(x, axes, scale, bias)
-        if reason is not None:
+        why_not = why_not or _pallas.unsupported(x, axes, scale, bias)
+        if why_not is not None:
             raise ValueError(
                 f"implementation='pallas': the fused Pallas kernel cannot serve this call: "
-                f"{reason}. Pass implementation=None (automatic) or 'xla'."
+                f"{why_not}. Pass implementation=None (automatic) or 'xla'."
             )
-    if reason is None and implementation != "pallas" and _plan_of(x, axes, scale, center) \
-            .derivative == "autodiff" and (
-                implementation == "xla"
-                or not _pallas.may_take_kernel(x, axes, scale, bias, center=center)):
-        # where the kernel may run (a GPU in the process), the rule's forward picks it per
-        # platform at lowering; elsewhere plain autodiff pays (jnorm._plan)
-        reason = "plain autodiff pays here (jnorm._plan)"
-    if reason is not None:
-        return _normalize_with_moments(
-            x, scale, bias, axes=axes, epsilon=epsilon, center=center, mask=mask,
-            axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype,
-        )
-    return _fused(axes, float(epsilon), center, None if dtype is None else jnp.dtype(dtype),
-                  implementation, x, scale, bias)
+    kernel = implementation == "pallas" or (
+        implementation is None and why_not is None
+        and _pallas.may_take_kernel(x, axes, scale, bias, center=center)
+    )
+    p = plan(
+        axes, x.ndim, masked=mask is not None, center=center, rule=why_not is None,
+        param_shape=None if scale is None else (1,) * (x.ndim - scale.ndim) + scale.shape,
+        kernel=kernel,
+    )
+    if p.derivative == "autodiff":
+        return _plain(x, scale, bias, p, epsilon=epsilon, center=center, mask=mask,
+                      axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype)
+    return _with_rule(p, float(epsilon), center, None if dtype is None else jnp.dtype(dtype),
+                      implementation, x, scale, bias)
 
 
-def _plan_of(x: jax.Array, axes: tuple[int, ...], scale: jax.Array | None, center: bool) -> Any:
-    """The plan (:func:`jnorm._plan.plan`) of an unmasked call."""
-    shape = None if scale is None else (1,) * (x.ndim - np.ndim(scale)) + np.shape(scale)
-    return plan(axes, x.ndim, center=center, param_shape=shape)
+def _why_no_rule(
+    x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, *, epsilon: Scalar,
+    mask: jax.Array | None, axis_name: AxisName, axis_index_groups: AxisIndexGroups,
+) -> str | None:
+    """Why the derivative rule (and the Pallas kernel) cannot serve a call, or None."""
+    if mask is not None:
+        return "a `mask`"
+    if axis_name is not None or axis_index_groups is not None:
+        return "cross-device statistics (`axis_name`)"
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return f"a {x.dtype} input"
+    if not isinstance(epsilon, (int, float, np.floating)):
+        return "a traced `epsilon`"
+    if any(p is not None and not jnp.issubdtype(p.dtype, jnp.floating) for p in (scale, bias)):
+        return "non-float parameters"
+    return None
 
 
 def hide_masked_nonfinite(
@@ -235,12 +265,12 @@ def restore_masked(y: jax.Array, x: jax.Array, keep: jax.Array | None) -> jax.Ar
     return y if keep is None else jnp.where(keep, y, x.astype(y.dtype))
 
 
-def _normalize_with_moments(
+def _plain(
     x: jax.Array,
     scale: jax.Array | None,
     bias: jax.Array | None,
+    p: Plan,
     *,
-    axes: tuple[int, ...],
     epsilon: Scalar,
     center: bool,
     mask: jax.Array | None = None,
@@ -248,24 +278,24 @@ def _normalize_with_moments(
     axis_index_groups: AxisIndexGroups = None,
     dtype: DTypeLike | None = None,
 ) -> tuple[jax.Array, Moments]:
-    """The value of :func:`normalize_with_moments` (plain autodiff applies to it).
+    """The value of :func:`normalize_over`, computed as written (plain autodiff applies to it).
 
     Masked-out NaN/inf elements are hidden from the computation and passed through
     (:func:`hide_masked_nonfinite`), so gradients stay finite and exact.
     """
-    x_raw = x  # the mask was checked by the public function (jnorm._checks.as_mask)
-    x, keep = hide_masked_nonfinite(x, mask)
+    x_hidden, keep = hide_masked_nonfinite(x, mask)
     m = shifted_moments(
-        x, axes, mask=mask, center=center, axis_name=axis_name,
-        axis_index_groups=axis_index_groups,
+        x_hidden, p.axes, mask=mask, center=center, axis_name=axis_name,
+        axis_index_groups=axis_index_groups, plan=p,
     )
     # Its own copy of the pivot: x - shift then fuses into the output's loop (private_copies).
     shift, mean = (m.shift if center else None), m.mean_shifted
-    if plan(axes, x.ndim, masked=mask is not None, center=center).output_copies:
+    if p.output_copies:
         shift, mean = private_copies(shift, mean)
     var = m.var if mask is None else var_of_empty_blocks(m)
-    y = normalize(x, mean, var, scale, bias, epsilon=epsilon, shift=shift, dtype=dtype)
-    return restore_masked(y, x_raw, keep), m
+    y = _scheme(x_hidden, mean, var, scale, bias, epsilon=epsilon, shift=shift, dtype=dtype,
+                compute=m.mean_shifted.dtype)
+    return restore_masked(y, x, keep), m
 
 
 def var_of_empty_blocks(m: Moments) -> jax.Array:
@@ -279,30 +309,31 @@ def var_of_empty_blocks(m: Moments) -> jax.Array:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3, 4))
-def _fused(
-    axes: tuple[int, ...], epsilon: float, center: bool, dtype: jnp.dtype | None,
+def _with_rule(
+    p: Plan, epsilon: float, center: bool, dtype: jnp.dtype | None,
     implementation: Implementation, x: jax.Array, scale: jax.Array | None,
     bias: jax.Array | None,
 ) -> tuple[jax.Array, Moments]:
-    def xla() -> tuple[jax.Array, Moments]:
-        return _normalize_with_moments(
-            x, scale, bias, axes=axes, epsilon=epsilon, center=center, dtype=dtype
-        )
+    """:func:`_plain`'s value, differentiated by :func:`_rule_jvp`; the forward is the fused
+    Pallas kernel where ``p.kernel`` and the platform allow (:func:`jnorm._pallas.row_norm`)."""
 
-    # The fused Pallas kernel or XLA, per platform, sharding and shape (jnorm._pallas).
-    return _pallas.row_norm(x, scale, bias, axes=axes, epsilon=epsilon, center=center,
+    def xla() -> tuple[jax.Array, Moments]:
+        return _plain(x, scale, bias, p, epsilon=epsilon, center=center, dtype=dtype)
+
+    if not p.kernel:
+        return xla()
+    return _pallas.row_norm(x, scale, bias, axes=p.axes, epsilon=epsilon, center=center,
                             out_dtype=output_dtype(x.dtype, dtype),
                             implementation=implementation, xla=xla)
 
 
-@_fused.defjvp
-def _fused_jvp(
-    axes: tuple[int, ...], epsilon: float, center: bool, dtype: jnp.dtype | None,
+@_with_rule.defjvp
+def _rule_jvp(
+    p: Plan, epsilon: float, center: bool, dtype: jnp.dtype | None,
     implementation: Implementation, primals: tuple[Any, ...], tangents: tuple[Any, ...],
 ) -> tuple[tuple[jax.Array, Moments], tuple[jax.Array, Moments]]:
-    r"""Derivative rule of the fused path: ``y = a \hat x + b`` with ``\hat x = (x - \mu) r``.
-
-    Here ``r = (\sigma^2 + \epsilon)^{-1/2}``.
+    r"""Derivative rule of :func:`_with_rule`: ``y = a \hat x + b`` with
+    ``\hat x = (x - \mu) r`` and ``r = (\sigma^2 + \epsilon)^{-1/2}``.
 
     With ``n`` the block size and means ``E`` over the statistics axes,
 
@@ -318,19 +349,16 @@ def _fused_jvp(
     accuracy far from zero.
 
     The formula is the same everywhere; how it is grouped decides what XLA writes to memory,
-    so three algebraically equal arrangements are used, chosen by layout: parameters constant
-    over each block (batch, instance norm), the row layout (layer, RMS norm), and blocks
-    reduced in two stages (group norm). Each was chosen by counting passes in the compiled
-    HLO and timing it with ``python -m benchmarks.bench`` on XLA:CPU; see the comments.
+    so ``p.derivative`` (:func:`jnorm._plan.plan`) picks one of three algebraically equal
+    arrangements: parameters constant over each block (batch, instance norm), the row layout
+    (layer, RMS norm), and blocks reduced in stages (group norm).
     """
     del implementation  # the derivative's primal is XLA's whatever the forward used (below)
     x, scale, bias = primals
     dx, dscale, dbias = tangents
-    # The XLA path even where the fused Pallas forward suits: XLA fuses these statistics
-    # into the derivative's loops, while the kernel's output costs passes of its own.
-    y, m = _normalize_with_moments(
-        x, scale, bias, axes=axes, epsilon=epsilon, center=center, dtype=dtype
-    )
+    # XLA's value even where the Pallas forward runs: XLA fuses these statistics into the
+    # derivative's loops, while the kernel's output costs passes of its own.
+    y, m = _plain(x, scale, bias, p, epsilon=epsilon, center=center, dtype=dtype)
     compute = accumulation_dtype(x.dtype)
     n = m.count.astype(compute)
     mu = m.mean_shifted
@@ -339,15 +367,8 @@ def _fused_jvp(
     a = None if scale is None else scale.astype(compute)
     da = None if scale is None else dscale.astype(compute)
     db = None if bias is None else dbias.astype(compute)
-    dmean = staged_sum(dxa, axes) / n if center else jnp.zeros_like(mu)
-    a_shape = (1,) * (x.ndim - np.ndim(a)) + np.shape(a)
-    p = _plan_of(x, axes, scale, center)
-    layout = p.derivative
-    if layout == "autodiff":  # only implementation="pallas" gets here: the layout's own rule
-        layout = plan(axes, x.ndim, center=center, param_shape=None if a is None else a_shape,
-                      backend="gpu").derivative
-    per_block, rows = layout == "per_block", layout == "rows"
-    if per_block or rows:
+    dmean = staged_sum(dxa, p.stages) / n if center else jnp.zeros_like(mu)
+    if p.derivative in ("per_block", "rows"):
         # The two full-size uses of x - mu (inside dvar, and in the term whose transpose is a
         # reduction of g) each get their own copy of the pivot (private_copies): XLA then
         # recomputes x - mu inside each fused loop instead of writing it to memory.
@@ -356,8 +377,8 @@ def _fused_jvp(
             c_var, d_t = (xa - shift_v) - mu_v, xa - shift_t
         else:
             c_var = d_t = xa
-        dvar = 2 * staged_sum(c_var * dxa, axes) / n
-    if per_block:
+        dvar = 2 * staged_sum(c_var * dxa, p.stages) / n
+    if p.derivative == "per_block":
         # Parameters constant over each block (batch and instance norm): every per-block
         # factor is combined before it is broadcast, so the transpose needs exactly two
         # reductions of the cotangent g, sum(g) and sum(d g), shared by dx, da and db. The
@@ -367,13 +388,13 @@ def _fused_jvp(
         k_c = -(gain * r * r * dvar / 2)
         if da is not None:
             k_c = k_c + r * da
-        dy = gain * dxa + d_t * staged_spread(k_c, axes, x.shape)
+        dy = gain * dxa + d_t * staged_spread(k_c, p.spread_stages, x.shape)
         k_0 = -(gain * dmean) - mu_t * k_c if center else None
         if db is not None:
             k_0 = db if k_0 is None else k_0 + db
         if k_0 is not None:
-            dy = dy + staged_spread(k_0, axes, x.shape)
-    elif rows:
+            dy = dy + staged_spread(k_0, p.spread_stages, x.shape)
+    elif p.derivative == "rows":
         # Row layout with per-feature parameters (layer and RMS norm): dx's row reductions
         # and its elementwise part share one fused loop per row. da's column sum gets its own
         # r and is written r * (c da): its transpose scales g by r first, the cheaper order
@@ -387,24 +408,23 @@ def _fused_jvp(
         if db is not None:
             dy = dy + db
     else:
-        # Parameters vary inside a block that is reduced in two stages (group norm). XLA
-        # writes any broadcast feeding these reductions to memory, so every full-size term
-        # is `d` (x minus the pivot, the array the statistics were reduced from) times
-        # factors; `d` and `mu` both have the data's spread, so expanding d - mu cancels
-        # nothing. The factors are constant over the axes where the parameters are (H, W)
-        # and are combined before they are broadcast, so the transpose reduces g and d g
-        # once each over those axes, shared by dx, da and db.
+        # Parameters vary inside a block that is reduced in stages (group norm). XLA writes
+        # any broadcast feeding these reductions to memory, so every full-size term is `d`
+        # (x minus the pivot, the array the statistics were reduced from) times factors; `d`
+        # and `mu` both have the data's spread, so expanding d - mu cancels nothing. The
+        # factors are constant over the axes where the parameters are (H, W) and are combined
+        # before they are broadcast, so the transpose reduces g and d g once each over those
+        # axes, shared by dx, da and db.
         d = xa - m.shift if center else xa
-        dvar = 2 * staged_sum(d * dxa, axes) / n - (2 * mu * dmean if center else 0)
+        dvar = 2 * staged_sum(d * dxa, p.stages) / n - (2 * mu * dmean if center else 0)
         k = r * r * dvar / 2
         gain = r * a
-        flat = tuple(i for i in axes if a_shape[i] == 1)
         k_d = r * da - gain * k
         k_0 = gain * (mu * k - dmean) - da * (mu * r) if center else None
         if db is not None:
             k_0 = db if k_0 is None else k_0 + db
-        dy = gain * dxa + d * staged_spread(k_d, flat, x.shape, p.staged_spread)
+        dy = gain * dxa + d * staged_spread(k_d, p.spread_stages, x.shape)
         if k_0 is not None:
-            dy = dy + staged_spread(k_0, flat, x.shape, p.staged_spread)
+            dy = dy + staged_spread(k_0, p.spread_stages, x.shape)
     zero = jnp.zeros_like(m.shift)
     return (y, m), (dy.astype(y.dtype), Moments(zero, dmean, dvar, jnp.zeros_like(m.count)))

@@ -18,7 +18,7 @@ import jax
 __all__ = ["Derivative", "Plan", "plan", "stages"]
 
 #: How the derivative is formed:
-#: ``"autodiff"``: plain reverse mode of the forward (``_normalize_with_moments``);
+#: ``"autodiff"``: plain reverse mode of the forward (``jnorm._normalize._plain``);
 #: ``"per_block"``: the rule with parameters constant over each block (batch, instance norm);
 #: ``"rows"``: the rule for the last axes with per-feature parameters (RMS norm);
 #: ``"two_stage"``: the rule for parameters varying inside blocks reduced in stages (group norm).
@@ -27,8 +27,10 @@ Derivative = Literal["autodiff", "per_block", "rows", "two_stage"]
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The choices for one call (see :func:`plan`)."""
+    """The choices for one call (see :func:`plan`); hashable, so it can be a static argument."""
 
+    #: the statistics axes, canonical (sorted, non-negative)
+    axes: tuple[int, ...]
     #: groups of the reduced axes summed one after the other (:func:`jnorm._stats.staged_sum`)
     stages: tuple[tuple[int, ...], ...]
     #: the moments' two sums each subtract their own copy of the shift (private_copies)
@@ -37,8 +39,12 @@ class Plan:
     output_copies: bool
     #: how the derivative is formed
     derivative: Derivative
-    #: two_stage: the derivative's broadcasts run through the stages too
-    staged_spread: bool
+    #: the stages the derivative rule broadcasts its per-block factors through
+    #: (:func:`jnorm._stats.staged_spread`); empty where the rule broadcasts none
+    spread_stages: tuple[tuple[int, ...], ...]
+    #: the forward may run the fused Pallas kernel (:func:`jnorm._pallas.row_norm` picks it
+    #: per platform at lowering)
+    kernel: bool
 
 
 def _cpu(backend: str | None) -> bool:
@@ -80,13 +86,18 @@ def plan(
     masked: bool = False,
     center: bool = True,
     param_shape: tuple[int, ...] | None = None,
+    rule: bool = True,
+    kernel: bool = False,
     backend: str | None = None,
 ) -> Plan:
     """The plan for statistics over canonical `axes` of a rank-`ndim` input.
 
     `param_shape` is the scale's shape broadcast to rank `ndim` (None: no scale); `masked`
-    says a mask is given (masks take the plain path: the derivative rule is for unmasked
-    calls); `backend` defaults to JAX's default backend (decided at trace time).
+    says a mask is given; `rule` is False where the derivative rule cannot serve the call (a
+    mask, cross-device statistics, non-float data or parameters, a traced epsilon), so plain
+    autodiff differentiates it; `kernel` says the fused Pallas kernel may run the forward
+    (:func:`jnorm._pallas.may_take_kernel`, or ``implementation="pallas"``); `backend`
+    defaults to JAX's default backend (decided at trace time).
 
     >>> p = plan((1,), 2, param_shape=(1, 8), backend="cpu")
     >>> p.derivative, p.stages
@@ -96,26 +107,34 @@ def plan(
     grouped = two_stage(axes, ndim)
     per_block = param_shape is None or all(param_shape[i] == 1 for i in axes)
     rows = axes == tuple(range(ndim - len(axes), ndim))
+    staged = stages(axes, ndim, backend)
     derivative: Derivative
-    if masked:
+    spread: tuple[tuple[int, ...], ...] = ()
+    if masked or not rule:
         derivative = "autodiff"
-    elif rows and center and cpu:
+    elif rows and center and cpu and not kernel:
         # Layer norm inside a model: its input is the residual stream, a sum XLA keeps
         # unmaterialized and recomputes from all its terms in every loop that reads it; the
         # rule reads x in more loops than autodiff, which saves x - mu once.
         derivative = "autodiff"
     elif per_block:
-        derivative = "per_block"
+        derivative, spread = "per_block", staged
     elif rows:
         derivative = "rows"
     else:
         derivative = "two_stage"
+        assert param_shape is not None  # per_block otherwise
+        # the factors vary where the parameters do: broadcast over the other reduced axes
+        flat = tuple(i for i in axes if param_shape[i] == 1)
+        spread = stages(flat, ndim, backend) if cpu else (flat,)
     return Plan(
-        stages=stages(axes, ndim, backend),
+        axes=axes,
+        stages=staged,
         # Own copies stream a materialized x into each loop instead of writing x - shift; GPUs
         # keep group norm's program without them, the one measured there.
         shift_copies=not masked and (cpu or not grouped),
         output_copies=center and not masked and not grouped,
         derivative=derivative,
-        staged_spread=cpu,
+        spread_stages=spread,
+        kernel=kernel,
     )

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jnorm._axes import feature_param
-from jnorm._checks import check_batch_size, check_nonnegative
-from jnorm._layers import batch_norm, checked_batch_args
+from jnorm._checks import as_batch_args, check_batch_size, check_nonnegative
+from jnorm._layers import batch_norm
 from jnorm._normalize import (
     hide_masked_nonfinite,
     normalize,
@@ -138,8 +138,8 @@ def batch_renorm(
       >>> bool(jnp.allclose(y, y_eval))  # r, d unclipped: training output = inference output
       True
     """
-    x, features, stat_axes, mask = checked_batch_args(
-        "batch_renorm", x, state, training=training, feature_axes=feature_axes,
+    x, features, stat_axes, mask = as_batch_args(
+        "batch_renorm", x, state, cls=BatchStats, training=training, feature_axes=feature_axes,
         momentum=momentum, epsilon=epsilon, dtype=dtype, mask=mask, axis_name=axis_name,
         axis_index_groups=axis_index_groups, partial=mask is not None,
     )

@@ -18,7 +18,7 @@ from jnorm._checks import (
 )
 from jnorm._typing import DTypeLike
 
-__all__ = ["BatchStats", "update_batch_stats"]
+__all__ = ["BatchStats", "next_batch_stats", "update_batch_stats"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -102,6 +102,22 @@ def update_batch_stats(
                 init="BatchStats.init(num_features)", layer="update_batch_stats")
     check_batch_moments(state, mean, var, count)
     check_momentum(momentum, layer="update_batch_stats")
+    return next_batch_stats(state, mean, var, count, momentum=momentum,
+                            unbiased_running_var=unbiased_running_var,
+                            skip_nonfinite=skip_nonfinite)
+
+
+def next_batch_stats(
+    state: BatchStats,
+    mean: jax.Array,
+    var: jax.Array,
+    count: jax.Array,
+    *,
+    momentum: float | None,
+    unbiased_running_var: bool,
+    skip_nonfinite: bool,
+) -> BatchStats:
+    """:func:`update_batch_stats` on arguments already checked (the layers' own statistics)."""
     real = state.var.dtype  # real even when the mean is complex (flax stores complex means)
     n = count.astype(real)
     if unbiased_running_var:

@@ -61,7 +61,8 @@ from jax import lax
 
 from jnorm._axes import canonicalize_axes
 from jnorm._checks import as_input, as_mask, check_axis_name
-from jnorm._plan import plan, stages
+from jnorm._plan import Plan
+from jnorm._plan import plan as _plan
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
 __all__ = [
@@ -112,14 +113,17 @@ def _real_dtype(dtype: DTypeLike) -> jnp.dtype:
     return jnp.finfo(dtype).dtype
 
 
-def staged_sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = None) -> jax.Array:
-    """``jnp.sum(v, axes, keepdims=True)``, in stages when that avoids a slow reduction.
+Stages = tuple[tuple[int, ...], ...]
 
-    The stages (:func:`jnorm._plan.stages`, which says why) are the same sum in another
-    order. :func:`staged_spread` is the transpose: it broadcasts through the same stages, so
-    gradients reduce in them too.
+
+def staged_sum(v: jax.Array, stages: Stages, dtype: DTypeLike | None = None) -> jax.Array:
+    """``jnp.sum(v, axes, keepdims=True)`` over the union of `stages`, one stage at a time.
+
+    The stages (:attr:`jnorm._plan.Plan.stages`; :func:`jnorm._plan.stages` says why) are the
+    same sum in another order. :func:`staged_spread` is the transpose: it broadcasts through
+    the same stages, so gradients reduce in them too.
     """
-    for i, stage in enumerate(stages(axes, v.ndim)):
+    for i, stage in enumerate(stages):
         if i:
             # The barrier (on a small array) stops XLA from merging the reductions back.
             v = lax.optimization_barrier(v)
@@ -127,19 +131,16 @@ def staged_sum(v: jax.Array, axes: tuple[int, ...], dtype: DTypeLike | None = No
     return v
 
 
-def staged_spread(
-    v: jax.Array, axes: tuple[int, ...], shape: tuple[int, ...], staged: bool = True
-) -> jax.Array:
-    """Broadcasts per-block `v` (`axes` of size 1) to `shape`, the transpose of
+def staged_spread(v: jax.Array, stages: Stages, shape: tuple[int, ...]) -> jax.Array:
+    """Broadcasts per-block `v` (size 1 on the axes of `stages`) to `shape`, the transpose of
     :func:`staged_sum`.
 
-    The broadcast runs through :func:`staged_sum`'s stages in reverse, with a barrier between
-    them, so reverse-mode autodiff turns ``v * full`` into the staged reduction rather than
-    the single slow one. ``staged=False``: one broadcast.
+    The broadcast runs through the stages in reverse, with a barrier between them, so
+    reverse-mode autodiff turns ``v * full`` into the staged reduction rather than the single
+    slow one.
     """
     v = jnp.reshape(v, (1,) * (len(shape) - v.ndim) + v.shape)
-    groups = stages(axes, len(shape)) if staged else (axes,)
-    for i, stage in enumerate(reversed(groups)):
+    for i, stage in enumerate(reversed(stages)):
         if i:
             v = lax.optimization_barrier(v)
         v = jnp.broadcast_to(v, tuple(shape[a] if a in stage else v.shape[a]
@@ -190,14 +191,14 @@ def settle(v: jax.Array) -> jax.Array:
 
 
 def _first_mean(
-    xa: jax.Array, axes: tuple[int, ...], mask: jax.Array | None, count: jax.Array
+    xa: jax.Array, stages: Stages, mask: jax.Array | None, count: jax.Array
 ) -> jax.Array:
     """The first pass: the mean of the masked-in elements of each block (0 for an empty one),
     the axes kept. Masked-out elements (even NaN) are replaced by 0 before the sum."""
     if mask is not None:
         xa = jnp.where(mask, xa, jnp.zeros_like(xa))
     safe = jnp.maximum(count, jnp.ones_like(count)).astype(xa.dtype)
-    return staged_sum(xa, axes) / safe
+    return staged_sum(xa, stages) / safe
 
 
 def _recentre(shift: jax.Array, mean: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -268,6 +269,7 @@ def shifted_moments(
     axis_name: AxisName = None,
     axis_index_groups: AxisIndexGroups = None,
     pivot: jax.Array | None = None,
+    plan: Plan | None = None,
 ) -> Moments:
     """Mean and biased variance of `x` over `axes` in shifted form (reduced axes kept).
 
@@ -286,15 +288,18 @@ def shifted_moments(
     It checks nothing: `axes` are canonical (sorted non-negative ints, from
     :func:`jnorm._axes.canonicalize_axes`), `mask` is None or a boolean array of `x`'s shape
     (:func:`jnorm._checks.as_mask`) and `axis_name` is bound, as the public function that
-    calls it has made sure.
+    calls it has made sure. `plan` is the call's :class:`jnorm._plan.Plan` where the caller
+    has made it (the layers); without it the statistics make their own.
     """
     x = jnp.asarray(x)
+    if plan is None:
+        plan = _plan(axes, x.ndim, masked=mask is not None, center=center)
     acc = accumulation_dtype(x.dtype)
     real = _real_dtype(acc)
     xa = x.astype(acc)
 
     if mask is not None:
-        count = staged_sum(mask, axes, dtype=real)
+        count = staged_sum(mask, plan.stages, dtype=real)
     else:
         size = 1
         for a in axes:
@@ -304,22 +309,22 @@ def shifted_moments(
     safe = jnp.maximum(count, jnp.ones_like(count))
     if center:
         if pivot is None:  # one number for the sums and every later user (settle)
-            shift = lax.stop_gradient(settle(_first_mean(xa, axes, mask, count)))
+            shift = lax.stop_gradient(settle(_first_mean(xa, plan.stages, mask, count)))
         else:  # the caller's number, as it is: results are relative to it
             shift = lax.stop_gradient(pivot)
         # The mean and the square sum each subtract their own copy of the shift, so XLA streams
         # x into both reductions rather than writing x - shift to memory (jnorm._plan).
-        copies = plan(axes, x.ndim, masked=mask is not None).shift_copies
-        shift_mean, shift_sq = private_copies(shift, shift) if copies else (shift, shift)
+        shift_mean, shift_sq = (private_copies(shift, shift) if plan.shift_copies
+                                else (shift, shift))
         d, d_sq = xa - shift_mean, xa - shift_sq
     else:
         shift = jnp.zeros(count.shape, acc)
         d = d_sq = xa
     if mask is not None:
         d = d_sq = jnp.where(mask, d, jnp.zeros_like(d))
-    sq = staged_sum(_abs_sq(d_sq), axes) / safe
+    sq = staged_sum(_abs_sq(d_sq), plan.stages) / safe
     if center:
-        mean = staged_sum(d, axes) / safe.astype(acc)
+        mean = staged_sum(d, plan.stages) / safe.astype(acc)
         var = jnp.maximum(sq - _abs_sq(mean), jnp.zeros_like(sq))
         if pivot is None:
             shift, mean = _recentre(shift, mean)

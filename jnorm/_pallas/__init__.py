@@ -1,6 +1,6 @@
 """Fused Pallas kernels for row norms (layer norm and RMS norm over the last axis).
 
-The kernels compute exactly what :func:`jnorm._normalize.normalize_with_moments` computes
+The kernels compute exactly what :func:`jnorm._normalize.normalize_over` computes
 (corrected two-pass statistics: the row's mean, then shifted sums around it; then the
 affine scheme), in one read of each row block. The pure-JAX path is both their fallback and
 their test oracle (``tests/core/test_pallas.py`` runs them in Pallas interpret mode on CPU).

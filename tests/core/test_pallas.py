@@ -13,7 +13,7 @@ import pytest
 
 import jnorm
 from jnorm import _pallas
-from jnorm._normalize import _normalize_with_moments
+from jnorm._normalize import normalize_over
 from jnorm._pallas import _dispatch
 
 INTERPRET = jax.default_backend() != "gpu"
@@ -30,8 +30,9 @@ def _data(shape, offset, dtype=jnp.float32, seed=0):
 
 
 def _oracle(x, scale, bias, center):
-    y, m = _normalize_with_moments(
-        x, scale, None if not center else bias, axes=(1,), epsilon=1e-6, center=center
+    y, m = normalize_over(  # parameters broadcast to x, as the layers pass them
+        x, (1,), scale[None], None if not center or bias is None else bias[None], epsilon=1e-6, center=center, mask=None,
+        axis_name=None, axis_index_groups=None, dtype=None, implementation="xla",
     )
     return y, m
 
