@@ -632,7 +632,7 @@ class WeightStandardization(Module):
     :func:`jnorm.scaled_standardize_weight` with a learned per-output ``gain`` (initialised to
     1; param ``<path>/gain``) and ``nonlinearity_gain``. Attributes: ``layer_instance``,
     ``scaled`` (False), ``epsilon`` (None: 1e-5, or 1e-4 when scaled), ``nonlinearity_gain``
-    (1.0), ``param_dtype``, ``variable_filter`` (``{"kernel"}``: which of the layer's params are
+    (1.0), ``param_dtype``, ``variable_filter`` (``("kernel",)``: which of the layer's params are
     transformed). The layer's own params stay where they are (``layer_instance``'s name).
 
     Examples:
@@ -674,7 +674,7 @@ class WeightNorm(Module):
     ``weight_norm`` does: the wrapped layer computes exactly what the bare layer would. Params:
     the layer's own (its kernel is ``v``) plus ``<layer>/<path>/scale`` (``g``, ``[O]``).
     Attributes: ``layer_instance``, ``epsilon`` (0.0), ``param_dtype``, ``variable_filter``
-    (``{"kernel"}``), ``scale_init`` (None: ``||v||`` as above; an initializer, e.g. flax's
+    (``("kernel",)``), ``scale_init`` (None: ``||v||`` as above; an initializer, e.g. flax's
     ``ones``, gives flax's behaviour). Norms are over the fan-in (all kernel axes but the last), on
     :func:`jnorm.weight_norm`.
 
