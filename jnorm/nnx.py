@@ -87,7 +87,7 @@ def _feature_param(
     num_features: int, param_dtype: Dtype, rngs: nnx.Rngs,
 ) -> Any:
     """``scale`` or ``bias`` as flax.nnx creates them: an ``nnx.Param`` of ``(num_features,)``
-    from ``init`` with ``metadata``, or ``None`` when not ``use``d."""
+    from ``init`` with ``metadata``, or None when ``use`` is False."""
     if not use:
         return nnx.data(None)
     return nnx.Param(init(rngs.params(), (num_features,), param_dtype), **metadata)
