@@ -8,9 +8,14 @@ way:
 * which running statistics a module stores, their initial values and their stored dtype
   (:func:`initial_stats`, :func:`run_with_stats`);
 * turning stored values into the functions' state pytree and the new state back into values
-  to store (one place for ``count``, dtypes and ``stop_gradient``);
+  to store (one place for ``count`` and dtypes);
 * the dtype a module returns (:func:`out_dtype`, flax's rule) and which of a wrapped layer's
-  params a kernel wrapper transforms (:func:`kernel_selected`).
+  params a kernel wrapper transforms (:func:`kernel_selected`);
+* the call of each module: ``apply_<layer>(module, x, ...)`` calls jnorm's public function
+  ``<layer>`` with the module's attributes as its keywords (``apply_batch_norm(module, x, ...)``
+  is :class:`BatchNorm`'s call, :func:`jnorm.batch_norm` the function it runs), and the kernel
+  wrappers' transforms (:func:`standardized_kernel`, :func:`weight_normed_kernel`,
+  :func:`spectral_kernel`).
 """
 
 from __future__ import annotations
@@ -24,42 +29,58 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import dtypes
 
-import jnorm._dyt as _dyt
-import jnorm._frn as _frn
-import jnorm._layers as F
-import jnorm._lrn as _lrn
-import jnorm._renorm as _renorm
-import jnorm._spectral as _spectral
-import jnorm._weight as _weight
-import jnorm._whitening as _whitening
+from jnorm import (
+    BatchStats,
+    WhiteningStats,
+    batch_norm,
+    batch_renorm,
+    decorrelated_batch_norm,
+    dynamic_tanh,
+    evonorm_b0,
+    evonorm_s0,
+    filter_response_norm,
+    group_norm,
+    instance_norm,
+    iter_norm,
+    kernel_norm,
+    layer_norm,
+    local_response_norm,
+    rms_norm,
+    scaled_standardize_weight,
+    spectral_norm,
+    spectral_norm_init,
+    standardize_weight,
+    tlu,
+    weight_norm,
+)
 from jnorm._axes import canonicalize_axes, resolve_groups
-from jnorm._state import BatchStats
-from jnorm._whitening import WhiteningStats
 
 __all__ = [
     "MODULE_NAMES",
     "StatsKind",
-    "batch_norm",
-    "batch_renorm",
-    "dynamic_tanh",
-    "evonorm_b0",
-    "evonorm_s0",
-    "filter_response_norm",
-    "group_norm",
+    "apply_batch_norm",
+    "apply_batch_renorm",
+    "apply_dynamic_tanh",
+    "apply_evonorm_b0",
+    "apply_evonorm_s0",
+    "apply_filter_response_norm",
+    "apply_group_norm",
+    "apply_instance_norm",
+    "apply_layer_norm",
+    "apply_local_response_norm",
+    "apply_rms_norm",
+    "apply_whitening_norm",
+    "initial_kernel_scale",
     "initial_stats",
-    "instance_norm",
     "kernel_selected",
-    "layer_norm",
-    "local_response_norm",
     "out_dtype",
-    "rms_norm",
     "run_with_stats",
+    "spectral_initial_u",
     "spectral_kernel",
     "standardized_kernel",
     "stat_dtype",
     "stat_names",
     "weight_normed_kernel",
-    "whitening_norm",
 ]
 
 # The modules jnorm.linen and jnorm.nnx both provide (each module's ``__all__``).
@@ -197,8 +218,9 @@ def kernel_selected(path: str, value: Any, names: Collection[str]) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# One call per layer: module attributes -> the function's keywords. ``m`` is a linen or an nnx
-# module; both spell their attributes as flax does, so the plumbing is written once here.
+# One call per layer, ``apply_<layer>(module, x, ...)``: the module's attributes -> the keywords
+# of jnorm's function ``<layer>``. ``module`` is a linen or an nnx module; both spell their
+# attributes as flax does, so the plumbing is written once here.
 # ``stored`` is the module's running statistics (name -> value); ``update`` whether to return
 # new values to store; ``collective`` whether ``axis_name`` applies (linen's init: no).
 
@@ -211,194 +233,205 @@ def _shaped(p: jax.Array | None, x: jax.Array, axes: tuple[int, ...]) -> jax.Arr
     return p.reshape(shape) if p.shape != shape and p.size == int(np.prod(shape)) else p
 
 
-def _running(
-    kind: StatsKind, m: Any, x: jax.Array, stored: Mapping[str, jax.Array],
+def _run_with_module_stats(
+    kind: StatsKind, module: Any, x: jax.Array, stored: Mapping[str, jax.Array],
     call: Callable[[Any], tuple[jax.Array, Any]], update: bool, follow_input: bool,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     return run_with_stats(
-        kind, stored, call, x=x, update=update, dtype=m.dtype,
-        force_float32_reductions=m.force_float32_reductions,
+        kind, stored, call, x=x, update=update, dtype=module.dtype,
+        force_float32_reductions=module.force_float32_reductions,
         follow_input=follow_input,
     )
 
 
-def batch_norm(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+def apply_batch_norm(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
     stored: Mapping[str, jax.Array], *, training: bool, update: bool, collective: bool = True,
     follow_input: bool = True, mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-    """:func:`jnorm.batch_norm` with ``m``'s attributes (flax's, plus jnorm's extras)."""
-    features = canonicalize_axes(m.axis, x.ndim, name="axis")
+    """:func:`jnorm.batch_norm` with ``module``'s attributes (flax's, plus jnorm's extras)."""
+    features = canonicalize_axes(module.axis, x.ndim, name="axis")
     scale, bias = _shaped(scale, x, features), _shaped(bias, x, features)
-    return _running("batch", m, x, stored, lambda st: F.batch_norm(
-        x, st, scale, bias, training=training, feature_axes=features, momentum=m.momentum,
-        epsilon=m.epsilon, mask=mask,
-        axis_name=m.axis_name if collective else None,
-        axis_index_groups=m.axis_index_groups if collective else None,
-        unbiased_running_var=m.unbiased_running_var,
-        skip_nonfinite=m.skip_nonfinite,
-        dtype=out_dtype(m.dtype, x, scale, bias),
-        virtual_batch_size=m.virtual_batch_size, strict=False,
+    return _run_with_module_stats("batch", module, x, stored, lambda st: batch_norm(
+        x, st, scale, bias, training=training, feature_axes=features, momentum=module.momentum,
+        epsilon=module.epsilon, mask=mask,
+        axis_name=module.axis_name if collective else None,
+        axis_index_groups=module.axis_index_groups if collective else None,
+        unbiased_running_var=module.unbiased_running_var,
+        skip_nonfinite=module.skip_nonfinite,
+        dtype=out_dtype(module.dtype, x, scale, bias),
+        virtual_batch_size=module.virtual_batch_size, strict=False,
     ), update, follow_input)
 
 
-def batch_renorm(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+def apply_batch_renorm(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
     stored: Mapping[str, jax.Array], *, training: bool, update: bool, collective: bool = True,
     follow_input: bool = True, mask: jax.Array | None = None, r_max: Any = None,
     d_max: Any = None,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-    """:func:`jnorm.batch_renorm` with ``m``'s attributes; ``r_max``/``d_max`` override them."""
-    features = canonicalize_axes(m.axis, x.ndim, name="axis")
+    """:func:`jnorm.batch_renorm` with ``module``'s attributes; ``r_max``/``d_max`` override
+    them."""
+    features = canonicalize_axes(module.axis, x.ndim, name="axis")
     scale, bias = _shaped(scale, x, features), _shaped(bias, x, features)
-    return _running("batch", m, x, stored, lambda st: _renorm.batch_renorm(
+    return _run_with_module_stats("batch", module, x, stored, lambda st: batch_renorm(
         x, st, scale, bias, training=training,
-        r_max=m.r_max if r_max is None else r_max, d_max=m.d_max if d_max is None else d_max,
-        feature_axes=features, momentum=m.momentum, epsilon=m.epsilon, mask=mask,
-        axis_name=m.axis_name if collective else None,
-        axis_index_groups=m.axis_index_groups if collective else None,
-        dtype=out_dtype(m.dtype, x, scale, bias),
+        r_max=module.r_max if r_max is None else r_max,
+        d_max=module.d_max if d_max is None else d_max,
+        feature_axes=features, momentum=module.momentum, epsilon=module.epsilon, mask=mask,
+        axis_name=module.axis_name if collective else None,
+        axis_index_groups=module.axis_index_groups if collective else None,
+        dtype=out_dtype(module.dtype, x, scale, bias),
     ), update, follow_input)
 
 
-def whitening_norm(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+def apply_whitening_norm(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
     stored: Mapping[str, jax.Array], *, training: bool, update: bool, follow_input: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-    """:func:`jnorm.decorrelated_batch_norm` (``m.iterations`` None) or :func:`jnorm.iter_norm`."""
-    (ch,) = canonicalize_axes(m.axis, x.ndim, name="axis")
-    kwargs = dict(
-        training=training, group_size=m.group_size, feature_axes=ch, momentum=m.momentum,
-        epsilon=m.epsilon, dtype=out_dtype(m.dtype, x, scale, bias),
-    )
-    if m.iterations is None:
-        def call(st: Any) -> tuple[jax.Array, Any]:
-            return _whitening.decorrelated_batch_norm(x, st, scale, bias, **kwargs)
-    else:
-        def call(st: Any) -> tuple[jax.Array, Any]:
-            return _whitening.iter_norm(x, st, scale, bias, iterations=m.iterations, **kwargs)
-    return _running("whitening", m, x, stored, call, update, follow_input)
+    """:func:`jnorm.decorrelated_batch_norm` (``module.iterations`` None) or
+    :func:`jnorm.iter_norm` with ``module``'s attributes."""
+    (ch,) = canonicalize_axes(module.axis, x.ndim, name="axis")
+    dtype = out_dtype(module.dtype, x, scale, bias)
+
+    def call(st: Any) -> tuple[jax.Array, Any]:
+        if module.iterations is None:
+            return decorrelated_batch_norm(
+                x, st, scale, bias, training=training, group_size=module.group_size,
+                feature_axes=ch, momentum=module.momentum, epsilon=module.epsilon, dtype=dtype,
+            )
+        return iter_norm(
+            x, st, scale, bias, training=training, iterations=module.iterations,
+            group_size=module.group_size, feature_axes=ch, momentum=module.momentum,
+            epsilon=module.epsilon, dtype=dtype,
+        )
+
+    return _run_with_module_stats("whitening", module, x, stored, call, update, follow_input)
 
 
-def evonorm_b0(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+def apply_evonorm_b0(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
     v: jax.Array | None, stored: Mapping[str, jax.Array], *, training: bool, update: bool,
     follow_input: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
-    """:func:`jnorm.evonorm_b0` with ``m``'s attributes."""
-    return _running("batch", m, x, stored, lambda st: _frn.evonorm_b0(
-        x, st, scale, bias, v, training=training, momentum=m.momentum, epsilon=m.epsilon,
-        dtype=out_dtype(m.dtype, x, scale, bias),
+    """:func:`jnorm.evonorm_b0` with ``module``'s attributes."""
+    return _run_with_module_stats("batch", module, x, stored, lambda st: evonorm_b0(
+        x, st, scale, bias, v, training=training, momentum=module.momentum, epsilon=module.epsilon,
+        dtype=out_dtype(module.dtype, x, scale, bias),
     ), update, follow_input)
 
 
-def layer_norm(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
-    mask: jax.Array | None = None, *, center: bool = True,
-) -> jax.Array:
-    """:func:`jnorm.layer_norm` (or :func:`jnorm.rms_norm`, ``center=False``) with ``m``'s
-    attributes."""
-    feat = canonicalize_axes(m.feature_axes, x.ndim, name="feature_axes")
-    scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
-    kwargs = dict(
-        reduction_axes=m.reduction_axes, feature_axes=feat, epsilon=m.epsilon, mask=mask,
-        axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
-        dtype=out_dtype(m.dtype, x, scale, bias),
-        implementation=m.implementation,
-        zero_centered_scale=bool(m.zero_centered_scale) and scale is not None,
-    )
-    if center:
-        return F.layer_norm(x, scale, bias, **kwargs)
-    return F.rms_norm(x, scale, **kwargs)
-
-
-def rms_norm(
-    m: Any, x: jax.Array, scale: jax.Array | None, mask: jax.Array | None = None
-) -> jax.Array:
-    """:func:`jnorm.rms_norm` with ``m``'s attributes."""
-    return layer_norm(m, x, scale, None, mask, center=False)
-
-
-def dynamic_tanh(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, alpha: jax.Array,
+def apply_layer_norm(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """:func:`jnorm.dynamic_tanh` with ``m``'s attributes (``mask`` is checked, no effect)."""
-    feat = canonicalize_axes(m.feature_axes, x.ndim, name="feature_axes")
+    """:func:`jnorm.layer_norm` with ``module``'s attributes."""
+    feat = canonicalize_axes(module.feature_axes, x.ndim, name="feature_axes")
+    scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
+    return layer_norm(
+        x, scale, bias, reduction_axes=module.reduction_axes, feature_axes=feat,
+        epsilon=module.epsilon, mask=mask, axis_name=module.axis_name,
+        axis_index_groups=module.axis_index_groups, dtype=out_dtype(module.dtype, x, scale, bias),
+        implementation=module.implementation,
+        zero_centered_scale=bool(module.zero_centered_scale) and scale is not None,
+    )
+
+
+def apply_rms_norm(
+    module: Any, x: jax.Array, scale: jax.Array | None, mask: jax.Array | None = None
+) -> jax.Array:
+    """:func:`jnorm.rms_norm` with ``module``'s attributes."""
+    feat = canonicalize_axes(module.feature_axes, x.ndim, name="feature_axes")
+    scale = _shaped(scale, x, feat)
+    return rms_norm(
+        x, scale, reduction_axes=module.reduction_axes, feature_axes=feat,
+        epsilon=module.epsilon, mask=mask, axis_name=module.axis_name,
+        axis_index_groups=module.axis_index_groups, dtype=out_dtype(module.dtype, x, scale),
+        implementation=module.implementation,
+        zero_centered_scale=bool(module.zero_centered_scale) and scale is not None,
+    )
+
+
+def apply_dynamic_tanh(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, alpha: jax.Array,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """:func:`jnorm.dynamic_tanh` with ``module``'s attributes (``mask`` is checked, no effect)."""
+    feat = canonicalize_axes(module.feature_axes, x.ndim, name="feature_axes")
     scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
     alpha = alpha if jnp.ndim(alpha) == 0 else _shaped(alpha, x, feat)
-    return _dyt.dynamic_tanh(x, scale, bias, alpha, feature_axes=feat, mask=mask,
-                             dtype=out_dtype(m.dtype, x, scale, bias, alpha))
+    return dynamic_tanh(x, scale, bias, alpha, feature_axes=feat, mask=mask,
+                        dtype=out_dtype(module.dtype, x, scale, bias, alpha))
 
 
-def group_norm(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+def apply_group_norm(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
     mask: jax.Array | None = None, *, groups: tuple[int | None, int | None] | None = None,
 ) -> jax.Array:
-    """:func:`jnorm.group_norm` with ``m``'s attributes; channels last, as in flax.
+    """:func:`jnorm.group_norm` with ``module``'s attributes; channels last, as in flax.
 
-    ``groups`` (``(num_groups, group_size)``) overrides ``m``'s pair (nnx stores both)."""
-    num_groups, group_size = (m.num_groups, m.group_size) if groups is None else groups
+    ``groups`` (``(num_groups, group_size)``) overrides ``module``'s pair (nnx stores both)."""
+    num_groups, group_size = (module.num_groups, module.group_size) if groups is None else groups
     others = None
-    if m.reduction_axes is not None:
-        red = canonicalize_axes(m.reduction_axes, x.ndim, name="reduction_axes")
+    if module.reduction_axes is not None:
+        red = canonicalize_axes(module.reduction_axes, x.ndim, name="reduction_axes")
         if x.ndim - 1 not in red:
             raise ValueError(
                 "GroupNorm: `reduction_axes` must include the last axis, which holds the "
-                f"channels; got {m.reduction_axes!r}."
+                f"channels; got {module.reduction_axes!r}."
             )
         others = tuple(a for a in red if a != x.ndim - 1)
     resolve_groups(x.shape[-1], num_groups, group_size)
-    return F.group_norm(
+    return group_norm(
         x, scale, bias, num_groups=num_groups, group_size=group_size,
-        feature_axes=-1, reduction_axes=others, epsilon=m.epsilon, mask=mask,
-        axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
-        dtype=out_dtype(m.dtype, x, scale, bias),
+        feature_axes=-1, reduction_axes=others, epsilon=module.epsilon, mask=mask,
+        axis_name=module.axis_name, axis_index_groups=module.axis_index_groups,
+        dtype=out_dtype(module.dtype, x, scale, bias),
     )
 
 
-def instance_norm(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+def apply_instance_norm(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """:func:`jnorm.instance_norm` with ``m``'s attributes; an ``(N, C)`` input returns the
+    """:func:`jnorm.instance_norm` with ``module``'s attributes; an ``(N, C)`` input returns the
     bias, as flax's does (``strict=False``)."""
-    feat = canonicalize_axes(m.feature_axes, x.ndim, name="feature_axes")
+    feat = canonicalize_axes(module.feature_axes, x.ndim, name="feature_axes")
     scale, bias = _shaped(scale, x, feat), _shaped(bias, x, feat)
-    return F.instance_norm(
-        x, scale, bias, feature_axes=feat, epsilon=m.epsilon, mask=mask,
-        axis_name=m.axis_name, axis_index_groups=m.axis_index_groups,
-        dtype=out_dtype(m.dtype, x, scale, bias), strict=False,
+    return instance_norm(
+        x, scale, bias, feature_axes=feat, epsilon=module.epsilon, mask=mask,
+        axis_name=module.axis_name, axis_index_groups=module.axis_index_groups,
+        dtype=out_dtype(module.dtype, x, scale, bias), strict=False,
     )
 
 
-def filter_response_norm(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
+def apply_filter_response_norm(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None,
     eps: jax.Array | None, tau: jax.Array | None,
 ) -> jax.Array:
-    """FRN (+ TLU when ``tau`` is given) with ``m``'s attributes; ``eps`` the learned part."""
-    epsilon: Any = m.epsilon if eps is None else m.epsilon + jnp.abs(eps)
-    y = _frn.filter_response_norm(
-        x, scale, bias, epsilon=epsilon, dtype=out_dtype(m.dtype, x, scale, bias)
+    """FRN (+ TLU when ``tau`` is given) with ``module``'s attributes; ``eps`` the learned part."""
+    epsilon: Any = module.epsilon if eps is None else module.epsilon + jnp.abs(eps)
+    y = filter_response_norm(
+        x, scale, bias, epsilon=epsilon, dtype=out_dtype(module.dtype, x, scale, bias)
     )
-    return y if tau is None else _frn.tlu(y, tau)
+    return y if tau is None else tlu(y, tau)
 
 
-def evonorm_s0(
-    m: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, v: jax.Array | None
+def apply_evonorm_s0(
+    module: Any, x: jax.Array, scale: jax.Array | None, bias: jax.Array | None, v: jax.Array | None
 ) -> jax.Array:
-    """:func:`jnorm.evonorm_s0` with ``m``'s attributes."""
-    return _frn.evonorm_s0(
-        x, scale, bias, v, num_groups=m.num_groups, group_size=m.group_size,
-        epsilon=m.epsilon, dtype=out_dtype(m.dtype, x, scale, bias),
+    """:func:`jnorm.evonorm_s0` with ``module``'s attributes."""
+    return evonorm_s0(
+        x, scale, bias, v, num_groups=module.num_groups, group_size=module.group_size,
+        epsilon=module.epsilon, dtype=out_dtype(module.dtype, x, scale, bias),
     )
 
 
-def local_response_norm(m: Any, x: jax.Array) -> jax.Array:
-    """:func:`jnorm.local_response_norm` with ``m``'s attributes."""
-    return _lrn.local_response_norm(
-        x, size=m.size, alpha=m.alpha, beta=m.beta, k=m.k, feature_axes=m.feature_axes,
-        convention=m.convention, dtype=m.dtype,
+def apply_local_response_norm(module: Any, x: jax.Array) -> jax.Array:
+    """:func:`jnorm.local_response_norm` with ``module``'s attributes."""
+    return local_response_norm(
+        x, size=module.size, alpha=module.alpha, beta=module.beta, k=module.k,
+        feature_axes=module.feature_axes, convention=module.convention, dtype=module.dtype,
     )
 
 
@@ -407,13 +440,13 @@ def local_response_norm(m: Any, x: jax.Array) -> jax.Array:
 # reach the wrapped layer's params).
 
 
-def standardized_kernel(m: Any, value: jax.Array, gain: jax.Array | None) -> jax.Array:
+def standardized_kernel(module: Any, value: jax.Array, gain: jax.Array | None) -> jax.Array:
     """The kernel :class:`WeightStandardization` hands the layer (``gain`` when scaled)."""
-    if not m.scaled:
-        return _weight.standardize_weight(value, epsilon=1e-5 if m.epsilon is None else m.epsilon)
-    return _weight.scaled_standardize_weight(
-        value, gain, nonlinearity_gain=m.nonlinearity_gain,
-        epsilon=1e-4 if m.epsilon is None else m.epsilon,
+    if not module.scaled:
+        return standardize_weight(value, epsilon=1e-5 if module.epsilon is None else module.epsilon)
+    return scaled_standardize_weight(
+        value, gain, nonlinearity_gain=module.nonlinearity_gain,
+        epsilon=1e-4 if module.epsilon is None else module.epsilon,
     )
 
 
@@ -421,7 +454,7 @@ def weight_normed_kernel(
     value: jax.Array, g: jax.Array | None, *, feature_axes: Any, epsilon: float, dtype: Any,
 ) -> jax.Array:
     """The kernel :class:`WeightNorm` hands the layer: ``g v / ||v||`` over the fan-in."""
-    w = _weight.weight_norm(value, g, feature_axes=feature_axes, epsilon=epsilon)
+    w = weight_norm(value, g, feature_axes=feature_axes, epsilon=epsilon)
     return w if dtype is None else w.astype(dtype)
 
 
@@ -431,28 +464,28 @@ def initial_kernel_scale(
     """WeightNorm's ``g`` at init: ``||v||`` (the layer is unchanged) or ``scale_init``."""
     feat = canonicalize_axes(feature_axes, value.ndim, name="feature_axes")
     if scale_init is None:
-        return _weight.kernel_norm(value, feature_axes=feat).astype(param_dtype)
+        return kernel_norm(value, feature_axes=feat).astype(param_dtype)
     return scale_init(key, tuple(value.shape[a] for a in feat), param_dtype)
 
 
 def spectral_kernel(
-    m: Any, value: jax.Array, u: jax.Array
+    module: Any, value: jax.Array, u: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(W / sigma, new u [1, O], sigma)`` for one param of :class:`SpectralNorm` (``u`` and
     ``sigma`` in the iteration's dtype: linen stores them in ``param_dtype``, nnx in the
     variable's own dtype)."""
-    if value.ndim > 2 and m.error_on_non_matrix:
+    if value.ndim > 2 and module.error_on_non_matrix:
         raise ValueError(
             f"SpectralNorm: a param is {value.ndim}-D but error_on_non_matrix is True."
         )
-    w_sn, new_u, sigma = _spectral.spectral_norm(
-        value, u[0], n_steps=m.n_steps, epsilon=m.epsilon
+    w_sn, new_u, sigma = spectral_norm(
+        value, u[0], n_steps=module.n_steps, epsilon=module.epsilon
     )
-    if m.dtype is not None:
-        w_sn = w_sn.astype(m.dtype)
+    if module.dtype is not None:
+        w_sn = w_sn.astype(module.dtype)
     return w_sn, new_u[None, :], sigma
 
 
-def spectral_initial_u(m: Any, value: jax.Array) -> jax.Array:
+def spectral_initial_u(module: Any, value: jax.Array) -> jax.Array:
     """SpectralNorm's ``u`` at init: the exact top right singular vector, ``[1, O]``."""
-    return _spectral.spectral_norm_init(value)[None, :].astype(m.param_dtype)
+    return spectral_norm_init(value)[None, :].astype(module.param_dtype)

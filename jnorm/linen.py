@@ -48,11 +48,34 @@ from flax.linen import initializers, module
 from flax.linen import transforms as _transforms
 from flax.linen.module import Module, compact
 
-import jnorm._modules as M
 from jnorm._axes import canonicalize_axes
+from jnorm._modules import (
+    MODULE_NAMES,
+    StatsKind,
+    apply_batch_norm,
+    apply_batch_renorm,
+    apply_dynamic_tanh,
+    apply_evonorm_b0,
+    apply_evonorm_s0,
+    apply_filter_response_norm,
+    apply_group_norm,
+    apply_instance_norm,
+    apply_layer_norm,
+    apply_local_response_norm,
+    apply_rms_norm,
+    apply_whitening_norm,
+    initial_kernel_scale,
+    initial_stats,
+    kernel_selected,
+    spectral_initial_u,
+    spectral_kernel,
+    standardized_kernel,
+    stat_dtype,
+    weight_normed_kernel,
+)
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation
 
-__all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
+__all__ = list(MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
 
 Dtype = DTypeLike
 Initializer = jax.nn.initializers.Initializer
@@ -76,7 +99,7 @@ def _affine_params(
 
 
 def _running_stats(
-    mdl: Module, kind: M.StatsKind, feature_shape: tuple[int, ...],
+    mdl: Module, kind: StatsKind, feature_shape: tuple[int, ...],
     use_running_average: bool, run: Any, group_size: int | None = None,
 ) -> jax.Array:
     """Creates (or reads) the ``batch_stats`` variables, runs ``run(stored, training=...,
@@ -86,10 +109,10 @@ def _running_stats(
     ``force_float32_reductions=False``), follow the input's dtype when updated (a complex input
     keeps a complex mean) and are not updated while the module is initialised.
     """
-    dtype = M.stat_dtype(mdl.param_dtype, getattr(mdl, "force_float32_reductions", True))
+    dtype = stat_dtype(mdl.param_dtype, mdl.force_float32_reductions)
     cells = {
         name: mdl.variable("batch_stats", name, init)
-        for name, init in M.initial_stats(
+        for name, init in initial_stats(
             kind, feature_shape, dtype=dtype, momentum=mdl.momentum, group_size=group_size
         ).items()
     }
@@ -155,7 +178,7 @@ class BatchNorm(Module):
         return _running_stats(
             self, "batch", feature_shape, _use_running_average(self, use_running_average),
             functools.partial(
-                M.batch_norm, self, x, scale, bias, mask=mask,
+                apply_batch_norm, self, x, scale, bias, mask=mask,
                 collective=not self.is_initializing(),
             ),
         )
@@ -203,7 +226,7 @@ class LayerNorm(Module):
         feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
         scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias,
                                      _zero_centered_init(self))
-        return M.layer_norm(self, x, scale, bias, mask)
+        return apply_layer_norm(self, x, scale, bias, mask)
 
 
 class RMSNorm(Module):
@@ -237,7 +260,7 @@ class RMSNorm(Module):
         feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
         scale, _ = _affine_params(self, feature_shape, self.use_scale, False,
                                   _zero_centered_init(self))
-        return M.rms_norm(self, x, scale, mask)
+        return apply_rms_norm(self, x, scale, mask)
 
 
 class DynamicTanh(Module):
@@ -277,7 +300,7 @@ class DynamicTanh(Module):
         scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
         alpha = self.param("alpha", initializers.constant(self.alpha_init),
                            feature_shape if self.per_channel_alpha else (), self.param_dtype)
-        return M.dynamic_tanh(self, x, scale, bias, alpha, mask)
+        return apply_dynamic_tanh(self, x, scale, bias, alpha, mask)
 
 
 class GroupNorm(Module):
@@ -310,7 +333,7 @@ class GroupNorm(Module):
         """Normalizes each group of channels of each example."""
         x = jnp.asarray(x)
         scale, bias = _affine_params(self, (x.shape[-1],), self.use_scale, self.use_bias)
-        return M.group_norm(self, x, scale, bias, mask)
+        return apply_group_norm(self, x, scale, bias, mask)
 
 
 class InstanceNorm(Module):
@@ -341,7 +364,7 @@ class InstanceNorm(Module):
         x = jnp.asarray(x)
         feature_shape = _feature_shape(x, self.feature_axes, "feature_axes")
         scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
-        return M.instance_norm(self, x, scale, bias, mask)
+        return apply_instance_norm(self, x, scale, bias, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,7 +412,7 @@ class DecorrelatedBatchNorm(Module):
         scale, bias = _affine_params(self, feature_shape, self.use_scale, self.use_bias)
         return _running_stats(
             self, "whitening", feature_shape, _use_running_average(self, use_running_average),
-            functools.partial(M.whitening_norm, self, x, scale, bias),
+            functools.partial(apply_whitening_norm, self, x, scale, bias),
             group_size=self.group_size,
         )
 
@@ -457,7 +480,7 @@ class BatchRenorm(Module):
         return _running_stats(
             self, "batch", feature_shape, _use_running_average(self, use_running_average),
             functools.partial(
-                M.batch_renorm, self, x, scale, bias, mask=mask, r_max=r_max, d_max=d_max,
+                apply_batch_renorm, self, x, scale, bias, mask=mask, r_max=r_max, d_max=d_max,
                 collective=not self.is_initializing(),
             ),
         )
@@ -502,7 +525,7 @@ class FilterResponseNorm(Module):
         tau = (
             self.param("tau", initializers.zeros, (c,), self.param_dtype) if self.use_tlu else None
         )
-        return M.filter_response_norm(self, x, scale, bias, eps, tau)
+        return apply_filter_response_norm(self, x, scale, bias, eps, tau)
 
 
 class EvoNormS0(Module):
@@ -532,7 +555,7 @@ class EvoNormS0(Module):
         c = x.shape[-1]
         scale, bias = _affine_params(self, (c,), self.use_scale, self.use_bias)
         v = self.param("v", initializers.ones, (c,), self.param_dtype) if self.use_v else None
-        return M.evonorm_s0(self, x, scale, bias, v)
+        return apply_evonorm_s0(self, x, scale, bias, v)
 
 
 class EvoNormB0(Module):
@@ -565,7 +588,7 @@ class EvoNormB0(Module):
         v = self.param("v", initializers.ones, (c,), self.param_dtype) if self.use_v else None
         return _running_stats(
             self, "batch", (c,), _use_running_average(self, use_running_average),
-            functools.partial(M.evonorm_b0, self, x, scale, bias, v),
+            functools.partial(apply_evonorm_b0, self, x, scale, bias, v),
         )
 
 
@@ -609,7 +632,7 @@ class WeightStandardization(Module):
     :func:`jnorm.scaled_standardize_weight` with a learned per-output ``gain`` (initialised to
     1; param ``<path>/gain``) and ``nonlinearity_gain``. Attributes: ``layer_instance``,
     ``scaled`` (False), ``epsilon`` (None: 1e-5, or 1e-4 when scaled), ``nonlinearity_gain``
-    (1.0), ``param_dtype``, ``variable_filter`` (``{"kernel"}``: which of the layer's params are
+    (1.0), ``param_dtype``, ``variable_filter`` (``("kernel",)``: which of the layer's params are
     transformed). The layer's own params stay where they are (``layer_instance``'s name).
 
     Examples:
@@ -632,13 +655,13 @@ class WeightStandardization(Module):
         """Calls the wrapped layer with its kernel standardized."""
 
         def transform(path: str, value: jax.Array) -> jax.Array:
-            if not M.kernel_selected(path, value, self.variable_filter):
+            if not kernel_selected(path, value, self.variable_filter):
                 return value
             gain = self.param(
                 f"{self.layer_instance.name}/{path}/gain", initializers.ones,
                 (value.shape[-1],), self.param_dtype,
             ) if self.scaled else None
-            return M.standardized_kernel(self, value, gain)
+            return standardized_kernel(self, value, gain)
 
         return _wrap_kernels(self, transform, args, kwargs)
 
@@ -651,7 +674,7 @@ class WeightNorm(Module):
     ``weight_norm`` does: the wrapped layer computes exactly what the bare layer would. Params:
     the layer's own (its kernel is ``v``) plus ``<layer>/<path>/scale`` (``g``, ``[O]``).
     Attributes: ``layer_instance``, ``epsilon`` (0.0), ``param_dtype``, ``variable_filter``
-    (``{"kernel"}``), ``scale_init`` (None: ``||v||`` as above; an initializer, e.g. flax's
+    (``("kernel",)``), ``scale_init`` (None: ``||v||`` as above; an initializer, e.g. flax's
     ``ones``, gives flax's behaviour). Norms are over the fan-in (all kernel axes but the last), on
     :func:`jnorm.weight_norm`.
 
@@ -675,17 +698,17 @@ class WeightNorm(Module):
         """Calls the wrapped layer with its kernel weight-normalized."""
 
         def transform(path: str, value: jax.Array) -> jax.Array:
-            if not M.kernel_selected(path, value, self.variable_filter):
+            if not kernel_selected(path, value, self.variable_filter):
                 return value
             g = self.param(
                 f"{self.layer_instance.name}/{path}/scale",
-                lambda key: M.initial_kernel_scale(
+                lambda key: initial_kernel_scale(
                     key, value, feature_axes=-1, scale_init=self.scale_init,
                     param_dtype=self.param_dtype,
                 ),
             )
             # the kernel's last axis holds the output units; the layer keeps its own dtype
-            return M.weight_normed_kernel(value, g, feature_axes=-1, epsilon=self.epsilon,
+            return weight_normed_kernel(value, g, feature_axes=-1, epsilon=self.epsilon,
                                           dtype=None)
 
         return _wrap_kernels(self, transform, args, kwargs)
@@ -718,7 +741,7 @@ class LocalResponseNorm(Module):
     @compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalizes each activation by the squares of its neighbouring channels."""
-        return M.local_response_norm(self, x)
+        return apply_local_response_norm(self, x)
 
 
 class SpectralNorm(Module):
@@ -777,12 +800,12 @@ class SpectralNorm(Module):
                 return value
             prefix = f"{self.layer_instance.name}/{path}"
             u_var = self.variable(
-                self.collection_name, prefix + "/u", lambda: M.spectral_initial_u(self, value)
+                self.collection_name, prefix + "/u", lambda: spectral_initial_u(self, value)
             )
             sigma_var = self.variable(
                 self.collection_name, prefix + "/sigma", lambda: jnp.zeros((), self.param_dtype)
             )
-            w_sn, new_u, sigma = M.spectral_kernel(self, value, u_var.value)
+            w_sn, new_u, sigma = spectral_kernel(self, value, u_var.value)
             if update_stats or self.is_initializing():
                 u_var.value = new_u.astype(self.param_dtype)
                 sigma_var.value = sigma.astype(self.param_dtype)

@@ -42,11 +42,33 @@ from flax import nnx
 from flax.nnx.module import first_from
 from flax.nnx.nn import dtypes, initializers
 
-import jnorm._modules as M
 from jnorm._axes import resolve_groups
+from jnorm._modules import (
+    MODULE_NAMES,
+    StatsKind,
+    apply_batch_norm,
+    apply_batch_renorm,
+    apply_dynamic_tanh,
+    apply_evonorm_b0,
+    apply_evonorm_s0,
+    apply_filter_response_norm,
+    apply_group_norm,
+    apply_instance_norm,
+    apply_layer_norm,
+    apply_local_response_norm,
+    apply_rms_norm,
+    apply_whitening_norm,
+    initial_kernel_scale,
+    initial_stats,
+    spectral_initial_u,
+    spectral_kernel,
+    standardized_kernel,
+    stat_names,
+    weight_normed_kernel,
+)
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike, Implementation
 
-__all__ = list(M.MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
+__all__ = list(MODULE_NAMES)  # the same modules in jnorm.linen and jnorm.nnx
 
 Dtype = DTypeLike
 Initializer = jax.nn.initializers.Initializer
@@ -60,45 +82,28 @@ _KERNEL = nnx.PathContains("kernel")
 # The chores every module shares (the running statistics themselves are in jnorm._modules).
 
 
-def _set_config(mdl: nnx.Module, **attributes: Any) -> None:
-    """Stores the constructor's hyperparameters as attributes, under flax's names."""
-    for name, value in attributes.items():
-        setattr(mdl, name, value)
+def _feature_param(
+    *, use: bool, init: Initializer, metadata: Mapping[str, Any] = _NO_METADATA,
+    num_features: int, param_dtype: Dtype, rngs: nnx.Rngs,
+) -> Any:
+    """``scale`` or ``bias`` as flax.nnx creates them: an ``nnx.Param`` of ``(num_features,)``
+    from ``init`` with ``metadata``, or None when ``use`` is False."""
+    if not use:
+        return nnx.data(None)
+    return nnx.Param(init(rngs.params(), (num_features,), param_dtype), **metadata)
 
 
-_AFFINE_ARGS = ("scale_init", "bias_init", "scale_metadata", "bias_metadata")
-
-
-def _setup(
-    mdl: nnx.Module, arguments: Mapping[str, Any], stats: M.StatsKind | None = None
+def _add_running_stats(
+    mdl: nnx.Module, kind: StatsKind, *, num_features: int, momentum: float | None,
+    group_size: int | None = None,
 ) -> None:
-    """The body of every constructor with ``num_features``: ``arguments`` is its ``locals()``.
-
-    Creates the running statistics (``stats``: ``nnx.BatchStat``, float32 as flax.nnx's),
-    ``scale`` / ``bias`` (``nnx.Param`` of ``(num_features,)`` from the initialisers and
-    metadata, or None, as flax's; no ``bias`` attribute at all without a ``use_bias``
-    argument, as flax's RMSNorm) and stores every other argument as an attribute of the same
-    name.
-    """
-    config = {k: v for k, v in arguments.items() if k not in ("self", "rngs", "__class__")}
-    init = {k: config.pop(k) for k in _AFFINE_ARGS if k in config}
-    rngs: nnx.Rngs = arguments["rngs"]
-    shape = (config["num_features"],)
-    if stats is not None:
-        for name, fresh in M.initial_stats(
-            stats, shape, dtype=jnp.float32, momentum=config["momentum"],
-            group_size=config.get("group_size"),
-        ).items():
-            setattr(mdl, name, nnx.BatchStat(fresh()))
-    dtype = config["param_dtype"]
-    mdl.scale = nnx.Param(
-        init["scale_init"](rngs.params(), shape, dtype), **init.get("scale_metadata", {})
-    ) if config["use_scale"] else nnx.data(None)
-    if "use_bias" in config:
-        mdl.bias = nnx.Param(
-            init["bias_init"](rngs.params(), shape, dtype), **init.get("bias_metadata", {})
-        ) if config["use_bias"] else nnx.data(None)
-    _set_config(mdl, **config)
+    """Creates the running statistics of ``kind`` as ``nnx.BatchStat`` attributes (float32, as
+    flax.nnx's): ``mean``/``var`` or ``mean``/``whitening``, plus ``count`` with
+    ``momentum=None`` (the names of :func:`jnorm._modules.initial_stats`)."""
+    for name, fresh in initial_stats(
+        kind, (num_features,), dtype=jnp.float32, momentum=momentum, group_size=group_size
+    ).items():
+        setattr(mdl, name, nnx.BatchStat(fresh()))
 
 
 def _value(var: Any) -> jax.Array | None:
@@ -110,7 +115,7 @@ def _affine(mdl: nnx.Module) -> tuple[jax.Array | None, jax.Array | None]:
 
 
 def _running_stats(
-    mdl: nnx.Module, kind: M.StatsKind, given: bool | None, run: Callable[..., Any]
+    mdl: nnx.Module, kind: StatsKind, given: bool | None, run: Callable[..., Any]
 ) -> jax.Array:
     """Runs ``run(stored, training=..., update=...)`` and writes the new statistics back."""
     use_running_average = first_from(
@@ -120,7 +125,7 @@ def _running_stats(
             "to the constructor or the call, or use model.train() / model.eval()."
         ),
     )
-    names = M.stat_names(kind, mdl.momentum)
+    names = stat_names(kind, mdl.momentum)
     y, new = run(
         {name: getattr(mdl, name)[...] for name in names},
         training=not use_running_average, update=not use_running_average,
@@ -196,7 +201,31 @@ class BatchNorm(_Stateful):
         skip_nonfinite: bool = False,
         virtual_batch_size: int | None = None,
     ) -> None:
-        _setup(self, locals(), "batch")
+        _add_running_stats(self, "batch", num_features=num_features, momentum=momentum)
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init, metadata=scale_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init, metadata=bias_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
+        self.unbiased_running_var = unbiased_running_var
+        self.skip_nonfinite = skip_nonfinite
+        self.virtual_batch_size = virtual_batch_size
 
     def __call__(
         self, x: jax.Array, use_running_average: bool | None = None, *,
@@ -209,7 +238,7 @@ class BatchNorm(_Stateful):
         )
         return _running_stats(
             self, "batch", use_running_average,
-            functools.partial(M.batch_norm, self, x, scale, bias, mask=mask),
+            functools.partial(apply_batch_norm, self, x, scale, bias, mask=mask),
         )
 
 
@@ -255,12 +284,33 @@ class LayerNorm(nnx.Module):
         zero_centered_scale: bool = False,
     ) -> None:
         scale_init = _zero_centered_init(zero_centered_scale, scale_init)
-        _setup(self, locals())
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init, metadata=scale_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init, metadata=bias_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
+        self.implementation = implementation
+        self.zero_centered_scale = zero_centered_scale
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes ``x`` over ``reduction_axes``; params vary along ``feature_axes``."""
         x, scale, bias = self.promote_dtype((x, *_affine(self)), dtype=self.dtype)
-        return M.layer_norm(self, x, scale, bias, mask)
+        return apply_layer_norm(self, x, scale, bias, mask)
 
 
 class RMSNorm(nnx.Module):
@@ -295,12 +345,28 @@ class RMSNorm(nnx.Module):
         zero_centered_scale: bool = False,
     ) -> None:
         scale_init = _zero_centered_init(zero_centered_scale, scale_init)
-        _setup(self, locals())
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init, metadata=scale_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
+        self.implementation = implementation
+        self.zero_centered_scale = zero_centered_scale
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Divides ``x`` by its root mean square over ``reduction_axes``."""
         x, scale = self.promote_dtype((x, _value(self.scale)), dtype=self.dtype)
-        return M.rms_norm(self, x, scale, mask)
+        return apply_rms_norm(self, x, scale, mask)
 
 
 class DynamicTanh(nnx.Module):
@@ -335,13 +401,28 @@ class DynamicTanh(nnx.Module):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        _setup(self, locals())
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.alpha_init = alpha_init
+        self.per_channel_alpha = per_channel_alpha
+        self.feature_axes = feature_axes
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
         self.alpha = nnx.Param(jnp.full((num_features,) if per_channel_alpha else (),
                                         alpha_init, param_dtype))
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Applies ``scale * tanh(alpha * x) + bias``."""
-        return M.dynamic_tanh(self, x, *_affine(self), self.alpha[...], mask)
+        return apply_dynamic_tanh(self, x, *_affine(self), self.alpha[...], mask)
 
 
 class GroupNorm(nnx.Module):
@@ -379,13 +460,33 @@ class GroupNorm(nnx.Module):
     ) -> None:
         num_groups = resolve_groups(num_features, num_groups, group_size)  # stored resolved,
         group_size = num_features // num_groups  # both, as flax does
-        _setup(self, locals())
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init, metadata=scale_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init, metadata=bias_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.num_groups = num_groups
+        self.group_size = group_size
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
         self.feature_axis = -1
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each group of channels of each example."""
         x, scale, bias = self.promote_dtype((x, *_affine(self)), dtype=self.dtype)
-        return M.group_norm(self, x, scale, bias, mask, groups=(self.num_groups, None))
+        return apply_group_norm(self, x, scale, bias, mask, groups=(self.num_groups, None))
 
 
 class InstanceNorm(nnx.Module):
@@ -418,12 +519,30 @@ class InstanceNorm(nnx.Module):
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
-        _setup(self, locals())
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init, metadata=scale_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init, metadata=bias_metadata,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.feature_axes = feature_axes
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
+        self.use_fast_variance = use_fast_variance
+        self.promote_dtype = promote_dtype
 
     def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
         """Normalizes each channel of each example over its spatial axes."""
         x, scale, bias = self.promote_dtype((x, *_affine(self)), dtype=self.dtype)
-        return M.instance_norm(self, x, scale, bias, mask)
+        return apply_instance_norm(self, x, scale, bias, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,7 +586,28 @@ class BatchRenorm(_Stateful):
         axis_index_groups: AxisIndexGroups = None,
         rngs: nnx.Rngs,
     ) -> None:
-        _setup(self, locals(), "batch")
+        _add_running_stats(self, "batch", num_features=num_features, momentum=momentum)
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.r_max = r_max
+        self.d_max = d_max
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.axis_name = axis_name
+        self.axis_index_groups = axis_index_groups
 
     def __call__(
         self, x: jax.Array, use_running_average: bool | None = None, *, r_max: Any = None,
@@ -477,7 +617,7 @@ class BatchRenorm(_Stateful):
         return _running_stats(
             self, "batch", use_running_average,
             functools.partial(
-                M.batch_renorm, self, x, *_affine(self), mask=mask, r_max=r_max, d_max=d_max
+                apply_batch_renorm, self, x, *_affine(self), mask=mask, r_max=r_max, d_max=d_max
             ),
         )
 
@@ -519,13 +659,34 @@ class DecorrelatedBatchNorm(_Stateful):
         iterations: int | None = None,
         rngs: nnx.Rngs,
     ) -> None:
-        _setup(self, locals(), "whitening")
+        _add_running_stats(
+            self, "whitening", num_features=num_features, momentum=momentum, group_size=group_size
+        )
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.use_running_average = use_running_average
+        self.group_size = group_size
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.iterations = iterations
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Whitens ``x`` with batch (training) or running statistics."""
         return _running_stats(
             self, "whitening", use_running_average,
-            functools.partial(M.whitening_norm, self, x, *_affine(self)),
+            functools.partial(apply_whitening_norm, self, x, *_affine(self)),
         )
 
 
@@ -563,7 +724,22 @@ class FilterResponseNorm(nnx.Module):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        _setup(self, locals())
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.learned_epsilon = learned_epsilon
+        self.use_tlu = use_tlu
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
         self.eps = (
             nnx.Param(jnp.zeros((), param_dtype)) if learned_epsilon else nnx.data(None)
         )
@@ -573,7 +749,7 @@ class FilterResponseNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalizes each channel of each example by its mean square, then applies TLU."""
-        return M.filter_response_norm(
+        return apply_filter_response_norm(
             self, x, *_affine(self), _value(self.eps), _value(self.tau)
         )
 
@@ -602,12 +778,28 @@ class EvoNormS0(nnx.Module):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        _setup(self, locals())
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.num_groups = num_groups
+        self.group_size = group_size
+        self.epsilon = epsilon
+        self.use_v = use_v
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
         self.v = nnx.Param(jnp.ones((num_features,), param_dtype)) if use_v else nnx.data(None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Applies EvoNorm-S0 to ``x`` (``[N, ..., C]``)."""
-        return M.evonorm_s0(self, x, *_affine(self), _value(self.v))
+        return apply_evonorm_s0(self, x, *_affine(self), _value(self.v))
 
 
 class EvoNormB0(_Stateful):
@@ -635,14 +827,31 @@ class EvoNormB0(_Stateful):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        _setup(self, locals(), "batch")
+        _add_running_stats(self, "batch", num_features=num_features, momentum=momentum)
+        self.scale = _feature_param(
+            use=use_scale, init=scale_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.bias = _feature_param(
+            use=use_bias, init=bias_init,
+            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+        )
+        self.num_features = num_features
+        self.use_running_average = use_running_average
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.use_v = use_v
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
         self.v = nnx.Param(jnp.ones((num_features,), param_dtype)) if use_v else nnx.data(None)
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         """Applies EvoNorm-B0 with batch (training) or running (eval) variance."""
         return _running_stats(
             self, "batch", use_running_average,
-            functools.partial(M.evonorm_b0, self, x, *_affine(self), _value(self.v)),
+            functools.partial(apply_evonorm_b0, self, x, *_affine(self), _value(self.v)),
         )
 
 
@@ -667,14 +876,17 @@ class LocalResponseNorm(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ) -> None:
         del rngs
-        _set_config(
-            self, size=size, alpha=alpha, beta=beta, k=k, feature_axes=feature_axes,
-            convention=convention, dtype=dtype,
-        )
+        self.size = size
+        self.alpha = alpha
+        self.beta = beta
+        self.k = k
+        self.feature_axes = feature_axes
+        self.convention = convention
+        self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Normalizes each activation by the squares of its neighbouring channels."""
-        return M.local_response_norm(self, x)
+        return apply_local_response_norm(self, x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,10 +943,11 @@ class WeightStandardization(nnx.Module):
     ) -> None:
         del rngs
         self.layer_instance = layer_instance
-        _set_config(
-            self, scaled=scaled, epsilon=epsilon, nonlinearity_gain=nonlinearity_gain,
-            param_dtype=param_dtype, variable_filter=variable_filter,
-        )
+        self.scaled = scaled
+        self.epsilon = epsilon
+        self.nonlinearity_gain = nonlinearity_gain
+        self.param_dtype = param_dtype
+        self.variable_filter = variable_filter
         self.gains = nnx.data({
             path: nnx.Param(jnp.ones((var[...].shape[-1],), param_dtype))
             for path, var in _selected(layer_instance, variable_filter)
@@ -744,7 +957,7 @@ class WeightStandardization(nnx.Module):
         """Calls the wrapped layer with its kernels standardized."""
         variables = dict(_selected(self.layer_instance, self.variable_filter))
         new = {
-            path: M.standardized_kernel(
+            path: standardized_kernel(
                 self, var[...], _value(self.gains.get(path)) if self.scaled else None
             )
             for path, var in variables.items()
@@ -781,13 +994,16 @@ class WeightNorm(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         self.layer_instance = layer_instance
-        _set_config(
-            self, feature_axes=feature_axes, use_scale=use_scale, scale_init=scale_init,
-            epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-            variable_filter=variable_filter, promote_dtype=promote_dtype,
-        )
+        self.feature_axes = feature_axes
+        self.use_scale = use_scale
+        self.scale_init = scale_init
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.variable_filter = variable_filter
+        self.promote_dtype = promote_dtype
         self.scales = nnx.data({
-            path: nnx.Param(M.initial_kernel_scale(
+            path: nnx.Param(initial_kernel_scale(
                 rngs.params(), var[...], feature_axes=feature_axes, scale_init=scale_init,
                 param_dtype=param_dtype,
             ))
@@ -798,7 +1014,7 @@ class WeightNorm(nnx.Module):
         """Calls the wrapped layer with its kernels weight-normalized."""
         variables = dict(_selected(self.layer_instance, self.variable_filter))
         new = {
-            path: M.weight_normed_kernel(
+            path: weight_normed_kernel(
                 var[...], _value(self.scales[path]) if self.use_scale else None,
                 feature_axes=self.feature_axes, epsilon=self.epsilon, dtype=self.dtype,
             )
@@ -835,14 +1051,16 @@ class SpectralNorm(nnx.Module):
     ) -> None:
         del rngs
         self.layer_instance = layer_instance
-        _set_config(
-            self, n_steps=n_steps, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-            error_on_non_matrix=error_on_non_matrix, use_running_average=not update_stats,
-        )
+        self.n_steps = n_steps
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.error_on_non_matrix = error_on_non_matrix
+        self.use_running_average = not update_stats
         stats: dict[tuple[Any, ...], nnx.BatchStat] = {}
         for path, var in _selected(layer_instance, ...):
-            _, u, sigma = M.spectral_kernel(
-                self, var[...], M.spectral_initial_u(self, var[...])
+            _, u, sigma = spectral_kernel(
+                self, var[...], spectral_initial_u(self, var[...])
             )
             stats[(*path, "u")] = nnx.BatchStat(u.astype(param_dtype))
             stats[(*path, "sigma")] = nnx.BatchStat(sigma.astype(param_dtype))
@@ -857,7 +1075,7 @@ class SpectralNorm(nnx.Module):
         variables = dict(_selected(self.layer_instance, ...))
         new = {}
         for path, var in variables.items():
-            new[path], u, sigma = M.spectral_kernel(
+            new[path], u, sigma = spectral_kernel(
                 self, var[...], self.batch_stats[(*path, "u")][...]
             )
             if update_stats:  # stored in the variables' own dtypes, as flax.nnx does
