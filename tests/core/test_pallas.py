@@ -30,9 +30,10 @@ def _data(shape, offset, dtype=jnp.float32, seed=0):
 
 
 def _oracle(x, scale, bias, center):
+    b = None if not center or bias is None else bias[None]
     y, m = normalize_over(  # parameters broadcast to x, as the layers pass them
-        x, (1,), scale[None], None if not center or bias is None else bias[None], epsilon=1e-6, center=center, mask=None,
-        axis_name=None, axis_index_groups=None, dtype=None, implementation="xla",
+        x, (1,), scale[None], b, epsilon=1e-6, center=center, mask=None, axis_name=None,
+        axis_index_groups=None, dtype=None, implementation="xla",
     )
     return y, m
 
