@@ -160,8 +160,8 @@ def row_norm_backward(
     rows, d = x.shape
     if config is None:
         block_elements, num_warps, blocks = BACKWARD_CONFIG
-        # The per-program column sums live in registers: wide rows need more threads (on an
-        # H200 at (8192, 16384): 8 warps 4144 us, 32 warps 1182 us).
+        # The per-program column sums live in registers: wide rows need more threads
+        # (measured in docs/benchmarks.md, "The Pallas kernels").
         num_warps = max(num_warps, min(32, d // 512))
     else:
         block_elements, num_warps, blocks = config

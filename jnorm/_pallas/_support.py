@@ -19,14 +19,14 @@ __all__ = [
 
 #: The forward's launch configuration ``(elements per row block, warps per program)``; one
 #: row block is held at once (in registers on GPU). Chosen with ``python -m benchmarks.bench
-#: --tune`` on an H200 at (131072, 1024) and (32768, 4096): see docs/benchmarks.md.
+#: --tune``: see docs/benchmarks.md.
 FORWARD_CONFIG = (2048, 8)
 #: The backward's ``(elements per row block, warps, row blocks per program)``, chosen alike
 #: (the warps grow with ``D`` beyond 4096, see :func:`jnorm._pallas.row_norm_backward`).
 BACKWARD_CONFIG = (4096, 8, 64)
 MIN_D, MAX_D = 128, 16384
 #: Smallest feature size for which the forward kernel is used automatically (layer norm):
-#: the smallest measured, where it took 0.79x flax's time (H200, (524288, 256)).
+#: the smallest where it measured faster than XLA (docs/benchmarks.md).
 AUTO_MIN_D = 256
 
 
@@ -103,10 +103,9 @@ def suits(x: jax.Array, axes: tuple[int, ...], *params: Any, center: bool = True
 
     The kernels handle the last axis of a float array whose size is a power of two in
     ``[128, 16384]``, with per-feature (or no) parameters. The forward kernel is used
-    automatically only where it measured faster than XLA's fusion: layer norm with
-    ``D >= AUTO_MIN_D`` (on an H200, 0.72-0.86x XLA's forward time at every ``D`` from 256 to
-    16384), not RMS norm (XLA's fusion was 0.85-0.95x the kernel's time there), and not an
-    empty batch. The platform is decided later, per lowering (:mod:`jnorm._pallas._dispatch`).
+    automatically only where it measured faster than XLA's fusion (docs/benchmarks.md): layer
+    norm with ``D >= AUTO_MIN_D``, not RMS norm (XLA's own fusion was faster there), and not
+    an empty batch. The platform is decided later, per lowering (:mod:`jnorm._pallas._dispatch`).
     The environment variable ``JNORM_PALLAS=0`` turns the automatic choice off everywhere.
 
     >>> suits(jnp.zeros((8, 1024)), (1,)), suits(jnp.zeros((8, 1024)), (1,), center=False)
