@@ -45,6 +45,9 @@ class Plan:
     #: the forward may run the fused Pallas kernel (:func:`jnorm._pallas.row_norm` picks it
     #: per platform at lowering)
     kernel: bool
+    #: the statistics' per-block shift and mean are computed once and stored, not recomputed
+    #: in every full-size loop that reads them (jnorm._stats.computed_once)
+    pivot_once: bool = False
 
 
 def _cpu(backend: str | None) -> bool:
@@ -137,4 +140,6 @@ def plan(
         derivative=derivative,
         spread_stages=spread,
         kernel=kernel,
+        # XLA:CPU recomputes the settled pivot (its reduce_precision) per element in every loop
+        pivot_once=cpu,
     )

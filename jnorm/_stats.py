@@ -66,8 +66,8 @@ from jnorm._plan import plan as _plan
 from jnorm._typing import Axes, AxisIndexGroups, AxisName, DTypeLike
 
 __all__ = [
-    "Moments", "accumulation_dtype", "moments", "private_copies", "settle", "shifted_moments",
-    "staged_spread", "staged_sum",
+    "Moments", "accumulation_dtype", "computed_once", "moments", "private_copies", "settle",
+    "shifted_moments", "staged_spread", "staged_sum",
 ]
 
 
@@ -188,6 +188,23 @@ def settle(v: jax.Array) -> jax.Array:
         return lax.complex(settle(lax.real(v)), settle(lax.imag(v)))
     info = jnp.finfo(v.dtype)
     return lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant - 1)
+
+
+def computed_once(v: jax.Array) -> jax.Array:
+    """The small per-block array `v` again, as a value XLA computes once and stores.
+
+    XLA fuses a cheap per-block expression into every loop that broadcasts it and evaluates
+    it there for each element: for the statistics that is the settled pivot and mean (two
+    ``reduce_precision``, a dozen integer operations) per element of every full-size loop. A
+    division is an expensive operation to XLA's fusion, which does not duplicate it into a
+    consumer that reuses its elements, so the quotient is computed once and each loop reads
+    it. The divisor is an exact 1 that XLA cannot fold (``v == v``; 0 for NaN, which stays
+    NaN), so the value and its derivative are unchanged (a subnormal may become 0 where the
+    backend flushes subnormals, as XLA:CPU does in every loop that reads it anyway).
+    """
+    if jnp.iscomplexobj(v):
+        return lax.complex(computed_once(lax.real(v)), computed_once(lax.imag(v)))
+    return v / (v == v).astype(v.dtype)
 
 
 def _first_mean(
@@ -328,6 +345,8 @@ def shifted_moments(
         var = jnp.maximum(sq - _abs_sq(mean), jnp.zeros_like(sq))
         if pivot is None:
             shift, mean = _recentre(shift, mean)
+        if plan.pivot_once:
+            shift, mean = computed_once(shift), computed_once(mean)
     else:
         mean = jnp.zeros_like(shift)
         var = sq

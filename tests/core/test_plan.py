@@ -7,8 +7,11 @@ the program, which then needs a new measurement in docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jnorm
@@ -71,6 +74,45 @@ def test_passes_of_each_plan(name):
     _, _, n_fwd, n_bwd = EXPECTED[name]
     assert count_passes(fwd, x.size)["passes"] == n_fwd
     assert count_passes(bwd, x.size)["passes"] == n_bwd
+
+
+def _loops_recomputing_the_pivot(hlo: str, size: int) -> list[str]:
+    """The fused computations of `hlo` that touch an array of `size` elements (a parameter or
+    the result) and evaluate ``reduce-precision`` (jnorm._stats.settle) inside."""
+    found = []
+    for header, body in re.findall(r"^(%\S+ \(.*?\) -> .*?) \{\n(.*?)^\}", hlo, re.S | re.M):
+        sizes = [int(np.prod([int(d) for d in dims.split(",") if d]))
+                 for dims in re.findall(r"\[([\d,]*)\]", header)]
+        if size in sizes and "reduce-precision(" in body:
+            found.append(header.split(" ", 1)[0])
+    return found
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the plan of XLA:CPU")
+@pytest.mark.parametrize("name", [n for n in EXPECTED if n != "rms_norm"])
+def test_no_full_size_loop_recomputes_the_pivot(name):
+    """``Plan.pivot_once`` on XLA:CPU: the settled shift and mean are computed once, so no
+    full-size loop evaluates their ``reduce_precision`` per element (at the ResNet's batch-norm
+    shapes that made the forward's output loop 1.6 times the cost of one without it; see
+    docs/benchmarks.md). Layer norm's derivative (autodiff) also rounds the mean's cotangent
+    through ``settle``, so only its forward is checked."""
+    assert plan((0, 1, 2), 4, backend="cpu").pivot_once
+    assert not plan((0, 1, 2), 4, backend="gpu").pivot_once
+    shape, layer = _layers()[name]
+    x = jax.random.normal(jax.random.key(0), shape)
+    g = jax.random.normal(jax.random.key(1), shape)
+    c = shape[-1]
+    args = (x, jnp.ones(c), jnp.zeros(c))
+
+    def loss(x, s, b):
+        return jnp.sum(layer(x, s, b) * g)
+
+    programs = [jax.jit(layer)]
+    if EXPECTED[name][0] != "autodiff":
+        programs.append(jax.jit(jax.grad(loss, (0, 1, 2))))
+    for program in programs:
+        hlo = program.lower(*args).compile().as_text()
+        assert _loops_recomputing_the_pivot(hlo, x.size) == []
 
 
 def test_the_layer_norm_choice_follows_the_plan(monkeypatch):

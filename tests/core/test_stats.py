@@ -203,3 +203,28 @@ def test_shifted_pair_is_exact_under_jit(shape, axes):
         # The corrected two-pass mean: its relative error on the spread (2) is a few gamma.
         n = np.prod([shape[a] for a in axes])
         assert err.max() <= 2 * n * 2.0**-24 * 2, err.max()
+
+
+def test_computed_once_is_the_same_value_and_derivative():
+    """``computed_once`` divides by an exact 1: every float comes back bitwise (signed zeros,
+    infinities, NaN, complex parts), eagerly and compiled, and the derivative is the identity.
+    A subnormal may come back as a zero of its sign: XLA:CPU flushes subnormals in arithmetic
+    (``v * 1.0`` does the same), as in every loop that uses the statistics."""
+    from jnorm._stats import computed_once
+
+    tiny = np.finfo(np.float32).smallest_subnormal * 7
+    v = np.array([0.0, -0.0, 1.5, -3e38, np.inf, -np.inf, np.nan, 1e6 + 0.0625, tiny, -tiny],
+                 np.float32)
+    normal = slice(0, 8)
+    for f in (computed_once, jax.jit(computed_once)):
+        out = np.asarray(f(jnp.asarray(v)))
+        assert out[normal].tobytes() == v[normal].tobytes()
+        assert all(o in (t, 0.0) for o, t in zip(out[8:], v[8:]))
+        assert np.array_equal(np.signbit(out), np.signbit(v))
+        z = np.zeros(4, np.complex64)
+        z.real, z.imag = v[:4], v[4:8]
+        oz = np.asarray(f(jnp.asarray(z)))
+        assert oz.tobytes() == z.tobytes()
+    w = jnp.asarray([0.5, -2.0, 3.0])
+    assert np.array_equal(jax.grad(lambda u: jnp.sum(computed_once(u) * w))(w), w)
+    assert np.array_equal(jax.jvp(computed_once, (w,), (w,))[1], w)
