@@ -167,6 +167,7 @@ def private_copies(*arrays: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(lax.optimization_barrier(tuple(arrays)))
 
 
+@jax.custom_jvp
 def settle(v: jax.Array) -> jax.Array:
     """`v` rounded to one mantissa bit less: a pivot every compiled loop reads alike.
 
@@ -188,6 +189,16 @@ def settle(v: jax.Array) -> jax.Array:
         return lax.complex(settle(lax.real(v)), settle(lax.imag(v)))
     info = jnp.finfo(v.dtype)
     return lax.reduce_precision(v, exponent_bits=info.nexp, mantissa_bits=info.nmant - 1)
+
+
+@settle.defjvp
+def _settle_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]
+                ) -> tuple[jax.Array, jax.Array]:
+    """The identity: settling moves a value by at most one ulp, a rounding whose derivative
+    is the value's own (``reduce_precision``'s rule would round the tangent too, one bit of
+    every gradient through the mean, recomputed per element in the backward's loops)."""
+    (v,), (dv,) = primals, tangents
+    return settle(v), dv
 
 
 def computed_once(v: jax.Array) -> jax.Array:

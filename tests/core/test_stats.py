@@ -228,3 +228,22 @@ def test_computed_once_is_the_same_value_and_derivative():
     w = jnp.asarray([0.5, -2.0, 3.0])
     assert np.array_equal(jax.grad(lambda u: jnp.sum(computed_once(u) * w))(w), w)
     assert np.array_equal(jax.jvp(computed_once, (w,), (w,))[1], w)
+
+
+def test_settle_rounds_the_value_and_passes_the_derivative_unrounded():
+    """``settle`` rounds a pivot to one mantissa bit less; its derivative is the identity, so a
+    gradient through the relative mean keeps every bit (``reduce_precision``'s own rule would
+    round the tangent too)."""
+    from jnorm._stats import settle
+
+    v = jnp.asarray([1.0 + 2.0**-23, 3.0, -7.0 - 2.0**-20], jnp.float32)  # odd last bit first
+    t = jnp.asarray([1.0 + 2.0**-23, -1.0 - 2.0**-23, 0.25 + 2.0**-25], jnp.float32)
+    out, tangent = jax.jvp(settle, (v,), (t,))
+    assert np.asarray(out)[0] != np.asarray(v)[0]  # the odd last bit is rounded away
+    np.testing.assert_array_equal(np.asarray(out)[1:], np.asarray(v)[1:])
+    assert np.asarray(tangent).tobytes() == np.asarray(t).tobytes()
+    assert np.asarray(jax.grad(lambda u: jnp.sum(settle(u) * t))(v)).tobytes() == \
+        np.asarray(t).tobytes()
+    for f in (settle, jax.jit(settle)):
+        z = jnp.asarray([1.0 + 2.0**-23 + 3j], jnp.complex64)
+        assert np.asarray(f(z)).real[0] == 1.0 and np.asarray(f(z)).imag[0] == 3.0
