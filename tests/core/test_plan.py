@@ -31,7 +31,7 @@ def _layers():
 EXPECTED = {
     "batch_norm": ("per_block", "per_block", 5, 8),
     "instance_norm": ("per_block", "per_block", 5, 8),
-    "group_norm": ("two_stage", "two_stage", 5, 10),
+    "group_norm": ("two_stage", "two_stage", 7, 12),
     "layer_norm": ("autodiff", "rows", 5, 20),
     "rms_norm": ("rows", "rows", 3, 10),
 }
