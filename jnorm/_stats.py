@@ -338,6 +338,8 @@ def shifted_moments(
     if center:
         if pivot is None:  # one number for the sums and every later user (settle)
             shift = lax.stop_gradient(settle(_first_mean(xa, plan.stages, mask, count)))
+            if plan.pivot_once:  # also where x - shift is written once (no private copies)
+                shift = computed_once(shift)
         else:  # the caller's number, as it is: results are relative to it
             shift = lax.stop_gradient(pivot)
         # The mean and the square sum each subtract their own copy of the shift, so XLA streams

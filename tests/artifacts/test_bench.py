@@ -167,8 +167,12 @@ def test_fused_rule_reads_and_writes_less_than_flax():
         if layer == "layer_norm" and autodiff:
             assert ours["temp_mib"] <= flax["temp_mib"], layer
             continue
-        assert ours["writes"] <= flax["writes"], layer
-        assert ours["reads"] + ours["writes"] <= flax["reads"] + flax["writes"], layer
+        # Group norm without private shift copies writes x - shift once and reads it back
+        # (jnorm._plan: faster on XLA:CPU than the copies' fewer passes).
+        extra = int(layer == "group_norm" and not plan(
+            (1, 2, 4), 5, param_shape=(1, 1, 1, 32, 8)).shift_copies)
+        assert ours["writes"] <= flax["writes"] + extra, layer
+        assert ours["reads"] + ours["writes"] <= flax["reads"] + flax["writes"] + 2 * extra, layer
         # No full-size temporary beyond flax's. The exact statistics' first pass adds per-block
         # vectors (group norm: 0.142 vs 0.137 MiB at a 32 MiB input), so the margin is 1% of
         # the input: a strided or full-size copy would exceed it many times over.
