@@ -696,8 +696,30 @@ class IterNorm(DecorrelatedBatchNorm):
     :class:`DecorrelatedBatchNorm` with ``iterations`` (``T``) 5 by default.
     """
 
-    def __init__(self, num_features: int, *, iterations: int = 5, **kwargs: Any) -> None:
-        super().__init__(num_features, iterations=iterations, **kwargs)
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool | None = False,
+        group_size: int | None = None,
+        axis: int = -1,
+        momentum: float | None = 0.99,
+        epsilon: float = 1e-5,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Initializer = _ZEROS,
+        scale_init: Initializer = _ONES,
+        iterations: int = 5,
+        rngs: nnx.Rngs,
+    ) -> None:
+        super().__init__(
+            num_features, use_running_average=use_running_average, group_size=group_size,
+            axis=axis, momentum=momentum, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+            use_bias=use_bias, use_scale=use_scale, bias_init=bias_init, scale_init=scale_init,
+            iterations=iterations, rngs=rngs,
+        )
 
 
 class FilterResponseNorm(nnx.Module):

@@ -91,3 +91,15 @@ def test_documented_differences_are_real():
                 theirs = {p.name: p.default for p in _nnx_params(getattr(flax_nnx, name))}
             assert attr not in ours or attr not in theirs or repr(ours[attr]) != repr(
                 theirs[attr]), f"{frontend}.{name}.{attr} no longer differs from flax"
+
+
+def test_nnx_iter_norm_is_decorrelated_batch_norm_with_five_iterations():
+    """nnx's IterNorm spells out its parent's constructor (no ``**kwargs`` hiding it from
+    users and tools): the same parameters, kinds and defaults, with ``iterations=5``."""
+    child = inspect.signature(jnx.IterNorm.__init__).parameters
+    parent = inspect.signature(jnx.DecorrelatedBatchNorm.__init__).parameters
+    assert list(child) == list(parent)
+    for name, p in parent.items():
+        q = child[name]
+        assert q.kind == p.kind, name
+        assert q.default == (5 if name == "iterations" else p.default), name
