@@ -57,9 +57,9 @@ def test_each_layer_gets_its_plan(name):
     assert plan(axes, ndim, masked=True, param_shape=scale).derivative == "autodiff"
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the counts are XLA:CPU's")
-@pytest.mark.parametrize("name", list(EXPECTED))
-def test_passes_of_each_plan(name):
+def _compiled(name: str) -> tuple[int, str, str]:
+    """``(input size, optimized HLO of the forward, of forward+backward)`` of a layer at its
+    shape above (scale and bias given; the backward of a random cotangent's dot product)."""
     shape, layer = _layers()[name]
     x = jax.random.normal(jax.random.key(0), shape)
     g = jax.random.normal(jax.random.key(1), shape)
@@ -71,21 +71,33 @@ def test_passes_of_each_plan(name):
 
     fwd = jax.jit(layer).lower(*args).compile().as_text()
     bwd = jax.jit(jax.grad(loss, (0, 1, 2))).lower(*args).compile().as_text()
+    return x.size, fwd, bwd
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the counts are XLA:CPU's")
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_passes_of_each_plan(name):
+    size, fwd, bwd = _compiled(name)
     _, _, n_fwd, n_bwd = EXPECTED[name]
-    assert count_passes(fwd, x.size)["passes"] == n_fwd
-    assert count_passes(bwd, x.size)["passes"] == n_bwd
+    assert count_passes(fwd, size)["passes"] == n_fwd
+    assert count_passes(bwd, size)["passes"] == n_bwd
 
 
-def _loops_recomputing_the_pivot(hlo: str, size: int) -> list[str]:
-    """The fused computations of `hlo` that touch an array of `size` elements (a parameter or
-    the result) and evaluate ``reduce-precision`` (jnorm._stats.settle) inside."""
-    found = []
+def _full_size_loops(hlo: str, size: int) -> dict[str, str]:
+    """The computations of `hlo` (name: body) that touch an array of `size` elements (a
+    parameter or the result)."""
+    found = {}
     for header, body in re.findall(r"^(%\S+ \(.*?\) -> .*?) \{\n(.*?)^\}", hlo, re.S | re.M):
         sizes = [int(np.prod([int(d) for d in dims.split(",") if d]))
                  for dims in re.findall(r"\[([\d,]*)\]", header)]
-        if size in sizes and "reduce-precision(" in body:
-            found.append(header.split(" ", 1)[0])
+        if size in sizes:
+            found[header.split(" ", 1)[0]] = body
     return found
+
+
+def _loops_recomputing_the_pivot(hlo: str, size: int) -> list[str]:
+    """The full-size computations that evaluate ``reduce-precision`` (jnorm._stats.settle)."""
+    return [n for n, body in _full_size_loops(hlo, size).items() if "reduce-precision(" in body]
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the plan of XLA:CPU")
@@ -98,18 +110,20 @@ def test_no_full_size_loop_recomputes_the_pivot(name):
     derivative of ``settle`` is the identity (no rounding of the cotangent)."""
     assert plan((0, 1, 2), 4, backend="cpu").pivot_once
     assert not plan((0, 1, 2), 4, backend="gpu").pivot_once
-    shape, layer = _layers()[name]
-    x = jax.random.normal(jax.random.key(0), shape)
-    g = jax.random.normal(jax.random.key(1), shape)
-    c = shape[-1]
-    args = (x, jnp.ones(c), jnp.zeros(c))
+    size, fwd, bwd = _compiled(name)
+    for hlo in (fwd, bwd):
+        # the check sees something: the pivot is settled, and full-size loops are found
+        assert "reduce-precision(" in hlo and _full_size_loops(hlo, size)
+        assert _loops_recomputing_the_pivot(hlo, size) == []
 
-    def loss(x, s, b):
-        return jnp.sum(layer(x, s, b) * g)
 
-    for program in (jax.jit(layer), jax.jit(jax.grad(loss, (0, 1, 2)))):
-        hlo = program.lower(*args).compile().as_text()
-        assert _loops_recomputing_the_pivot(hlo, x.size) == []
+def test_the_pivot_check_sees_a_recomputed_pivot():
+    """The HLO check above fails on a program that settles per element in a full-size loop."""
+    from jnorm._stats import settle
+
+    x = jnp.ones((64, 32))
+    hlo = jax.jit(lambda v: v - settle(jnp.mean(v, 1, keepdims=True))).lower(x).compile()
+    assert _loops_recomputing_the_pivot(hlo.as_text(), x.size)
 
 
 def test_the_layer_norm_choice_follows_the_plan(monkeypatch):
