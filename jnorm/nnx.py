@@ -93,6 +93,21 @@ def _feature_param(
     return nnx.Param(init(rngs.params(), (num_features,), param_dtype), **metadata)
 
 
+def _scale_and_bias(
+    *, use_scale: bool, scale_init: Initializer, use_bias: bool, bias_init: Initializer,
+    num_features: int, param_dtype: Dtype, rngs: nnx.Rngs,
+    scale_metadata: Mapping[str, Any] = _NO_METADATA,
+    bias_metadata: Mapping[str, Any] = _NO_METADATA,
+) -> tuple[Any, Any]:
+    """``(scale, bias)`` of a module with both (:func:`_feature_param`, scale first)."""
+    return (
+        _feature_param(use=use_scale, init=scale_init, metadata=scale_metadata,
+                       num_features=num_features, param_dtype=param_dtype, rngs=rngs),
+        _feature_param(use=use_bias, init=bias_init, metadata=bias_metadata,
+                       num_features=num_features, param_dtype=param_dtype, rngs=rngs),
+    )
+
+
 def _add_running_stats(
     mdl: nnx.Module, kind: StatsKind, *, num_features: int, momentum: float | None,
     group_size: int | None = None,
@@ -202,13 +217,10 @@ class BatchNorm(_Stateful):
         virtual_batch_size: int | None = None,
     ) -> None:
         _add_running_stats(self, "batch", num_features=num_features, momentum=momentum)
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init, metadata=scale_metadata,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init, metadata=bias_metadata,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+            scale_metadata=scale_metadata, bias_metadata=bias_metadata,
         )
         self.num_features = num_features
         self.use_running_average = use_running_average
@@ -284,13 +296,10 @@ class LayerNorm(nnx.Module):
         zero_centered_scale: bool = False,
     ) -> None:
         scale_init = _zero_centered_init(zero_centered_scale, scale_init)
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init, metadata=scale_metadata,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init, metadata=bias_metadata,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+            scale_metadata=scale_metadata, bias_metadata=bias_metadata,
         )
         self.num_features = num_features
         self.epsilon = epsilon
@@ -401,12 +410,8 @@ class DynamicTanh(nnx.Module):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
         )
         self.num_features = num_features
@@ -460,13 +465,10 @@ class GroupNorm(nnx.Module):
     ) -> None:
         num_groups = resolve_groups(num_features, num_groups, group_size)  # stored resolved,
         group_size = num_features // num_groups  # both, as flax does
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init, metadata=scale_metadata,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init, metadata=bias_metadata,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+            scale_metadata=scale_metadata, bias_metadata=bias_metadata,
         )
         self.num_features = num_features
         self.num_groups = num_groups
@@ -519,13 +521,10 @@ class InstanceNorm(nnx.Module):
         bias_metadata: Mapping[str, Any] = _NO_METADATA,
         scale_metadata: Mapping[str, Any] = _NO_METADATA,
     ) -> None:
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init, metadata=scale_metadata,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init, metadata=bias_metadata,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
+            scale_metadata=scale_metadata, bias_metadata=bias_metadata,
         )
         self.num_features = num_features
         self.epsilon = epsilon
@@ -587,12 +586,8 @@ class BatchRenorm(_Stateful):
         rngs: nnx.Rngs,
     ) -> None:
         _add_running_stats(self, "batch", num_features=num_features, momentum=momentum)
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
         )
         self.num_features = num_features
@@ -662,12 +657,8 @@ class DecorrelatedBatchNorm(_Stateful):
         _add_running_stats(
             self, "whitening", num_features=num_features, momentum=momentum, group_size=group_size
         )
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
         )
         self.num_features = num_features
@@ -746,12 +737,8 @@ class FilterResponseNorm(nnx.Module):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
         )
         self.num_features = num_features
@@ -800,12 +787,8 @@ class EvoNormS0(nnx.Module):
         scale_init: Initializer = _ONES,
         rngs: nnx.Rngs,
     ) -> None:
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
         )
         self.num_features = num_features
@@ -850,12 +833,8 @@ class EvoNormB0(_Stateful):
         rngs: nnx.Rngs,
     ) -> None:
         _add_running_stats(self, "batch", num_features=num_features, momentum=momentum)
-        self.scale = _feature_param(
-            use=use_scale, init=scale_init,
-            num_features=num_features, param_dtype=param_dtype, rngs=rngs,
-        )
-        self.bias = _feature_param(
-            use=use_bias, init=bias_init,
+        self.scale, self.bias = _scale_and_bias(
+            use_scale=use_scale, scale_init=scale_init, use_bias=use_bias, bias_init=bias_init,
             num_features=num_features, param_dtype=param_dtype, rngs=rngs,
         )
         self.num_features = num_features
