@@ -18,14 +18,22 @@ update, batch statistics written back), jitted with the state donated and warmed
 
 Three implementations of the norm are timed interleaved round-robin in one process
 (:func:`benchmarks.harness.time_round_robin`): ``flax`` (flax's default, ``use_fast_variance=
-True``), ``flax_2pass`` (``use_fast_variance=False``) and ``jnorm``. Reported per model and
-framework: the minimum and median step time, the ratio of the minima to flax's default
-(``vs_flax``; minima, because on a shared machine noise only ever adds time) and the temporary
-memory of the compiled step (``compiled.memory_analysis().temp_size_in_bytes``).
+True``), ``flax_2pass`` (``use_fast_variance=False``) and ``jnorm``; and a fourth, ``none``,
+the same model with every norm layer returning its input. The step without norms is the
+baseline that shows what the norm layers cost inside the step (``norm_ms``: a norm's step
+time minus it) -- a few percent of a step, which the ratio of whole steps alone hides in its
+noise. Each is compiled ``--copies`` times (default 3), each copy with its own state, all
+timed interleaved: the same program compiled twice runs a few percent apart on CPU (its
+buffers land elsewhere), more than the norms' share of many steps. Reported per model and
+framework: the median over copies of each copy's minimum step time (minima, because on a
+shared machine noise only ever adds time), the median of all steps, the ratio to flax's
+default (``vs_flax``), the norm layers' cost and its ratio to flax default's
+(``norm_vs_flax``), the spread of the copies' minima (the noise floor of every ratio) and
+the temporary memory of the compiled step (``compiled.memory_analysis().temp_size_in_bytes``).
 
-Options: ``--quick`` (tiny sizes and a few rounds: seconds, for tests), ``--models a,b``,
-``--frameworks linen,nnx``, ``--rounds``, ``--warmup``, ``--json``. On a CPU run it with
-tcmalloc like :mod:`benchmarks.bench`. Public API only
+Options: ``--quick`` (tiny sizes, a few rounds, one copy: seconds, for tests), ``--models
+a,b``, ``--frameworks linen,nnx``, ``--rounds``, ``--warmup``, ``--copies``, ``--json``.
+On a CPU run it with tcmalloc like :mod:`benchmarks.bench`. Public API only
 (``tests/artifacts/test_models_bench.py`` checks).
 """
 
@@ -44,11 +52,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks.harness import IMPLS, Entry, allocator, compile_program, time_round_robin
+from benchmarks.harness import IMPLS as _HARNESS_IMPLS
+from benchmarks.harness import Entry, allocator, compile_program, time_round_robin
 
-__all__ = ["FRAMEWORKS", "MODELS", "format_table", "main", "norm_class", "run"]
+__all__ = ["FRAMEWORKS", "IMPLS", "MODELS", "format_table", "main", "norm_class", "run",
+           "summarize"]
 
 FRAMEWORKS: tuple[str, ...] = ("linen", "nnx")
+#: The norms each model is timed with: :data:`benchmarks.harness.IMPLS`, then ``none`` (the
+#: same model with the norm layers left out), the baseline every norm's cost is measured from.
+IMPLS: tuple[str, ...] = (*_HARNESS_IMPLS, "none")
 _CLASS = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "rms": "RMSNorm"}
 # What each model passes to its norm class (the same for flax's and jnorm's).
 _KWARGS: dict[str, dict[str, Any]] = {
@@ -57,7 +70,10 @@ _KWARGS: dict[str, dict[str, Any]] = {
 
 
 def norm_class(framework: str, impl: str, kind: str) -> Callable[..., Any]:
-    """The norm class a model is built with: flax's or jnorm's, the only switch."""
+    """The norm class a model is built with: flax's or jnorm's, the only switch (``none``: a
+    layer that returns its input, so the model runs without normalization)."""
+    if impl == "none":
+        return _no_norm(framework)
     if impl == "jnorm":
         import jnorm.linen
         import jnorm.nnx
@@ -73,6 +89,29 @@ def norm_class(framework: str, impl: str, kind: str) -> Callable[..., Any]:
     if impl == "flax_2pass":
         kwargs["use_fast_variance"] = False
     return functools.partial(cls, **kwargs)
+
+
+def _no_norm(framework: str) -> Callable[..., Any]:
+    """A class built like the norm classes (``cls()`` in linen, ``cls(features, rngs=...)`` in
+    nnx) whose layers return their input: the model without normalization."""
+    if framework == "linen":
+        import flax.linen as nn
+
+        class NoNorm(nn.Module):
+            def __call__(self, x: jax.Array) -> jax.Array:
+                return x
+
+        return NoNorm
+    from flax import nnx
+
+    class NoNormNNX(nnx.Module):
+        def __init__(self, num_features: int, *, rngs: nnx.Rngs) -> None:
+            del num_features, rngs
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return x
+
+    return NoNormNNX
 
 
 # ----------------------------------------------------------------------------- linen models
@@ -275,7 +314,7 @@ def _nnx_models() -> dict[str, Any]:
 
 def _timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
     """Sinusoidal embedding of the diffusion time ``t`` (B,) -> (B, dim)."""
-    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(dim // 2) / (dim // 2))
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(dim // 2, dtype=jnp.float32) / (dim // 2))
     args = t[:, None].astype(jnp.float32) * freqs[None]
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
@@ -397,33 +436,71 @@ def _nnx_step(model: _Model, size: dict[str, Any], norm: Callable[..., Any]) -> 
     return step, state
 
 
+def summarize(times: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
+    """Per implementation, from ``times[impl]`` (one list of step times per compiled copy):
+
+    - ``min_ms``: the median over copies of each copy's minimum (minima, because on a shared
+      machine noise only adds time; the median over copies, because the same program compiled
+      twice runs a few percent apart: buffers land elsewhere);
+    - ``median_ms``: the median of every step timed;
+    - ``spread``: how far apart the copies' minima are (max / min - 1), the noise floor of
+      any ratio below;
+    - ``vs_flax``: ``min_ms`` over flax default's;
+    - ``norm_ms``: ``min_ms`` minus that of ``none`` (the model without norms): what the
+      norm layers cost inside the step, and ``norm_vs_flax`` that cost over flax default's.
+
+    >>> r = summarize({"flax": [[12.0, 13.0]], "jnorm": [[11.0, 12.0]], "none": [[8.0, 9.0]]})
+    >>> r["jnorm"]["vs_flax"], r["jnorm"]["norm_ms"], r["jnorm"]["norm_vs_flax"]
+    (0.9166666666666666, 3.0, 0.75)
+    """
+    best = {impl: statistics.median(min(c) for c in copies) for impl, copies in times.items()}
+    base = best.get("none")
+    flax_norm = None if base is None else best["flax"] - base
+    out = {}
+    for impl, copies in times.items():
+        minima = [min(c) for c in copies]
+        norm_ms = None if base is None or impl == "none" else best[impl] - base
+        out[impl] = {
+            "min_ms": best[impl],
+            "median_ms": statistics.median(t for c in copies for t in c),
+            "spread": max(minima) / min(minima) - 1,
+            "vs_flax": best[impl] / best["flax"],
+            "norm_ms": norm_ms,
+            "norm_vs_flax": (None if norm_ms is None or not flax_norm or flax_norm <= 0
+                             else norm_ms / flax_norm),
+        }
+    return out
+
+
 def _bench_model(name: str, framework: str, quick: bool, rounds: int, warmup: int,
-                 inner: int) -> list[dict[str, Any]]:
+                 inner: int, copies: int) -> list[dict[str, Any]]:
     model = _MODELS[name]
     size = model.quick if quick else model.size
     inputs, target = _data(model, size)
     make = _linen_step if framework == "linen" else _nnx_step
     entries = []
-    for impl in IMPLS:
-        step, state = make(model, size, norm_class(framework, impl, model.kind))
-        args = (state, inputs, target)
-        compiled, temp, _ = compile_program(step, args, 0, donate_argnums=(0,))
-        entries.append(Entry(impl, "step", compiled, args, temp, None,
-                             carry=lambda out, args: (out[0], *args[1:])))
+    for _ in range(copies):  # each copy its own compiled step and state, timed interleaved
+        for impl in IMPLS:
+            step, state = make(model, size, norm_class(framework, impl, model.kind))
+            args = (state, inputs, target)
+            compiled, temp, _ = compile_program(step, args, 0, donate_argnums=(0,))
+            entries.append(Entry(impl, "step", compiled, args, temp, None,
+                                 carry=lambda out, args: (out[0], *args[1:])))
     time_round_robin(entries, rounds, warmup, inner)
-    best = {e.impl: min(e.times) for e in entries}
-    return [{
-        "model": name, "framework": framework, "impl": e.impl,
-        "min_ms": min(e.times) * 1e3, "median_ms": statistics.median(e.times) * 1e3,
-        "vs_flax": best[e.impl] / best["flax"],
-        "temp_mib": None if e.temp_bytes is None else e.temp_bytes / 2**20,
-        "rounds": len(e.times),
-    } for e in entries]
+    times: dict[str, list[list[float]]] = {impl: [] for impl in IMPLS}
+    temp_mib: dict[str, float | None] = {}
+    for e in entries:
+        times[e.impl].append([t * 1e3 for t in e.times])
+        temp_mib[e.impl] = None if e.temp_bytes is None else e.temp_bytes / 2**20
+    summary = summarize(times)
+    return [{"model": name, "framework": framework, "impl": impl, **summary[impl],
+             "temp_mib": temp_mib[impl], "rounds": rounds, "copies": copies}
+            for impl in IMPLS]
 
 
 def run(models: Sequence[str] | None = None, *, frameworks: Sequence[str] = FRAMEWORKS,
         quick: bool = False, rounds: int = 10, warmup: int = 2,
-        inner: int = 1) -> dict[str, Any]:
+        inner: int = 1, copies: int = 3) -> dict[str, Any]:
     """Runs the benchmark; returns ``{"device", "jax", "flax", "jnorm", "allocator", "rounds",
     "results"}`` with one row per model, framework and implementation."""
     import flax
@@ -440,12 +517,13 @@ def run(models: Sequence[str] | None = None, *, frameworks: Sequence[str] = FRAM
     results = []
     for name in models:
         for fw in frameworks:
-            results += _bench_model(name, fw, quick, rounds, warmup, inner)
+            results += _bench_model(name, fw, quick, rounds, warmup, inner, copies)
     dev = jax.devices()[0]
     return {
         "device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}",
         "jax": jax.__version__, "flax": flax.__version__, "jnorm": jnorm.__version__,
-        "allocator": allocator(), "rounds": rounds, "quick": quick, "results": results,
+        "allocator": allocator(), "rounds": rounds, "copies": copies, "quick": quick,
+        "results": results,
     }
 
 
@@ -454,13 +532,16 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"device: {report['device']}   jax {report['jax']}   flax {report['flax']}   "
         f"jnorm {report['jnorm']}   allocator: {report['allocator']}   "
-        f"rounds: {report['rounds']} (interleaved)",
+        f"rounds: {report['rounds']} (interleaved)   copies: {report['copies']}",
         "whole jitted train step (value_and_grad + optax SGD + batch statistics, donated); "
-        "vs_flax: min time / flax default's min time; temp: temporary memory of the step",
+        "min: the median over the compiled copies of each copy's minimum; vs_flax: min / flax "
+        "default's; norm: min - min without norms (none), what the norm layers cost in the step, "
+        "and that over flax default's; spread: how far apart the copies' minima are (the noise "
+        "floor); temp: temporary memory of the step",
         "",
     ]
     header = (f"{'model':<17}{'framework':<11}{'impl':<12}{'min ms':>10}{'median ms':>11}"
-              f"{'vs_flax':>9}{'temp MiB':>10}")
+              f"{'vs_flax':>9}{'norm ms':>9}{'norm/flax':>10}{'spread':>8}{'temp MiB':>10}")
     lines += [header, "-" * len(header)]
     last = None
     for r in report["results"]:
@@ -468,8 +549,11 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append("")
         last = (r["model"], r["framework"])
         temp = "" if r["temp_mib"] is None else f"{r['temp_mib']:.1f}"
+        norm = "" if r["norm_ms"] is None else f"{r['norm_ms']:.2f}"
+        ratio = "" if r["norm_vs_flax"] is None else f"{r['norm_vs_flax']:.2f}"
         lines.append(f"{r['model']:<17}{r['framework']:<11}{r['impl']:<12}{r['min_ms']:>10.2f}"
-                     f"{r['median_ms']:>11.2f}{r['vs_flax']:>9.3f}{temp:>10}")
+                     f"{r['median_ms']:>11.2f}{r['vs_flax']:>9.3f}{norm:>9}{ratio:>10}"
+                     f"{100 * r['spread']:>7.1f}%{temp:>10}")
     return "\n".join(lines)
 
 
@@ -484,13 +568,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="linen, nnx or both")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--copies", type=int, default=None,
+                        help="compiled copies of each step, timed interleaved (default 3; "
+                             "1 with --quick)")
     args = parser.parse_args(argv)
+    copies = args.copies if args.copies is not None else (1 if args.quick else 3)
+    if copies < 1:
+        parser.error(f"--copies must be at least 1, got {copies}.")
     report = run(
         [s for s in args.models.split(",") if s],
         frameworks=[s for s in args.frameworks.split(",") if s],
         quick=args.quick,
         rounds=args.rounds if args.rounds is not None else (2 if args.quick else 10),
         warmup=1 if args.quick else args.warmup,
+        copies=copies,
     )
     if args.json:
         json.dump(report, sys.stdout, indent=1)
