@@ -185,8 +185,9 @@ def normalize_over(
     runs it, and this function follows the plan:
 
     * ``derivative="autodiff"``: :func:`_plain`, differentiated as it is computed (a mask,
-      cross-device statistics, non-float data; layer norm on XLA:CPU, whose input inside a
-      model is an unmaterialized residual stream);
+      cross-device statistics, non-float data; on XLA:CPU layer norm, whose input inside a
+      model is an unmaterialized residual stream, and batch norm, whose backward XLA fuses
+      into a CNN's activation and convolution gradients);
     * otherwise :func:`_with_rule`: the same value carrying the derivative rule
       :func:`_rule_jvp` (a ``custom_jvp`` whose tangent is linear in the tangents, so forward
       mode works and reverse mode transposes it into the short backward pass); its forward is

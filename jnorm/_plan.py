@@ -19,7 +19,8 @@ __all__ = ["Derivative", "Plan", "plan", "stages"]
 
 #: How the derivative is formed:
 #: ``"autodiff"``: plain reverse mode of the forward (``jnorm._normalize._plain``);
-#: ``"per_block"``: the rule with parameters constant over each block (batch, instance norm);
+#: ``"per_block"``: the rule with parameters constant over each block (instance norm; batch
+#: norm off XLA:CPU);
 #: ``"rows"``: the rule for the last axes with per-feature parameters (RMS norm);
 #: ``"two_stage"``: the rule for parameters varying inside blocks reduced in stages (group norm).
 Derivative = Literal["autodiff", "per_block", "rows", "two_stage"]
@@ -119,6 +120,11 @@ def plan(
         # Layer norm inside a model: its input is the residual stream, a sum XLA keeps
         # unmaterialized and recomputes from all its terms in every loop that reads it; the
         # rule reads x in more loops than autodiff, which saves x - mu once.
+        derivative = "autodiff"
+    elif per_block and 0 in axes and cpu and not kernel:
+        # Batch norm inside a CNN: XLA:CPU fuses autodiff's backward into the activation and
+        # convolution gradients around it at no cost to the step; the rule, faster alone,
+        # adds full-size work there (ResNet-18 step: +20 ms, autodiff +0; docs/benchmarks.md).
         derivative = "autodiff"
     elif per_block:
         derivative, spread = "per_block", staged

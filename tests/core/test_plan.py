@@ -32,7 +32,7 @@ def _layers():
 
 # (derivative on CPU, on GPU; passes of the forward, of forward+backward on XLA:CPU)
 EXPECTED = {
-    "batch_norm": ("per_block", "per_block", 5, 8),
+    "batch_norm": ("autodiff", "per_block", 5, 10),
     "instance_norm": ("per_block", "per_block", 5, 8),
     "group_norm": ("two_stage", "two_stage", 7, 12),
     "layer_norm": ("autodiff", "rows", 5, 20),
@@ -138,3 +138,41 @@ def test_the_layer_norm_choice_follows_the_plan(monkeypatch):
 
     assert not has_rule("cpu")
     assert has_rule("gpu")
+
+
+@pytest.mark.parametrize("name", ["batch_norm", "layer_norm"])
+def test_the_rule_other_backends_get_is_exact_here(monkeypatch, name):
+    """Batch and layer norm take plain autodiff on XLA:CPU and the derivative rule elsewhere;
+    the rule is tested here by making the plan believe it runs on a GPU (the XLA path, no
+    Pallas kernel): derivatives in every argument, both modes, float64 (check_grads), and in
+    float32 at an offset of 1e4 against the CPU plan's autodiff within the bound of the exact
+    statistics (a few float32 ulps of the gradient's own scale, not of the offset)."""
+    from jax.test_util import check_grads
+
+    shape, layer = _layers()[name]
+    shape = (4, 3, 3, 16) if name == "batch_norm" else (6, 16)  # _layers: 16 features
+    c = shape[-1]
+    monkeypatch.setenv("JNORM_PALLAS", "0")
+
+    def grads(backend, x, s, b, g):
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        jax.clear_caches()  # the plan is made at trace time; inner jits cache their traces
+        jaxpr = str(jax.make_jaxpr(layer)(x, s, b))
+        assert ("name=_with_rule" in jaxpr) == (backend == "gpu")
+        return jax.jit(jax.grad(lambda x, s, b: jnp.sum(layer(x, s, b) * g), (0, 1, 2)))(x, s, b)
+
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x, g = (jnp.asarray(rng.standard_normal(shape)) for _ in range(2))
+        s, b = jnp.asarray(1 + rng.random(c)), jnp.asarray(rng.standard_normal(c))
+        monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+        jax.clear_caches()
+        assert "name=_with_rule" in str(jax.make_jaxpr(layer)(x, s, b))
+        check_grads(layer, (x, s, b), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    s, b = (1 + rng.random(c)).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    rule, plain = grads("gpu", x, s, b, g), grads("cpu", x, s, b, g)
+    for r, p in zip(rule, plain, strict=True):
+        scale = float(jnp.max(jnp.abs(p)))
+        np.testing.assert_allclose(r, p, atol=64 * np.finfo(np.float32).eps * scale)
