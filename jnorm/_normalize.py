@@ -220,8 +220,12 @@ def normalize_over(
         kernel=kernel,
     )
     if p.derivative == "autodiff":
-        return _plain(x, scale, bias, p, epsilon=epsilon, center=center, mask=mask,
-                      axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype)
+        def plain(x: jax.Array, scale: jax.Array | None, bias: jax.Array | None
+                  ) -> tuple[jax.Array, Moments]:
+            return _plain(x, scale, bias, p, epsilon=epsilon, center=center, mask=mask,
+                          axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype)
+
+        return (jax.checkpoint(plain) if p.recompute else plain)(x, scale, bias)
     return _with_rule(p, float(epsilon), center, None if dtype is None else jnp.dtype(dtype),
                       implementation, x, scale, bias)
 

@@ -49,6 +49,9 @@ class Plan:
     #: the statistics' per-block shift and mean are computed once and stored, not recomputed
     #: in every full-size loop that reads them (jnorm._stats.computed_once)
     pivot_once: bool = False
+    #: plain autodiff keeps no full-size residual: the backward recomputes the forward from
+    #: ``x`` (``jax.checkpoint``), as the derivative rule does
+    recompute: bool = False
 
 
 def _cpu(backend: str | None) -> bool:
@@ -113,6 +116,7 @@ def plan(
     rows = axes == tuple(range(ndim - len(axes), ndim))
     staged = stages(axes, ndim, backend)
     derivative: Derivative
+    recompute = False
     spread: tuple[tuple[int, ...], ...] = ()
     if masked or not rule:
         derivative = "autodiff"
@@ -125,7 +129,8 @@ def plan(
         # Batch norm inside a CNN: XLA:CPU fuses autodiff's backward into the activation and
         # convolution gradients around it at no cost to the step; the rule, faster alone,
         # adds full-size work there (ResNet-18 step: +20 ms, autodiff +0; docs/benchmarks.md).
-        derivative = "autodiff"
+        # Recomputed from x, its residuals cost no memory (ResNet step 145 MiB, flax 155).
+        derivative, recompute = "autodiff", True
     elif per_block:
         derivative, spread = "per_block", staged
     elif rows:
@@ -150,4 +155,5 @@ def plan(
         kernel=kernel,
         # XLA:CPU recomputes the settled pivot (its reduce_precision) per element in every loop
         pivot_once=cpu,
+        recompute=recompute,
     )
