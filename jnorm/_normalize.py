@@ -220,11 +220,10 @@ def normalize_over(
         kernel=kernel,
     )
     if p.derivative == "autodiff":
-        def plain(x: jax.Array, scale: jax.Array | None, bias: jax.Array | None
-                  ) -> tuple[jax.Array, Moments]:
-            return _plain(x, scale, bias, p, epsilon=epsilon, center=center, mask=mask,
-                          axis_name=axis_name, axis_index_groups=axis_index_groups, dtype=dtype)
-
+        plain = functools.partial(
+            _plain, p=p, epsilon=epsilon, center=center, mask=mask, axis_name=axis_name,
+            axis_index_groups=axis_index_groups, dtype=dtype)
+        # recompute: the backward recomputes the forward from x (no full-size residual)
         return (jax.checkpoint(plain) if p.recompute else plain)(x, scale, bias)
     return _with_rule(p, float(epsilon), center, None if dtype is None else jnp.dtype(dtype),
                       implementation, x, scale, bias)
