@@ -162,17 +162,24 @@ def test_fused_rule_reads_and_writes_less_than_flax():
     # Layer norm on XLA:CPU is plain autodiff (jnorm._plan: inside a model the rule cost more
     # than it saves alone; docs/benchmarks.md); the pass counts below are the rule's.
     autodiff = plan((1,), 2, param_shape=(1, 1024)).derivative == "autodiff"
+    # Batch norm on XLA:CPU too, recomputed in the backward (jax.checkpoint): the backward's
+    # statistics read x once more than flax's, and no full-size residual is kept.
+    bn = plan((0, 1, 2), 4, param_shape=(1, 1, 1, 64))
     for layer in bench.LAYERS:
         ours, flax = rows[(layer, "jnorm")], rows[(layer, "flax")]
         if layer == "layer_norm" and autodiff:
             assert ours["temp_mib"] <= flax["temp_mib"], layer
             continue
+        recomputed = layer == "batch_norm" and bn.derivative == "autodiff"
+        assert bn.recompute or not recomputed
         # Group norm without private shift copies writes x - shift once and reads it back
         # (jnorm._plan: faster on XLA:CPU than the copies' fewer passes).
         extra = int(layer == "group_norm" and not plan(
             (1, 2, 4), 5, param_shape=(1, 1, 1, 32, 8)).shift_copies)
         assert ours["writes"] <= flax["writes"] + extra, layer
-        assert ours["reads"] + ours["writes"] <= flax["reads"] + flax["writes"] + 2 * extra, layer
+        assert ours["reads"] <= flax["reads"] + 2 * extra + recomputed, layer
+        assert ours["reads"] + ours["writes"] <= (
+            flax["reads"] + flax["writes"] + 2 * extra + recomputed), layer
         # No full-size temporary beyond flax's. The exact statistics' first pass adds per-block
         # vectors (group norm: 0.142 vs 0.137 MiB at a 32 MiB input), so the margin is 1% of
         # the input: a strided or full-size copy would exceed it many times over.
