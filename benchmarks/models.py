@@ -23,10 +23,10 @@ the same model with every norm layer returning its input. The step without norms
 baseline that shows what the norm layers cost inside the step (``norm_ms``: a norm's step
 time minus it) -- a few percent of a step, which the ratio of whole steps alone hides in its
 noise. Each is compiled ``--copies`` times (default 3), each copy with its own state, all
-timed interleaved: the same program compiled twice runs a few percent apart on CPU (its
-buffers land elsewhere), more than the norms' share of many steps. Reported per model and
-framework: the median over copies of each copy's minimum step time (minima, because on a
-shared machine noise only ever adds time), the median of all steps, the ratio to flax's
+timed interleaved: the same program compiled twice runs a few percent apart on CPU (up to
+7% here; the cause is not established), more than the norms' share of many steps. Reported
+per model and framework: the median over copies of each copy's minimum step time (minima,
+because on a shared machine noise only ever adds time), the median of all steps, the ratio to flax's
 default (``vs_flax``), the norm layers' cost and its ratio to flax default's
 (``norm_vs_flax``), the spread of the copies' minima (the noise floor of every ratio) and
 the temporary memory of the compiled step (``compiled.memory_analysis().temp_size_in_bytes``).
@@ -441,7 +441,7 @@ def summarize(times: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
 
     - ``min_ms``: the median over copies of each copy's minimum (minima, because on a shared
       machine noise only adds time; the median over copies, because the same program compiled
-      twice runs a few percent apart: buffers land elsewhere);
+      twice runs a few percent apart);
     - ``median_ms``: the median of every step timed;
     - ``spread``: how far apart the copies' minima are (max / min - 1), the noise floor of
       any ratio below;

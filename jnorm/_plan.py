@@ -126,6 +126,7 @@ def plan(
         # rule reads x in more loops than autodiff, which saves x - mu once.
         derivative = "autodiff"
     elif per_block and 0 in axes and cpu and not kernel:
+        # Statistics over the leading (batch) axis with per-block parameters: batch norm.
         # Batch norm inside a CNN: XLA:CPU fuses autodiff's backward into the activation and
         # convolution gradients around it at no cost to the step; the rule, faster alone,
         # adds full-size work there (ResNet-18 step: +20 ms, autodiff +0; docs/benchmarks.md).
