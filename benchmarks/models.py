@@ -54,6 +54,7 @@ import jax.numpy as jnp
 
 from benchmarks.harness import IMPLS as _HARNESS_IMPLS
 from benchmarks.harness import Entry, allocator, compile_program, time_round_robin
+from benchmarks.thunks import profile_round_robin
 
 __all__ = ["FRAMEWORKS", "IMPLS", "MODELS", "format_table", "main", "norm_class", "run",
            "summarize"]
@@ -436,6 +437,35 @@ def _nnx_step(model: _Model, size: dict[str, Any], norm: Callable[..., Any]) -> 
     return step, state
 
 
+def summarize_thunks(split: dict[str, list[tuple[float, float]]]) -> dict[str, dict[str, Any]]:
+    """Per implementation, from ``split[impl]`` (one ``(matrix-product ms, other ms)`` per
+    compiled copy, :func:`benchmarks.thunks.profile_round_robin`), medians over copies:
+
+    - ``matmul_ms``: the thunks that are or fuse a convolution or a dot;
+    - ``other_ms``: every other thunk: the norm layers' own work, the activations, copies;
+    - ``work_ms``: ``other_ms`` minus that of ``none`` (the model without norms): the norm
+      layers' work outside the matrix products, and ``work_vs_flax`` that over flax default's.
+
+    >>> r = summarize_thunks({"flax": [(50.0, 14.0)], "jnorm": [(51.0, 12.0)],
+    ...                       "none": [(52.0, 10.0)]})
+    >>> r["jnorm"]["work_ms"], r["jnorm"]["work_vs_flax"]
+    (2.0, 0.5)
+    """
+    med = {impl: (statistics.median(m for m, _ in c), statistics.median(o for _, o in c))
+           for impl, c in split.items()}
+    base = med["none"][1] if "none" in med else None
+    flax_work = None if base is None or "flax" not in med else med["flax"][1] - base
+    out = {}
+    for impl, (mat, other) in med.items():
+        work = None if base is None or impl == "none" else other - base
+        out[impl] = {
+            "matmul_ms": mat, "other_ms": other, "work_ms": work,
+            "work_vs_flax": (None if work is None or not flax_work or flax_work <= 0
+                             else work / flax_work),
+        }
+    return out
+
+
 def summarize(times: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
     """Per implementation, from ``times[impl]`` (one list of step times per compiled copy):
 
@@ -473,7 +503,7 @@ def summarize(times: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
 
 
 def _bench_model(name: str, framework: str, quick: bool, rounds: int, warmup: int,
-                 inner: int, copies: int) -> list[dict[str, Any]]:
+                 inner: int, copies: int, profile: int) -> list[dict[str, Any]]:
     model = _MODELS[name]
     size = model.quick if quick else model.size
     inputs, target = _data(model, size)
@@ -493,16 +523,26 @@ def _bench_model(name: str, framework: str, quick: bool, rounds: int, warmup: in
         times[e.impl].append([t * 1e3 for t in e.times])
         temp_mib[e.impl] = None if e.temp_bytes is None else e.temp_bytes / 2**20
     summary = summarize(times)
+    thunks: dict[str, dict[str, Any]] = {}
+    if profile and jax.default_backend() == "cpu":  # thunk events are XLA:CPU's
+        split: dict[str, list[tuple[float, float]]] = {impl: [] for impl in IMPLS}
+        for e, result in zip(entries, profile_round_robin(entries, profile), strict=True):
+            split[e.impl].append(result)
+        thunks = summarize_thunks(split)
+    empty = dict.fromkeys(("matmul_ms", "other_ms", "work_ms", "work_vs_flax"))
     return [{"model": name, "framework": framework, "impl": impl, **summary[impl],
-             "temp_mib": temp_mib[impl], "rounds": rounds, "copies": copies}
+             **thunks.get(impl, empty), "temp_mib": temp_mib[impl], "rounds": rounds,
+             "copies": copies}
             for impl in IMPLS]
 
 
 def run(models: Sequence[str] | None = None, *, frameworks: Sequence[str] = FRAMEWORKS,
         quick: bool = False, rounds: int = 10, warmup: int = 2,
-        inner: int = 1, copies: int = 3) -> dict[str, Any]:
+        inner: int = 1, copies: int = 3, profile: int = 0) -> dict[str, Any]:
     """Runs the benchmark; returns ``{"device", "jax", "flax", "jnorm", "allocator", "rounds",
-    "results"}`` with one row per model, framework and implementation."""
+    "results"}`` with one row per model, framework and implementation. `profile` > 0 also
+    traces that many interleaved steps of every copy (XLA:CPU only) and splits their thunks'
+    time (:func:`summarize_thunks`)."""
     import flax
 
     import jnorm
@@ -517,12 +557,13 @@ def run(models: Sequence[str] | None = None, *, frameworks: Sequence[str] = FRAM
     results = []
     for name in models:
         for fw in frameworks:
-            results += _bench_model(name, fw, quick, rounds, warmup, inner, copies)
+            results += _bench_model(name, fw, quick, rounds, warmup, inner, copies, profile)
     dev = jax.devices()[0]
     return {
         "device": f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}",
         "jax": jax.__version__, "flax": flax.__version__, "jnorm": jnorm.__version__,
         "allocator": allocator(), "rounds": rounds, "copies": copies, "quick": quick,
+        "profile": profile,
         "results": results,
     }
 
@@ -538,10 +579,14 @@ def format_table(report: dict[str, Any]) -> str:
         "default's; norm: min - min without norms (none), what the norm layers cost in the step, "
         "and that over flax default's; spread: how far apart the copies' minima are (the noise "
         "floor); temp: temporary memory of the step",
+        "thunks (XLA:CPU profile, --profile steps per copy, each thunk's median): matmul: "
+        "convolutions and dots; other: every other thunk; work: other - other without norms, "
+        "the norm layers' own work outside the matrix products, and that over flax default's",
         "",
     ]
     header = (f"{'model':<17}{'framework':<11}{'impl':<12}{'min ms':>10}{'median ms':>11}"
-              f"{'vs_flax':>9}{'norm ms':>9}{'norm/flax':>10}{'spread':>8}{'temp MiB':>10}")
+              f"{'vs_flax':>9}{'norm ms':>9}{'norm/flax':>10}{'spread':>8}{'temp MiB':>10}"
+              f"{'matmul ms':>11}{'other ms':>10}{'work ms':>9}{'work/flax':>10}")
     lines += [header, "-" * len(header)]
     last = None
     for r in report["results"]:
@@ -551,9 +596,13 @@ def format_table(report: dict[str, Any]) -> str:
         temp = "" if r["temp_mib"] is None else f"{r['temp_mib']:.1f}"
         norm = "" if r["norm_ms"] is None else f"{r['norm_ms']:.2f}"
         ratio = "" if r["norm_vs_flax"] is None else f"{r['norm_vs_flax']:.2f}"
+        thunks = "".join(
+            f"{'' if r.get(k) is None else format(r[k], f):>{w}}"
+            for k, f, w in (("matmul_ms", ".1f", 11), ("other_ms", ".1f", 10),
+                            ("work_ms", ".1f", 9), ("work_vs_flax", ".2f", 10)))
         lines.append(f"{r['model']:<17}{r['framework']:<11}{r['impl']:<12}{r['min_ms']:>10.2f}"
                      f"{r['median_ms']:>11.2f}{r['vs_flax']:>9.3f}{norm:>9}{ratio:>10}"
-                     f"{100 * r['spread']:>7.1f}%{temp:>10}")
+                     f"{100 * r['spread']:>7.1f}%{temp:>10}{thunks}")
     return "\n".join(lines)
 
 
@@ -568,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="linen, nnx or both")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--profile", type=int, default=None,
+                        help="traced steps per copy whose thunks are split into matrix "
+                             "products and the rest (default 3; 1 with --quick; 0: off)")
     parser.add_argument("--copies", type=int, default=None,
                         help="compiled copies of each step, timed interleaved (default 3; "
                              "1 with --quick)")
@@ -575,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     copies = args.copies if args.copies is not None else (1 if args.quick else 3)
     if copies < 1:
         parser.error(f"--copies must be at least 1, got {copies}.")
+    profile = args.profile if args.profile is not None else (1 if args.quick else 3)
+    if profile < 0:
+        parser.error(f"--profile must be 0 or more, got {profile}.")
     report = run(
         [s for s in args.models.split(",") if s],
         frameworks=[s for s in args.frameworks.split(",") if s],
@@ -582,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds=args.rounds if args.rounds is not None else (2 if args.quick else 10),
         warmup=1 if args.quick else args.warmup,
         copies=copies,
+        profile=profile,
     )
     if args.json:
         json.dump(report, sys.stdout, indent=1)

@@ -38,6 +38,11 @@ def test_every_model_framework_and_impl(report):
             assert r["norm_ms"] is None and r["norm_vs_flax"] is None
         else:
             assert r["norm_ms"] is not None
+        # --quick profiles one step per copy: every model has convolutions or dots and other
+        # thunks; the norms' work is measured against the model without them
+        assert report["profile"] == 1
+        assert r["matmul_ms"] > 0 and r["other_ms"] > 0
+        assert (r["work_ms"] is None) == (r["impl"] == "none")
 
 
 def test_the_model_without_norms_has_no_norm_parameters():
@@ -85,6 +90,19 @@ def test_summary_takes_the_median_copy_and_the_cost_over_no_norms():
     # without the baseline there is no norm cost
     assert models.summarize({k: v for k, v in times.items() if k != "none"})["jnorm"][
         "norm_ms"] is None
+
+
+def test_the_thunk_summary_measures_the_norms_work_against_no_norms():
+    split = {"flax": [(50.0, 14.0), (52.0, 15.0), (49.0, 14.5)],
+             "jnorm": [(51.0, 12.0), (50.0, 12.5), (60.0, 11.0)],
+             "none": [(52.0, 10.0), (50.0, 10.0), (51.0, 10.0)]}
+    s = models.summarize_thunks(split)
+    assert s["flax"]["other_ms"] == 14.5 and s["jnorm"]["matmul_ms"] == 51.0
+    assert s["jnorm"]["work_ms"] == pytest.approx(2.0)
+    assert s["jnorm"]["work_vs_flax"] == pytest.approx(2.0 / 4.5)
+    assert s["none"]["work_ms"] is None and s["none"]["work_vs_flax"] is None
+    assert models.summarize_thunks({k: v for k, v in split.items() if k != "none"})[
+        "jnorm"]["work_ms"] is None
 
 
 def test_the_table_has_a_line_per_row(report):

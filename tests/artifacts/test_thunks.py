@@ -1,0 +1,45 @@
+"""benchmarks.thunks: a profiled call's thunks are the program's instructions, split into
+matrix products and the rest (no timing checks)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import thunks
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu",
+                                reason="thunk events are XLA:CPU's")
+
+
+def _compiled(fn, *args):
+    return jax.jit(fn).lower(*args).compile()
+
+
+def test_a_dot_and_a_convolution_are_matrix_products_and_the_rest_is_not():
+    x = jnp.ones((64, 64))
+    prog = _compiled(lambda a: jnp.tanh(a @ a).sum(0), x)
+    hlo = prog.as_text()
+    mats = thunks.matmul_thunks(hlo)
+    assert mats and all("dot" in thunks.instructions(hlo)[n] or "calls=" in
+                        thunks.instructions(hlo)[n] for n in mats)
+    img = jnp.ones((2, 8, 8, 3))
+    ker = jnp.ones((3, 3, 3, 4))
+    conv = _compiled(lambda i, k: jax.nn.relu(jax.lax.conv_general_dilated(
+        i, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))), img, ker)
+    assert any("convolution" in thunks.instructions(conv.as_text())[n]
+               for n in thunks.matmul_thunks(conv.as_text()))
+    assert not thunks.matmul_thunks(_compiled(lambda a: jnp.exp(a).sum(), x).as_text())
+
+
+def test_a_traced_call_reports_the_programs_thunks_and_carries_its_arguments():
+    x = jnp.ones((256, 256))
+    prog = _compiled(lambda a: (jnp.tanh(a @ a) + 1.0, jnp.exp(a).sum()), x)
+    names = set(thunks.instructions(prog.as_text()))
+    times, args = thunks.trace_thunks(prog, (x,), carry=lambda out, args: (out[0],), steps=2)
+    assert times and set(times) <= names
+    assert all(t >= 0 for t in times.values())
+    assert args[0].shape == x.shape and float(args[0][0, 0]) != 1.0  # the carried output
+    mat, other = thunks.split(times, thunks.matmul_thunks(prog.as_text()))
+    assert mat > 0 and other >= 0 and mat + other == pytest.approx(sum(times.values()))
