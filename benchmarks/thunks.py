@@ -1,22 +1,31 @@
 """Where a compiled step's time goes on XLA:CPU: each thunk's time, from a profiler trace.
 
-A whole model's step time is a blunt instrument for its norm layers: in the benchmark's
-ResNet-18 the convolutions are over 85% of the step, and one kind of them (the stage-4 3x3
-convolutions' gradients) runs 1-2% faster or slower from one compiled copy of the same program
-to the next -- as much as every norm layer in the step costs. XLA:CPU runs a compiled program
-as a sequence of thunks (one per fusion, convolution, dot, copy, ...), and
-:func:`jax.profiler.trace` records each thunk's start and end under the HLO instruction's
-name. Splitting the thunks into matrix products (convolutions and dots, whatever they are
-fused with) and everything else separates the layers' elementwise and reduction work from the
-convolutions' noise.
+A whole model's step time is a blunt instrument for its norm layers. In the benchmark's
+ResNet-18, six convolutions take about 80% of the step: stage 4's three 512-channel 3x3
+convolutions on 2x2 feature maps, forward and input gradient, which XLA:CPU rewrites into a
+2x2-window convolution with a reversed kernel and swapped dimensions, about 140 ms each.
+Their time moves by 1-2% from one compiled copy of the same program to the next: as much as
+every norm layer in the step costs.
+
+XLA:CPU runs a compiled program as a sequence of thunks (one per fusion, convolution, dot,
+copy, ...), and :func:`jax.profiler.trace` records each thunk's start and end under the HLO
+instruction's name. Splitting the thunks into matrix products (convolutions and dots,
+whatever they are fused with) and everything else separates the layers' elementwise and
+reduction work from the convolutions' noise.
 
 What the numbers are: sums of thunk durations. XLA:CPU runs independent thunks concurrently,
-so they add to more than the step's wall time, and a thunk that shares the cores with another
-takes longer. They measure where work is, not what the step costs; the step's wall time
-(``benchmarks.models``) stays the measure of that.
+so they add up to more than the step's wall time, and a thunk that shares the cores takes
+longer. The same operation can also run at a different speed in another program: in the
+transformer, the MLP's GELU gradient and a transpose of its activations, identical in flax's
+program and jnorm's, took twice as long in three of four blocks of jnorm's. The thunks
+measure where the work is; the step's wall time (``benchmarks.models``) stays the measure of
+what it costs.
 
-Public API only: :func:`jax.profiler.trace`, :class:`jax.profiler.ProfileData`, and the
-compiled program's HLO text (``Compiled.as_text()``).
+``python -m benchmarks.thunks --model resnet_gn`` prints, for flax's norm, jnorm's and none,
+each copy's split and the thunk signatures whose time differs most between them.
+``benchmarks.models --profile`` puts the split in its table. Public API only:
+:func:`jax.profiler.trace`, :class:`jax.profiler.ProfileData`, and the compiled program's HLO
+text (``Compiled.as_text()``).
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from typing import Any
 
 import jax
 
-__all__ = ["instructions", "matmul_thunks", "profile_round_robin", "split", "trace_thunks"]
+__all__ = ["instructions", "matmul_thunks", "profile_round_robin", "signatures", "split",
+           "trace_thunks"]
 
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*)$")
 _HEAD = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
@@ -141,3 +151,108 @@ def profile_round_robin(entries: list[Any], rounds: int) -> list[tuple[float, fl
         median = {n: statistics.median(r.get(n, 0.0) for r in per) for n in names}
         out.append(split(median, matmul_thunks(e.compiled.as_text())))
     return out
+
+
+def signatures(hlo: str) -> dict[str, str]:
+    """``{instruction: what it computes, without names}``: its result shape and, for a fusion,
+    how many of each operation it fuses; for a convolution or dot, its window and dimensions.
+    Thunks of two programs that compute the same thing have the same signature.
+
+    >>> signatures("ENTRY %m (p: f32[4]) -> f32[4] {\\n  ROOT %e = f32[4]{0} exponential(%p)\\n}")
+    {'e': 'f32[4] exponential'}
+    """
+    comps = _computations(hlo)
+    out = {}
+    for name, text in instructions(hlo).items():
+        shape = re.sub(r"\{[\d,]*\}", "", text.split(" ")[0])
+        called = re.search(r"calls=%?([\w.\-]+)", text)
+        body = comps.get(called.group(1), []) if called else [f"  %{name} = {text}"]
+        ops: collections.Counter[str] = collections.Counter()
+        matmul = []
+        for line in body:
+            m = re.search(r"= \S+ ([a-z\-]+)\(", line)
+            if m and m.group(1) not in ("parameter", "constant", "bitcast"):
+                ops[m.group(1)] += 1
+            if _MATMUL.search(" " + line):
+                matmul.append(re.sub(r".*?(window=|lhs_contracting)", r"\1",
+                                     line.split(", metadata=")[0]))
+        out[name] = (f"{shape} " + " ".join(f"{op}{'' if k == 1 else k}"
+                                            for op, k in sorted(ops.items()))
+                     + "".join(f" [{m}]" for m in matmul))
+    return out
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from benchmarks import models
+    from benchmarks.harness import Entry, compile_program, time_round_robin
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.thunks",
+        description="Where one model's train step spends its time, per XLA:CPU thunk, with "
+                    "flax's norm, jnorm's and none (linen).")
+    parser.add_argument("--model", default="resnet_gn", choices=models.MODELS)
+    parser.add_argument("--impls", default="flax,jnorm,none")
+    parser.add_argument("--copies", type=int, default=2, help="compiled copies of each")
+    parser.add_argument("--rounds", type=int, default=5, help="traced steps per copy")
+    parser.add_argument("--top", type=int, default=12, help="signatures listed")
+    parser.add_argument("--quick", action="store_true", help="the model's tiny size")
+    args = parser.parse_args(argv)
+    if jax.default_backend() != "cpu":
+        parser.error("thunk events are XLA:CPU's; run it on a CPU.")
+    model = models._MODELS[args.model]
+    size = model.quick if args.quick else model.size
+    inputs, target = models._data(model, size)
+    impls = [s for s in args.impls.split(",") if s]
+    entries = []
+    for _ in range(args.copies):
+        for impl in impls:
+            step, state = models._linen_step(model, size,
+                                             models.norm_class("linen", impl, model.kind))
+            a = (state, inputs, target)
+            compiled, temp, _ = compile_program(step, a, 0, donate_argnums=(0,))
+            entries.append(Entry(impl, "step", compiled, a, temp, None,
+                                 carry=lambda out, a: (out[0], *a[1:])))
+    time_round_robin(entries, 0, 2, 1)  # warm-up only
+    runs: list[list[dict[str, float]]] = [[] for _ in entries]
+    for _ in range(args.rounds):
+        for i, e in enumerate(entries):
+            times, e.args = trace_thunks(e.compiled, e.args, e.carry)
+            runs[i].append(times)
+    by_sig: dict[str, dict[str, list[float]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list))
+    print(f"{args.model}, linen, {args.copies} copies x {args.rounds} traced steps; ms of "
+          "thunk time per step (each thunk's median over the steps)")
+    for i, e in enumerate(entries):
+        hlo = e.compiled.as_text()
+        median = {n: statistics.median(r.get(n, 0.0) for r in runs[i])
+                  for n in set().union(*runs[i])}
+        mat, other = split(median, matmul_thunks(hlo))
+        print(f"  {e.impl:8s} copy {i // len(impls)}: matmul {mat:8.1f}  other {other:7.1f}")
+        sums: collections.Counter[str] = collections.Counter()
+        sig_of = signatures(hlo)
+        for n, t in median.items():
+            sums[sig_of[n]] += t
+        for sig, t in sums.items():
+            by_sig[sig][e.impl].append(t)
+    print(f"\nthe {args.top} signatures whose time differs most between implementations "
+          "(median over copies; a signature sums every thunk computing the same thing):")
+    print("".join(f"{impl:>9}" for impl in impls) + "  signature")
+
+    def med(sig: str, impl: str) -> float:
+        v = by_sig[sig].get(impl)
+        return statistics.median(v) if v else 0.0
+
+    spread = sorted(by_sig, key=lambda s: -(max(med(s, i) for i in impls)
+                                             - min(med(s, i) for i in impls)))
+    for sig in spread[:args.top]:
+        print("".join(f"{med(sig, i):9.2f}" for i in impls) + f"  {sig[:160]}")
+    print("\nthe largest signatures:")
+    for sig in sorted(by_sig, key=lambda s: -max(med(s, i) for i in impls))[:args.top]:
+        print("".join(f"{med(sig, i):9.2f}" for i in impls) + f"  {sig[:160]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -43,3 +43,27 @@ def test_a_traced_call_reports_the_programs_thunks_and_carries_its_arguments():
     assert args[0].shape == x.shape and float(args[0][0, 0]) != 1.0  # the carried output
     mat, other = thunks.split(times, thunks.matmul_thunks(prog.as_text()))
     assert mat > 0 and other >= 0 and mat + other == pytest.approx(sum(times.values()))
+
+
+def test_signatures_match_the_same_work_in_two_programs():
+    x = jnp.ones((32, 32))
+    a = _compiled(lambda v: jnp.exp(v) @ v, x).as_text()
+    b = _compiled(lambda v: (jnp.exp(v) @ v, jnp.sin(v)), x).as_text()  # more work
+    sig_a, sig_b = thunks.signatures(a), thunks.signatures(b)
+    mats = {sig_a[n] for n in thunks.matmul_thunks(a)}
+    assert mats and mats <= set(sig_b.values())
+    assert all("lhs_contracting" in s or "window=" in s for s in mats)
+
+
+def test_the_command_line_lists_each_copy_and_the_signatures():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.thunks", "--model", "unet_gn", "--quick",
+         "--copies", "1", "--rounds", "1", "--top", "3"],
+        capture_output=True, text=True, check=True, timeout=600,
+    ).stdout
+    for impl in ("flax", "jnorm", "none"):
+        assert f"{impl:8s} copy 0: matmul" in out
+    assert "signatures whose time differs most" in out and "the largest signatures" in out
