@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -97,13 +99,18 @@ def test_mask_and_custom_promote_dtype_as_flax():
         assert ours(x.astype(jnp.float16)).dtype == theirs(x.astype(jnp.float16)).dtype
 
 
+# flax.nnx writes the complex mean into its float32 variable; JAX warns about that scatter
+# (a FutureWarning from flax's code, not jnorm's: jnorm's own call below runs unfiltered).
+@pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types:FutureWarning")
 def test_complex_input_as_flax_nnx():
     """flax.nnx keeps float32 statistics (the imaginary part of the mean is dropped)."""
     x = jnp.asarray(X[:, 0, 0, :], jnp.complex64) * jnp.complex64(1 - 0.5j)
     theirs, ours = _pair("BatchNorm", {"dtype": jnp.complex64})
     with STANDARD, pytest.warns(np.exceptions.ComplexWarning):
         y_theirs = theirs(x)
-    y_ours = ours(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # jnorm's call warns about nothing
+        y_ours = ours(x)
     assert y_ours.dtype == y_theirs.dtype == jnp.complex64
     np.testing.assert_allclose(y_ours, y_theirs, atol=2e-6)
     for k in ("mean", "var"):
