@@ -30,9 +30,14 @@ because on a shared machine noise only ever adds time), the median of all steps,
 default (``vs_flax``), the norm layers' cost and its ratio to flax default's
 (``norm_vs_flax``), the spread of the copies' minima (the noise floor of every ratio) and
 the temporary memory of the compiled step (``compiled.memory_analysis().temp_size_in_bytes``).
+With ``--profile N`` (default 3, XLA:CPU) it also traces N steps of every copy and splits
+their thunks' time into matrix products and the rest (:mod:`benchmarks.thunks`): ``work_ms``,
+the rest minus the no-norm model's, is the norm layers' own work, free of the convolutions'
+noise, and ``work_vs_flax`` that over flax default's (:func:`summarize_thunks`).
 
-Options: ``--quick`` (tiny sizes, a few rounds, one copy: seconds, for tests), ``--models
-a,b``, ``--frameworks linen,nnx``, ``--rounds``, ``--warmup``, ``--copies``, ``--json``.
+Options: ``--quick`` (tiny sizes, a few rounds, one copy, one traced step: seconds, for
+tests), ``--models a,b``, ``--frameworks linen,nnx``, ``--rounds``, ``--warmup``,
+``--copies``, ``--profile``, ``--json``.
 On a CPU run it with tcmalloc like :mod:`benchmarks.bench`. Public API only
 (``tests/artifacts/test_models_bench.py`` checks).
 """
@@ -57,7 +62,7 @@ from benchmarks.harness import Entry, allocator, compile_program, time_round_rob
 from benchmarks.thunks import profile_round_robin
 
 __all__ = ["FRAMEWORKS", "IMPLS", "MODELS", "format_table", "main", "norm_class", "run",
-           "summarize"]
+           "summarize", "summarize_thunks"]
 
 FRAMEWORKS: tuple[str, ...] = ("linen", "nnx")
 #: The norms each model is timed with: :data:`benchmarks.harness.IMPLS`, then ``none`` (the

@@ -103,8 +103,9 @@ def trace_thunks(compiled: Any, args: tuple[Any, ...], carry: Any = None, steps:
     """``({thunk: ms per call}, next args)``: `steps` calls of `compiled` under the profiler.
 
     Only events named after one of the program's HLO instructions count (the thunks; not the
-    runtime's own events). `carry(out, args)` gives the next call's arguments (a train step's
-    donated state).
+    runtime's own events). A thunk that runs others (a while loop, a conditional) includes
+    their time, which then counts twice; the benchmark's models have none. `carry(out, args)`
+    gives the next call's arguments (a train step's donated state).
     """
     names = set(instructions(compiled.as_text()))
     totals: collections.Counter[str] = collections.Counter()
