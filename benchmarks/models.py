@@ -61,8 +61,8 @@ from benchmarks.harness import IMPLS as _HARNESS_IMPLS
 from benchmarks.harness import Entry, allocator, compile_program, time_round_robin
 from benchmarks.thunks import profile_round_robin
 
-__all__ = ["FRAMEWORKS", "IMPLS", "MODELS", "format_table", "main", "norm_class", "run",
-           "summarize", "summarize_thunks"]
+__all__ = ["FRAMEWORKS", "IMPLS", "MODELS", "compiled_steps", "format_table", "main",
+           "norm_class", "run", "summarize", "summarize_thunks"]
 
 FRAMEWORKS: tuple[str, ...] = ("linen", "nnx")
 #: The norms each model is timed with: :data:`benchmarks.harness.IMPLS`, then ``none`` (the
@@ -507,20 +507,29 @@ def summarize(times: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _bench_model(name: str, framework: str, quick: bool, rounds: int, warmup: int,
-                 inner: int, copies: int, profile: int) -> list[dict[str, Any]]:
+def compiled_steps(name: str, framework: str, quick: bool, copies: int,
+                   impls: Sequence[str] = IMPLS) -> list[Entry]:
+    """One :class:`benchmarks.harness.Entry` per copy and implementation (copy-major): model
+    `name`'s train step compiled with each norm, each copy with its own state, which every call
+    feeds back (the state is donated)."""
     model = _MODELS[name]
     size = model.quick if quick else model.size
     inputs, target = _data(model, size)
     make = _linen_step if framework == "linen" else _nnx_step
     entries = []
-    for _ in range(copies):  # each copy its own compiled step and state, timed interleaved
-        for impl in IMPLS:
+    for _ in range(copies):
+        for impl in impls:
             step, state = make(model, size, norm_class(framework, impl, model.kind))
             args = (state, inputs, target)
             compiled, temp, _ = compile_program(step, args, 0, donate_argnums=(0,))
             entries.append(Entry(impl, "step", compiled, args, temp, None,
                                  carry=lambda out, args: (out[0], *args[1:])))
+    return entries
+
+
+def _bench_model(name: str, framework: str, quick: bool, rounds: int, warmup: int,
+                 inner: int, copies: int, profile: int) -> list[dict[str, Any]]:
+    entries = compiled_steps(name, framework, quick, copies)  # timed interleaved
     time_round_robin(entries, rounds, warmup, inner)
     times: dict[str, list[list[float]]] = {impl: [] for impl in IMPLS}
     temp_mib: dict[str, float | None] = {}

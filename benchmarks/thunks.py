@@ -40,26 +40,12 @@ from typing import Any
 
 import jax
 
-__all__ = ["instructions", "matmul_thunks", "profile_round_robin", "signatures", "split",
-           "trace_thunks"]
+from benchmarks.harness import _DEF, _computations  # the HLO reader count_passes uses
 
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*)$")
-_HEAD = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+__all__ = ["instructions", "matmul_thunks", "median_thunks", "profile_round_robin", "signatures",
+           "split", "trace_thunks"]
+
 _MATMUL = re.compile(r"\s(convolution|dot)\(")
-
-
-def _computations(hlo: str) -> dict[str, list[str]]:
-    comps: dict[str, list[str]] = {}
-    cur: list[str] | None = None
-    for line in hlo.splitlines():
-        head = _HEAD.match(line)
-        if head and not line.startswith(" "):
-            cur = comps.setdefault("ENTRY" if head.group(1) else head.group(2), [])
-        elif line.startswith("}"):
-            cur = None
-        elif cur is not None:
-            cur.append(line)
-    return comps
 
 
 def instructions(hlo: str) -> dict[str, str]:
@@ -71,7 +57,7 @@ def instructions(hlo: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for body in _computations(hlo).values():
         for line in body:
-            m = _INSTR.match(line)
+            m = _DEF.match(line)
             if m:
                 out.setdefault(m.group(1), m.group(2).split(", metadata=")[0])
     return out
@@ -138,20 +124,22 @@ def split(times: dict[str, float], matmuls: frozenset[str]) -> tuple[float, floa
     return mat, sum(t for n, t in times.items() if n not in matmuls)
 
 
-def profile_round_robin(entries: list[Any], rounds: int) -> list[tuple[float, float]]:
-    """Per entry (``benchmarks.harness.Entry``, already warm), ``(matrix-product ms, other
-    ms)`` per call: each thunk's median over `rounds` interleaved traced calls, summed."""
+def median_thunks(entries: list[Any], rounds: int) -> list[dict[str, float]]:
+    """Per entry (``benchmarks.harness.Entry``, already warm), ``{thunk: ms per call}``: each
+    thunk's median over `rounds` traced calls, the entries traced interleaved."""
     runs: list[list[dict[str, float]]] = [[] for _ in entries]
     for _ in range(rounds):
         for i, e in enumerate(entries):
             times, e.args = trace_thunks(e.compiled, e.args, e.carry)
             runs[i].append(times)
-    out = []
-    for e, per in zip(entries, runs, strict=True):
-        names = set().union(*per)
-        median = {n: statistics.median(r.get(n, 0.0) for r in per) for n in names}
-        out.append(split(median, matmul_thunks(e.compiled.as_text())))
-    return out
+    return [{n: statistics.median(r.get(n, 0.0) for r in per) for n in set().union(*per)}
+            for per in runs]
+
+
+def profile_round_robin(entries: list[Any], rounds: int) -> list[tuple[float, float]]:
+    """Per entry, ``(matrix-product ms, other ms)`` per call: :func:`median_thunks` split."""
+    return [split(median, matmul_thunks(e.compiled.as_text()))
+            for e, median in zip(entries, median_thunks(entries, rounds), strict=True)]
 
 
 def signatures(hlo: str) -> dict[str, str]:
@@ -187,7 +175,7 @@ def _main(argv: list[str] | None = None) -> int:
     import argparse
 
     from benchmarks import models
-    from benchmarks.harness import Entry, compile_program, time_round_robin
+    from benchmarks.harness import time_round_robin
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.thunks",
@@ -202,33 +190,16 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if jax.default_backend() != "cpu":
         parser.error("thunk events are XLA:CPU's; run it on a CPU.")
-    model = models._MODELS[args.model]
-    size = model.quick if args.quick else model.size
-    inputs, target = models._data(model, size)
     impls = [s for s in args.impls.split(",") if s]
-    entries = []
-    for _ in range(args.copies):
-        for impl in impls:
-            step, state = models._linen_step(model, size,
-                                             models.norm_class("linen", impl, model.kind))
-            a = (state, inputs, target)
-            compiled, temp, _ = compile_program(step, a, 0, donate_argnums=(0,))
-            entries.append(Entry(impl, "step", compiled, a, temp, None,
-                                 carry=lambda out, a: (out[0], *a[1:])))
+    entries = models.compiled_steps(args.model, "linen", args.quick, args.copies, impls)
     time_round_robin(entries, 0, 2, 1)  # warm-up only
-    runs: list[list[dict[str, float]]] = [[] for _ in entries]
-    for _ in range(args.rounds):
-        for i, e in enumerate(entries):
-            times, e.args = trace_thunks(e.compiled, e.args, e.carry)
-            runs[i].append(times)
+    medians = median_thunks(entries, args.rounds)
     by_sig: dict[str, dict[str, list[float]]] = collections.defaultdict(
         lambda: collections.defaultdict(list))
     print(f"{args.model}, linen, {args.copies} copies x {args.rounds} traced steps; ms of "
           "thunk time per step (each thunk's median over the steps)")
-    for i, e in enumerate(entries):
+    for i, (e, median) in enumerate(zip(entries, medians, strict=True)):
         hlo = e.compiled.as_text()
-        median = {n: statistics.median(r.get(n, 0.0) for r in runs[i])
-                  for n in set().union(*runs[i])}
         mat, other = split(median, matmul_thunks(hlo))
         print(f"  {e.impl:8s} copy {i // len(impls)}: matmul {mat:8.1f}  other {other:7.1f}")
         sums: collections.Counter[str] = collections.Counter()
