@@ -17,9 +17,12 @@ What the numbers are: sums of thunk durations. XLA:CPU runs independent thunks c
 so they add up to more than the step's wall time, and a thunk that shares the cores takes
 longer. The same operation can also run at a different speed in another program: in the
 transformer, the MLP's GELU gradient and a transpose of its activations, identical in flax's
-program and jnorm's, took twice as long in three of four blocks of jnorm's. The thunks
-measure where the work is; the step's wall time (``benchmarks.models``) stays the measure of
-what it costs.
+program and jnorm's, took twice as long in three of four blocks of jnorm's. Each is split into
+two partitions for the two threads, and there the second thread was still inside thread-pool
+tasks begun during the preceding matrix product when it started, so one thread ran both
+(``--around`` shows what the other threads did while a thunk ran: :func:`neighbours`). The
+thunks measure where the work is; the step's wall time (``benchmarks.models``) stays the
+measure of what it costs.
 
 ``python -m benchmarks.thunks --model resnet_gn`` prints, for flax's norm, jnorm's and none,
 each copy's split and the thunk signatures whose time differs most between them.
@@ -36,14 +39,14 @@ import os
 import re
 import statistics
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
 from benchmarks.harness import _DEF, _computations  # the HLO reader count_passes uses
 
-__all__ = ["instructions", "matmul_thunks", "median_thunks", "profile_round_robin", "signatures",
-           "split", "trace_thunks"]
+__all__ = ["Event", "instructions", "matmul_thunks", "median_thunks", "neighbours",
+           "profile_round_robin", "signatures", "split", "trace_events", "trace_thunks"]
 
 _MATMUL = re.compile(r"\s(convolution|dot)\(")
 
@@ -84,17 +87,22 @@ def matmul_thunks(hlo: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def trace_thunks(compiled: Any, args: tuple[Any, ...], carry: Any = None, steps: int = 1
-                 ) -> tuple[dict[str, float], tuple[Any, ...]]:
-    """``({thunk: ms per call}, next args)``: `steps` calls of `compiled` under the profiler.
+class Event(NamedTuple):
+    """One profiler event of a traced call: the thread (the trace's line) it ran on, its
+    name (an HLO instruction's for a thunk), start and duration in ns."""
 
-    Only events named after one of the program's HLO instructions count (the thunks; not the
-    runtime's own events). A thunk that runs others (a while loop, a conditional) includes
-    their time, which then counts twice; the benchmark's models have none. `carry(out, args)`
-    gives the next call's arguments (a train step's donated state).
-    """
-    names = set(instructions(compiled.as_text()))
-    totals: collections.Counter[str] = collections.Counter()
+    thread: str
+    name: str
+    start_ns: int
+    duration_ns: int
+
+
+def trace_events(compiled: Any, args: tuple[Any, ...], carry: Any = None, steps: int = 1
+                 ) -> tuple[list[Event], tuple[Any, ...]]:
+    """``(events, next args)``: every event the profiler recorded on the runtime's threads
+    during `steps` calls of `compiled`. `carry(out, args)` gives the next call's arguments
+    (a train step's donated state)."""
+    events: list[Event] = []
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d):
             for _ in range(steps):
@@ -108,10 +116,67 @@ def trace_thunks(compiled: Any, args: tuple[Any, ...], carry: Any = None, steps:
         profile = jax.profiler.ProfileData.from_file(found[0])
         for plane in profile.planes:
             for line in plane.lines:
-                for event in line.events:
-                    if event.name in names:
-                        totals[event.name] += event.duration_ns / 1e6 / steps
+                events.extend(Event(line.name, e.name, e.start_ns, e.duration_ns)
+                              for e in line.events)
+    return events, args
+
+
+def trace_thunks(compiled: Any, args: tuple[Any, ...], carry: Any = None, steps: int = 1
+                 ) -> tuple[dict[str, float], tuple[Any, ...]]:
+    """``({thunk: ms per call}, next args)``: `steps` calls of `compiled` under the profiler.
+
+    Only events named after one of the program's HLO instructions count (the thunks; not the
+    runtime's own events). A thunk that runs others (a while loop, a conditional) includes
+    their time, which then counts twice; the benchmark's models have none. `carry(out, args)`
+    gives the next call's arguments (a train step's donated state).
+    """
+    names = set(instructions(compiled.as_text()))
+    events, args = trace_events(compiled, args, carry, steps)
+    totals: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.name in names:
+            totals[e.name] += e.duration_ns / 1e6 / steps
     return dict(totals), args
+
+
+def _covered(spans: list[tuple[int, int]], start: int, end: int) -> int:
+    """ns of ``[start, end)`` inside the union of `spans` (``(start, end)`` pairs)."""
+    total, reach = 0, start
+    for a, b in sorted(spans):
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            total += b - a
+            reach = b
+    return total
+
+
+def neighbours(events: list[Event], names: set[str] | frozenset[str], thunk: Event
+               ) -> dict[str, tuple[float, float]]:
+    """What the other threads did while `thunk` ran: ``{thread: (ms in thunks, ms in other
+    pool tasks)}``. Pool tasks are the spans between the profiler's
+    ``ThreadpoolListener::StartRegion`` and ``StopRegion`` marks on a thread: work the
+    runtime's thread pool ran there (a fusion's partition, a library kernel's worker) that
+    carries no thunk name. The rest of the interval the thread had no task.
+    """
+    start, end = thunk.start_ns, thunk.start_ns + thunk.duration_ns
+    out: dict[str, tuple[float, float]] = {}
+    for thread in sorted({e.thread for e in events if e.thread != thunk.thread}):
+        mine = sorted((e for e in events if e.thread == thread), key=lambda e: e.start_ns)
+        if not any(e.name == "ThreadpoolListener::StartRegion" or e.name in names for e in mine):
+            continue  # not one of the runtime's threads (the Python thread only enqueues)
+        thunk_spans = [(e.start_ns, e.start_ns + e.duration_ns) for e in mine if e.name in names]
+        task_spans: list[tuple[int, int]] = []
+        opened: int | None = None
+        for e in mine:
+            if e.name == "ThreadpoolListener::StartRegion":
+                opened = e.start_ns
+            elif e.name == "ThreadpoolListener::StopRegion" and opened is not None:
+                task_spans.append((opened, e.start_ns))
+                opened = None
+        in_thunks = _covered(thunk_spans, start, end)
+        in_tasks = _covered(thunk_spans + task_spans, start, end) - in_thunks
+        out[thread] = (in_thunks / 1e6, in_tasks / 1e6)
+    return out
 
 
 def split(times: dict[str, float], matmuls: frozenset[str]) -> tuple[float, float]:
@@ -187,6 +252,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="traced steps per copy")
     parser.add_argument("--top", type=int, default=12, help="signatures listed")
     parser.add_argument("--quick", action="store_true", help="the model's tiny size")
+    parser.add_argument("--around", metavar="REGEX",
+                        help="also trace one more step of each implementation's first copy and, "
+                             "for every thunk whose signature matches REGEX, print what the "
+                             "other threads did while it ran")
     args = parser.parse_args(argv)
     if jax.default_backend() != "cpu":
         parser.error("thunk events are XLA:CPU's; run it on a CPU.")
@@ -223,7 +292,30 @@ def _main(argv: list[str] | None = None) -> int:
     print("\nthe largest signatures:")
     for sig in sorted(by_sig, key=lambda s: -max(med(s, i) for i in impls))[:args.top]:
         print("".join(f"{med(sig, i):9.2f}" for i in impls) + f"  {sig[:160]}")
+    if args.around:
+        _print_around(entries[:len(impls)], re.compile(args.around))
     return 0
+
+
+def _print_around(entries: list[Any], pattern: re.Pattern[str]) -> None:
+    print(f"\nthunks matching {pattern.pattern!r}, one traced step; ms, and what the other "
+          "threads did meanwhile (ms in thunks / in other pool tasks / with no task):")
+    for e in entries:
+        hlo = e.compiled.as_text()
+        sig_of = signatures(hlo)
+        names = frozenset(sig_of)
+        events, e.args = trace_events(e.compiled, e.args, e.carry)
+        threads = sorted({ev.thread for ev in events if ev.name in names
+                          or ev.name == "ThreadpoolListener::StartRegion"})
+        for ev in sorted(events, key=lambda ev: ev.start_ns):
+            if ev.name in names and pattern.search(sig_of[ev.name]):
+                ms = ev.duration_ns / 1e6
+                others = "; ".join(
+                    f"thread {threads.index(t)}: "
+                    f"{a:.2f} / {b:.2f} / {max(ms - a - b, 0.0):.2f}"
+                    for t, (a, b) in neighbours(events, names, ev).items())
+                print(f"  {e.impl:8s} {ev.name:28s} {ms:7.2f} on thread "
+                      f"{threads.index(ev.thread)}   {others}")
 
 
 if __name__ == "__main__":

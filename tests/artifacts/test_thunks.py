@@ -3,6 +3,8 @@ matrix products and the rest (no timing checks)."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -61,9 +63,38 @@ def test_the_command_line_lists_each_copy_and_the_signatures():
 
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.thunks", "--model", "unet_gn", "--quick",
-         "--copies", "1", "--rounds", "1", "--top", "3"],
+         "--copies", "1", "--rounds", "1", "--top", "3", "--around", "convolution"],
         capture_output=True, text=True, check=True, timeout=600,
     ).stdout
     for impl in ("flax", "jnorm", "none"):
         assert f"{impl:8s} copy 0: matmul" in out
     assert "signatures whose time differs most" in out and "the largest signatures" in out
+    assert "thunks matching 'convolution'" in out
+    assert re.search(r"jnorm +\S+ +[\d.]+ on thread \d", out)  # a convolution thunk's line
+
+
+def test_neighbours_splits_the_other_threads_time_into_thunks_pool_tasks_and_nothing():
+    ev = thunks.Event
+    events = [
+        ev("t1", "fusion.1", 100, 100),  # the thunk watched: [100, 200)
+        ev("t0", "ThreadpoolListener::StartRegion", 90, 0),  # a pool task [90, 150)
+        ev("t0", "ThreadpoolListener::StopRegion", 150, 0),
+        ev("t0", "ThreadpoolListener::StartRegion", 160, 0),  # a task running a thunk
+        ev("t0", "copy.2", 160, 20),
+        ev("t0", "ThreadpoolListener::StopRegion", 185, 0),  # then nothing until 200
+        ev("python", "ThreadpoolListener::Record", 120, 0),  # enqueues only: not a runtime thread
+    ]
+    out = thunks.neighbours(events, frozenset({"fusion.1", "copy.2"}), events[0])
+    assert set(out) == {"t0"}
+    in_thunks, in_tasks = out["t0"]
+    assert in_thunks == pytest.approx(20 / 1e6)  # copy.2
+    assert in_tasks == pytest.approx((50 + 5) / 1e6)  # [100, 150) and [180, 185)
+
+
+def test_trace_events_holds_the_thunks_on_the_runtimes_threads():
+    x = jnp.ones((256, 256))
+    prog = _compiled(lambda a: jnp.tanh(a @ a), x)
+    names = set(thunks.instructions(prog.as_text()))
+    events, _ = thunks.trace_events(prog, (x,))
+    named = [e for e in events if e.name in names]
+    assert named and all(e.duration_ns >= 0 and e.thread for e in named)
