@@ -253,7 +253,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=12, help="signatures listed")
     parser.add_argument("--quick", action="store_true", help="the model's tiny size")
     parser.add_argument("--around", metavar="REGEX",
-                        help="also trace one more step of each implementation's first copy and, "
+                        help="also trace one more step of every copy and, "
                              "for every thunk whose signature matches REGEX, print what the "
                              "other threads did while it ran")
     args = parser.parse_args(argv)
@@ -293,14 +293,14 @@ def _main(argv: list[str] | None = None) -> int:
     for sig in sorted(by_sig, key=lambda s: -max(med(s, i) for i in impls))[:args.top]:
         print("".join(f"{med(sig, i):9.2f}" for i in impls) + f"  {sig[:160]}")
     if args.around:
-        _print_around(entries[:len(impls)], re.compile(args.around))
+        _print_around(entries, len(impls), re.compile(args.around))
     return 0
 
 
-def _print_around(entries: list[Any], pattern: re.Pattern[str]) -> None:
+def _print_around(entries: list[Any], per_copy: int, pattern: re.Pattern[str]) -> None:
     print(f"\nthunks matching {pattern.pattern!r}, one traced step; ms, and what the other "
           "threads did meanwhile (ms in thunks / in other pool tasks / with no task):")
-    for e in entries:
+    for i, e in enumerate(entries):
         hlo = e.compiled.as_text()
         sig_of = signatures(hlo)
         names = frozenset(sig_of)
@@ -314,7 +314,7 @@ def _print_around(entries: list[Any], pattern: re.Pattern[str]) -> None:
                     f"thread {threads.index(t)}: "
                     f"{a:.2f} / {b:.2f} / {max(ms - a - b, 0.0):.2f}"
                     for t, (a, b) in neighbours(events, names, ev).items())
-                print(f"  {e.impl:8s} {ev.name:28s} {ms:7.2f} on thread "
+                print(f"  {e.impl:8s} copy {i // per_copy} {ev.name:28s} {ms:7.2f} on thread "
                       f"{threads.index(ev.thread)}   {others}")
 
 

@@ -70,7 +70,7 @@ def test_the_command_line_lists_each_copy_and_the_signatures():
         assert f"{impl:8s} copy 0: matmul" in out
     assert "signatures whose time differs most" in out and "the largest signatures" in out
     assert "thunks matching 'convolution'" in out
-    assert re.search(r"jnorm +\S+ +[\d.]+ on thread \d", out)  # a convolution thunk's line
+    assert re.search(r"jnorm +copy 0 +\S+ +[\d.]+ on thread \d", out)  # a convolution's line
 
 
 def test_neighbours_splits_the_other_threads_time_into_thunks_pool_tasks_and_nothing():
