@@ -16,7 +16,9 @@ statistics) and ``fwd+bwd`` (gradients with respect to the input *and* the param
 
 Reported per layer, mode and implementation:
 
-* ``median_ms``: median wall time of one call over the rounds;
+* ``median_ms``: median wall time of one call over the rounds (each round times ``inner``
+  calls back to back and divides: on a CPU, as many as make the fastest program's sample
+  about 2 ms, so that dispatch and the clock do not decide sub-millisecond calls);
 * ``vs_flax``: that median divided by flax's default (< 1 is faster than flax);
 * ``x_copy``: that median in multiples of the copy's (the floor is about 1 forward, 1.5 for
   forward+backward of row norms and 2.5 for batch norm, which reads its input twice);
@@ -150,7 +152,7 @@ def _programs(
 
 def _bench_layer(
     layer: str, shape: tuple[int, ...], modes: Sequence[str], rounds: int, warmup: int,
-    inner: int = 1, seed: int = 0,
+    inner: int | None = None, seed: int = 0,
 ) -> list[dict[str, Any]]:
     kx, kd = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, shape, jnp.float32)
@@ -167,7 +169,7 @@ def _bench_layer(
     entries.append(Entry("copy", "copy", compiled, (x,), temp, passes))
 
     if rounds:
-        time_round_robin(entries, rounds, warmup, inner)
+        inner = time_round_robin(entries, rounds, warmup, inner)
     else:  # compile only: the programs' passes and memory, no timing
         for e in entries:
             e.times.append(float("nan"))
@@ -192,6 +194,7 @@ def _bench_layer(
             "reads": None if e.passes is None else e.passes["reads"],
             "writes": None if e.passes is None else e.passes["writes"],
             "rounds": len(e.times) if rounds else 0,
+            "inner": inner if rounds else None,
         })
     return rows
 
@@ -220,8 +223,10 @@ def run(
         and memory; the times are NaN).
       warmup: untimed calls of each program first.
       quick: tiny shapes (seconds); timings then mean little.
-      inner: calls per timed sample (default 1 on CPU, 20 on accelerators, where one call
-        takes microseconds and dispatch would dominate).
+      inner: calls per timed sample. Default: 20 on accelerators, where one call takes
+        microseconds and dispatch would dominate; on a CPU, per shape, enough calls that the
+        fastest program's sample lasts about 2 ms (:func:`benchmarks.harness.autorange`; one
+        call when every program takes longer). Each row records the count it was timed with.
       pallas_shapes: ``(R, D)`` shapes at which to measure the fused Pallas kernels'
         achieved bandwidth (see :func:`benchmarks.kernels.kernel_bandwidth`); empty to skip.
       tune: time the launch configurations in :data:`benchmarks.kernels.TUNE_FORWARD` and
@@ -234,8 +239,8 @@ def run(
       "results", "kernels"}`` with one result row per layer, mode and implementation (see the
       module docstring) and one per kernel measurement.
     """
-    if inner is None:
-        inner = 1 if jax.default_backend() == "cpu" else 20
+    if inner is None and jax.default_backend() != "cpu":
+        inner = 20
     import flax
 
     import jnorm
@@ -260,7 +265,7 @@ def run(
         from benchmarks import kernels as kern
 
         kernels = kern.kernel_bandwidth(
-            pallas_shapes, rounds=rounds, warmup=warmup, inner=inner,
+            pallas_shapes, rounds=rounds, warmup=warmup, inner=20 if inner is None else inner,
             fwd_configs=kern.TUNE_FORWARD if tune else (),
             bwd_configs=kern.TUNE_BACKWARD if tune else (),
         )
@@ -285,11 +290,12 @@ def format_table(report: dict[str, Any]) -> str:
         f"jnorm {report['jnorm']}   allocator: {report['allocator']}   "
         f"rounds: {report['rounds']} (medians, interleaved)",
         "vs_flax: time / flax default (lower is better); x_copy: time / streaming copy x*2+1; "
-        "temp: peak temporary memory; passes: reads+writes of a full-size array in the HLO",
+        "temp: peak temporary memory; passes: reads+writes of a full-size array in the HLO; "
+        "calls: back-to-back calls per timed sample",
         "",
     ]
     header = (f"{'layer':<14}{'shape':<18}{'mode':<9}{'impl':<12}{'median ms':>10}"
-              f"{'vs_flax':>9}{'x_copy':>8}{'temp MiB':>10}{'passes (r+w)':>14}")
+              f"{'vs_flax':>9}{'x_copy':>8}{'temp MiB':>10}{'passes (r+w)':>14}{'calls':>7}")
     lines.append(header)
     lines.append("-" * len(header))
     last = None
@@ -302,9 +308,11 @@ def format_table(report: dict[str, Any]) -> str:
         passes = ("" if row["reads"] is None else
                   f"{row['reads'] + row['writes']} ({row['reads']}+{row['writes']})")
         shape = "x".join(str(s) for s in row["shape"])
+        calls = "" if row.get("inner") is None else str(row["inner"])
         lines.append(
             f"{row['layer']:<14}{shape:<18}{row['mode']:<9}{row['impl']:<12}"
             f"{row['median_ms']:>10.3f}{vs:>9}{row['x_copy']:>8.2f}{temp:>10}{passes:>14}"
+            f"{calls:>7}"
         )
     if report.get("kernels"):
         lines += ["", "Fused Pallas kernels vs XLA (float32; bandwidth = minimal bytes / median "
@@ -360,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 15)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     parser.add_argument("--inner", type=int, default=None,
-                        help="calls per timed sample (default 1 on CPU, 20 otherwise)")
+                        help="calls per timed sample (default: about 2 ms of the fastest program "
+                             "per sample on a CPU, 20 otherwise)")
     parser.add_argument("--pallas", default=None,
                         help="measure the Pallas kernels' bandwidth at these RxD shapes, "
                              "e.g. 131072x1024,32768x4096 (default: on GPU only, 131072x1024)")
@@ -372,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="each layer at the shapes benchmarks/models.py gives it")
     args = parser.parse_args(argv)
     rounds = args.rounds if args.rounds is not None else (3 if args.quick else 15)
+    if args.inner is not None and args.inner < 1:
+        parser.error(f"--inner must be at least 1, got {args.inner}.")
     report = run(
         args.shapes,
         layers=[s for s in args.layers.split(",") if s],

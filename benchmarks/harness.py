@@ -8,6 +8,7 @@ time programs interleaved round-robin in one process, and say which malloc the p
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import time
@@ -17,7 +18,10 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["IMPLS", "Entry", "allocator", "compile_program", "count_passes", "time_round_robin"]
+__all__ = [
+    "IMPLS", "Entry", "allocator", "autorange", "compile_program", "count_passes",
+    "time_round_robin",
+]
 
 #: jnorm, flax's default (``use_fast_variance=True``) and flax's accurate mode, in table order.
 IMPLS: tuple[str, ...] = ("jnorm", "flax", "flax_2pass")
@@ -193,13 +197,38 @@ def compile_program(
     return compiled, temp, passes
 
 
-def time_round_robin(entries: list[Entry], rounds: int, warmup: int, inner: int) -> None:
-    """Times every entry `rounds` times, round-robin with a rotating order, `inner` calls each."""
+def _call(e: Entry) -> float:
+    """One blocking call of `e` (its arguments carried on); its wall time in seconds."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(e.compiled(*e.args))
+    dt = time.perf_counter() - t0
+    if e.carry is not None:
+        e.args = e.carry(out, e.args)
+    return dt
+
+
+def autorange(entries: list[Entry], target_s: float = 2e-3, cap: int = 200) -> int:
+    """Calls per timed sample so that a sample of the fastest entry lasts about `target_s`.
+
+    A program of a few microseconds to a millisecond (a layer at a model's shape on a CPU)
+    timed one call at a time measures Python's dispatch and the clock as much as the program,
+    and those move by tens of microseconds from call to call; back-to-back calls amortize
+    them. The fastest entry sets one count for all, so every program is timed alike. At most
+    `cap`; at least 1 (whole train steps: one call each).
+    """
+    fastest = min(min(_call(e), _call(e)) for e in entries)
+    return max(1, min(cap, math.ceil(target_s / max(fastest, 1e-9))))
+
+
+def time_round_robin(entries: list[Entry], rounds: int, warmup: int, inner: int | None
+                     ) -> int:
+    """Times every entry `rounds` times, round-robin with a rotating order, `inner` calls each
+    (None: :func:`autorange` after the warm-up). Returns the calls per sample used."""
     for e in entries:  # warm up (first calls allocate, fault pages, spin up thread pools)
         for _ in range(warmup):
-            out = jax.block_until_ready(e.compiled(*e.args))
-            if e.carry is not None:
-                e.args = e.carry(out, e.args)
+            _call(e)
+    if inner is None:
+        inner = autorange(entries)
     for r in range(rounds):
         k = r % len(entries)
         for e in entries[k:] + entries[:k]:
@@ -211,6 +240,7 @@ def time_round_robin(entries: list[Entry], rounds: int, warmup: int, inner: int)
             jax.block_until_ready(out)
             e.times.append((time.perf_counter() - t0) / inner)
             del out
+    return inner
 
 
 def allocator(maps: str = "/proc/self/maps") -> str:

@@ -6,6 +6,7 @@ import ast
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,10 @@ def test_every_layer_mode_and_impl(report):
             assert r["vs_flax"] > 0
             assert r["reads"] >= 1 and r["writes"] >= 0
         assert r["temp_mib"] is None or r["temp_mib"] >= 0
+    # one count of back-to-back calls per layer and shape, so its programs are timed alike
+    for layer in bench.LAYERS:
+        counts = {r["inner"] for r in rows if r["layer"] == layer}
+        assert len(counts) == 1 and next(iter(counts)) >= 1
 
 
 def _jnorm_names_used(path: Path) -> set[str]:
@@ -119,6 +124,36 @@ def test_tune_times_each_distinct_launch_config():
         ("layer_norm pallas bwd 2048/4/1", (2048, 4, 1), (16, 4, 1)),
     }
     assert {"layer_norm xla fwd", "layer_norm xla fwd+bwd", "copy"} <= {k["kernel"] for k in rows}
+
+
+def _sleeper(seconds: float) -> harness.Entry:
+    def call() -> int:
+        time.sleep(seconds)
+        return 0
+    return harness.Entry("impl", "mode", call, (), None, None)
+
+
+def test_autorange_sizes_samples_by_the_fastest_program():
+    # a call that sleeps 5 ms already lasts more than the 2 ms target: one call per sample
+    assert harness.autorange([_sleeper(5e-3)], target_s=2e-3) == 1
+    # one of 0.5 ms or more: at most 4 make 2 ms; the slower entry does not lower the count
+    assert 1 <= harness.autorange([_sleeper(5e-4), _sleeper(5e-3)], target_s=2e-3) <= 4
+    # a call of microseconds would need thousands: the cap holds
+    assert harness.autorange([harness.Entry("i", "m", lambda: 0, (), None, None)], cap=7) == 7
+
+
+def test_time_round_robin_reports_the_calls_it_used():
+    entries = [_sleeper(0.0), _sleeper(1e-3)]
+    used = harness.time_round_robin(entries, rounds=2, warmup=0, inner=None)
+    assert 1 <= used <= 200
+    assert all(len(e.times) == 2 for e in entries)
+    assert harness.time_round_robin([_sleeper(0.0)], rounds=1, warmup=0, inner=3) == 3
+
+
+def test_inner_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--inner", "0"])
+    assert "--inner must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_table_and_options():
