@@ -210,11 +210,11 @@ def _call(e: Entry) -> float:
 def autorange(entries: list[Entry], target_s: float = 2e-3, cap: int = 200) -> int:
     """Calls per timed sample so that a sample of the fastest entry lasts about `target_s`.
 
-    A program of a few microseconds to a millisecond (a layer at a model's shape on a CPU)
-    timed one call at a time measures Python's dispatch and the clock as much as the program,
-    and those move by tens of microseconds from call to call; back-to-back calls amortize
-    them. The fastest entry sets one count for all, so every program is timed alike. At most
-    `cap`; at least 1 (whole train steps: one call each).
+    A program of tens of microseconds to a millisecond (a layer at a model's shape on a CPU)
+    timed one call at a time carries each call's fixed costs (dispatch, the wait for the
+    result) and whatever slowed that one call; back-to-back calls amortize them. The fastest
+    entry sets one count for all, so every program is timed alike. At most `cap`; at least 1
+    (whole train steps: one call each).
     """
     fastest = min(min(_call(e), _call(e)) for e in entries)
     return max(1, min(cap, math.ceil(target_s / max(fastest, 1e-9))))
