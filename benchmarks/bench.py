@@ -18,7 +18,8 @@ Reported per layer, mode and implementation:
 
 * ``median_ms``: median wall time of one call over the rounds (each round times ``inner``
   calls back to back and divides: on a CPU, as many as make the fastest program's sample
-  about 2 ms, so that dispatch and the clock do not decide sub-millisecond calls);
+  about 2 ms, so that one call's fixed costs and hiccups do not decide sub-millisecond
+  calls);
 * ``vs_flax``: that median divided by flax's default (< 1 is faster than flax);
 * ``x_copy``: that median in multiples of the copy's (the floor is about 1 forward, 1.5 for
   forward+backward of row norms and 2.5 for batch norm, which reads its input twice);

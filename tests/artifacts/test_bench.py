@@ -136,8 +136,10 @@ def _sleeper(seconds: float) -> harness.Entry:
 def test_autorange_sizes_samples_by_the_fastest_program():
     # a call that sleeps 5 ms already lasts more than the 2 ms target: one call per sample
     assert harness.autorange([_sleeper(5e-3)], target_s=2e-3) == 1
-    # one of 0.5 ms or more: at most 4 make 2 ms; the slower entry does not lower the count
-    assert 1 <= harness.autorange([_sleeper(5e-4), _sleeper(5e-3)], target_s=2e-3) <= 4
+    # the fastest entry sets the count: a 0.1 ms sleeper beside a 5 ms one gets at most 20
+    # calls (sleeps only overrun), and at least 2 unless both its calls took over 1 ms (the
+    # 5 ms entry alone would give 1)
+    assert 2 <= harness.autorange([_sleeper(5e-3), _sleeper(1e-4)], target_s=2e-3) <= 20
     # a call of microseconds would need thousands: the cap holds
     assert harness.autorange([harness.Entry("i", "m", lambda: 0, (), None, None)], cap=7) == 7
 
